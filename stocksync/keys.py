@@ -1,0 +1,77 @@
+"""Every Redis key stocksync uses, in one place.
+
+A SKU lives in partition crc16(sku) mod P (CRC16 as Redis Cluster computes it, over the whole SKU), and
+every key of a partition carries the hash tag {<prefix>:<p>}, so that each function call touches one
+cluster slot. P is fixed once per deployment and stored in <prefix>:meta.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "stocksync"
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def crc16(data: bytes) -> int:
+    """CRC16-XMODEM, the checksum Redis Cluster hashes keys with."""
+    return binascii.crc_hqx(data, 0)
+
+
+def partition_of(sku: str, partitions: int) -> int:
+    return crc16(sku.encode()) % partitions
+
+
+def check_prefix(prefix: str) -> str:
+    if not _PREFIX_RE.match(prefix):
+        raise ValueError(
+            f"prefix {prefix!r} must be 1-64 characters of letters, digits, '_', '.', ':' or '-' "
+            "(no braces: it goes inside the hash tag)"
+        )
+    return prefix
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = DEFAULT_PREFIX
+    partitions: int = 1
+
+    def __post_init__(self) -> None:
+        check_prefix(self.prefix)
+        if not 1 <= self.partitions <= 16384:
+            raise ValueError(f"partitions must be between 1 and 16384, got {self.partitions}")
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}:meta"
+
+    def partition(self, sku: str) -> int:
+        return partition_of(sku, self.partitions)
+
+    def tag(self, partition: int) -> str:
+        return f"{{{self.prefix}:{partition}}}"
+
+    def sku(self, sku: str) -> str:
+        return f"{self.tag(self.partition(sku))}:sku:{sku}"
+
+    def events(self, partition: int) -> str:
+        return f"{self.tag(partition)}:events"
+
+    def idem(self, partition: int, ref: str) -> str:
+        return f"{self.tag(partition)}:idem:{ref}"
+
+    def pushed(self, partition: int, channel: str) -> str:
+        return f"{self.tag(partition)}:pushed:{channel}"
+
+    def dlq(self, partition: int, channel: str) -> str:
+        return f"{self.tag(partition)}:dlq:{channel}"
+
+    def all_events(self) -> list[str]:
+        return [self.events(p) for p in range(self.partitions)]
+
+    def sku_pattern(self, partition: int) -> str:
+        """A SCAN pattern for every SKU hash of a partition."""
+        tag = self.tag(partition).replace("{", r"\{").replace("}", r"\}")
+        return f"{tag}:sku:*"

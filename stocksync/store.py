@@ -1,0 +1,241 @@
+"""StockStore: the async Python API over the function library.
+
+Every change goes through one FCALL, so the same guarantees hold for Python callers and for services that
+call the functions directly. Results are small frozen dataclasses; call `raise_for_status()` on one to get
+an exception for a rejection instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from redis.exceptions import ResponseError
+
+from . import connection, functions
+from .errors import REJECTIONS, InvalidArgument
+from .keys import Keys
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of a change to one SKU (available and version after the call)."""
+
+    sku: str
+    status: str  # ok | insufficient | unknown_sku | conflict
+    available: int
+    version: int
+    replayed: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def raise_for_status(self) -> Outcome:
+        if not self.ok:
+            raise REJECTIONS[self.status](self)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Stock:
+    sku: str
+    available: int
+    reserved: int
+    version: int
+    updated_ms: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class LineState:
+    sku: str
+    qty: int
+    available: int | None  # None: unknown SKU
+    version: int | None
+
+    @property
+    def short(self) -> bool:
+        return self.available is None or self.available < self.qty
+
+
+@dataclass(frozen=True, slots=True)
+class OrderOutcome:
+    status: str  # ok | insufficient | unknown_sku
+    lines: tuple[LineState, ...]
+    replayed: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def short_lines(self) -> tuple[LineState, ...]:
+        """The lines that could not be covered (empty when the order was taken)."""
+        return () if self.ok else tuple(line for line in self.lines if line.short)
+
+    def raise_for_status(self) -> OrderOutcome:
+        if not self.ok:
+            raise REJECTIONS[self.status](self)
+        return self
+
+
+def _outcome(sku: str, reply: list) -> Outcome:
+    status, available, version, replayed = reply
+    return Outcome(sku, status, int(available), int(version), bool(replayed))
+
+
+def _invalid(e: ResponseError) -> Exception:
+    text = str(e)
+    return InvalidArgument(text) if text.startswith("stocksync:") else e
+
+
+class StockStore:
+    def __init__(self, redis: connection.AnyRedis, keys: Keys, settings: Settings | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.settings = settings or Settings(prefix=keys.prefix, partitions=keys.partitions)
+
+    @classmethod
+    async def connect(
+        cls, settings: Settings | None = None, *, redis: connection.AnyRedis | None = None, load: bool = True
+    ) -> StockStore:
+        """Open a store: connect, read (or fix, on first use) the partition count, load the library."""
+        settings = settings or Settings.load()
+        redis = redis or connection.connect(settings)
+        partitions = await _partitions(redis, settings)
+        if load:
+            await functions.ensure_loaded(redis, settings.idem_ttl_s)
+        return cls(redis, Keys(settings.prefix, partitions), settings)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> StockStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # One SKU ------------------------------------------------------------------------------------------
+
+    def _args(self, sku: str, amount: int, source: str, ref: str) -> list:
+        if not isinstance(sku, str):
+            raise InvalidArgument(f"SKU must be a string, got {type(sku).__name__}")
+        p = self.keys.partition(sku)
+        return [3, self.keys.sku(sku), self.keys.events(p), self.keys.idem(p, ref), amount, source, ref]
+
+    async def _call(self, function: str, sku: str, args: list) -> Outcome:
+        try:
+            reply = await self.redis.execute_command("FCALL", function, *args)
+        except ResponseError as e:
+            raise _invalid(e) from None
+        return _outcome(sku, reply)
+
+    async def decrement(self, sku: str, qty: int, *, ref: str, source: str) -> Outcome:
+        """Take qty units, or nothing (status insufficient). `ref` makes it exactly-once."""
+        return await self._call("stocksync_decrement", sku, self._args(sku, _int(qty), source, ref))
+
+    async def adjust(self, sku: str, delta: int, *, ref: str | None = None, source: str = "api") -> Outcome:
+        """Add (delta > 0) or remove units. Without a ref, a retry would apply twice."""
+        ref = ref or uuid.uuid4().hex
+        return await self._call("stocksync_adjust", sku, self._args(sku, _int(delta), source, ref))
+
+    async def set(
+        self,
+        sku: str,
+        available: int,
+        *,
+        ref: str | None = None,
+        source: str = "api",
+        expected_version: int | None = None,
+    ) -> Outcome:
+        """Set the absolute quantity (creating the SKU); status conflict if expected_version differs."""
+        args = self._args(sku, _int(available), source, ref or uuid.uuid4().hex)
+        if expected_version is not None:
+            args.append(_int(expected_version))
+        return await self._call("stocksync_set", sku, args)
+
+    async def get(self, sku: str) -> Stock | None:
+        try:
+            reply = await self.redis.execute_command("FCALL_RO", "stocksync_get", 1, self.keys.sku(sku))
+        except ResponseError as e:
+            raise _invalid(e) from None
+        if not reply:
+            return None
+        available, reserved, version, updated_ms, source = reply
+        return Stock(sku, int(available), int(reserved), int(version), int(updated_ms), source)
+
+    # Many SKUs ----------------------------------------------------------------------------------------
+
+    async def order(self, lines: Mapping[str, int] | Iterable[tuple[str, int]], *, ref: str, source: str) -> OrderOutcome:
+        """Take every line or none. All SKUs must be in one partition (always so with one partition)."""
+        items = list(lines.items() if isinstance(lines, Mapping) else lines)
+        if not items:
+            raise InvalidArgument("an order needs at least one line")
+        partitions = {self.keys.partition(sku) for sku, _ in items}
+        if len(partitions) > 1:
+            raise InvalidArgument(
+                f"the order's SKUs span partitions {sorted(partitions)}; an all-or-nothing order must "
+                "stay in one partition"
+            )
+        p = partitions.pop()
+        args = [len(items) + 2, self.keys.events(p), self.keys.idem(p, ref)]
+        args += [self.keys.sku(sku) for sku, _ in items]
+        args += [source, ref] + [_int(qty) for _, qty in items]
+        try:
+            status, reply_lines, replayed = await self.redis.execute_command("FCALL", "stocksync_order", *args)
+        except ResponseError as e:
+            raise _invalid(e) from None
+        states = tuple(
+            LineState(sku, qty, _opt_int(line[1]), _opt_int(line[2]))
+            for (sku, qty), line in zip(items, reply_lines, strict=True)
+        )
+        return OrderOutcome(status, states, bool(replayed))
+
+    async def decrement_many(self, items: Iterable[tuple[str, int, str]], *, source: str) -> list[Outcome]:
+        """Pipeline one decrement per (sku, qty, ref): one round trip, each call still atomic on its own."""
+        items = list(items)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sku, qty, ref in items:
+                pipe.execute_command("FCALL", "stocksync_decrement", *self._args(sku, _int(qty), source, ref))
+            replies = await pipe.execute(raise_on_error=False)
+        out = []
+        for (sku, _, _), reply in zip(items, replies, strict=True):
+            if isinstance(reply, ResponseError):
+                raise _invalid(reply)
+            out.append(_outcome(sku, reply))
+        return out
+
+    async def skus(self, partition: int | None = None, count: int = 1000):
+        """Yield every SKU (optionally of one partition); SCAN, so safe on a live server."""
+        for p in range(self.keys.partitions) if partition is None else [partition]:
+            head = len(self.keys.tag(p)) + len(":sku:")
+            async for key in self.redis.scan_iter(match=self.keys.sku_pattern(p), count=count):
+                yield key[head:]
+
+
+def _int(value: int) -> int:
+    # bool is an int in Python; a quantity of True is a bug, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"expected an integer, got {value!r}")
+    return value
+
+
+def _opt_int(value) -> int | None:
+    return None if value is None else int(value)
+
+
+async def _partitions(redis: connection.AnyRedis, settings: Settings) -> int:
+    """The deployment's partition count: fixed by the first process that connects, read by all others."""
+    meta = Keys(settings.prefix, 1).meta
+    await redis.hsetnx(meta, "partitions", settings.partitions)
+    stored = int(await redis.hget(meta, "partitions"))
+    if stored != settings.partitions and settings.partitions != 1:
+        log.warning("%s says %d partitions; using that, not the configured %d", meta, stored, settings.partitions)
+    return stored
