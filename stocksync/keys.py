@@ -43,6 +43,8 @@ class Keys:
         if not 1 <= self.partitions <= 16384:
             raise ValueError(f"partitions must be between 1 and 16384, got {self.partitions}")
 
+    # The consumer group of a channel on every events stream is named after the channel.
+
     @property
     def meta(self) -> str:
         return f"{self.prefix}:meta"
@@ -67,6 +69,14 @@ class Keys:
 
     def dlq(self, partition: int, channel: str) -> str:
         return f"{self.tag(partition)}:dlq:{channel}"
+
+    def sku_map(self, channel: str) -> str:
+        """hash: the channel's SKU -> canonical SKU, where they differ (edited through the admin API)."""
+        return f"{self.prefix}:skumap:{channel}"
+
+    def channel_status(self, channel: str) -> str:
+        """hash: consumer name -> JSON heartbeat of that worker (last push, circuit state, ...)."""
+        return f"{self.prefix}:status:{channel}"
 
     def all_events(self) -> list[str]:
         return [self.events(p) for p in range(self.partitions)]

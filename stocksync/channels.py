@@ -1,0 +1,110 @@
+"""Channel configuration: which marketplaces stock is pushed to, and the rules that shape each listing.
+
+In the TOML file (STOCKSYNC_CONFIG), one table per channel; credentials are never in the file, only the
+names of the environment variables that hold them:
+
+    [channels.shopify]
+    kind = "shopify"                 # shopify | amazon | flipkart | webhook
+    url = "https://example.myshopify.com"
+    credentials = { token = "SHOPIFY_ACCESS_TOKEN" }   # name -> environment variable
+    buffer = 2                       # units held back from this channel
+    share = 100                      # percent of the rest listed here
+    max_listed = 0                   # cap on the listed quantity (0: none)
+    end_when = 0                     # list 0 at or below this quantity
+    options = { location_id = "gid://shopify/Location/1" }   # adapter-specific
+    [channels.shopify.sku_map]       # channel SKU -> canonical SKU, where they differ
+    "SHOP-RED-M" = "RED-M"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .settings import Settings, SettingsError
+
+KINDS = ("shopify", "amazon", "flipkart", "webhook")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Rules:
+    buffer: int = 0
+    share: int = 100
+    max_listed: int = 0
+    end_when: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("buffer", "max_listed", "end_when"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SettingsError(f"{name} must be a whole number >= 0, got {value!r}")
+        if isinstance(self.share, bool) or not isinstance(self.share, int) or not 0 <= self.share <= 100:
+            raise SettingsError(f"share must be a whole number of percent from 0 to 100, got {self.share!r}")
+
+    def listed(self, available: int) -> int:
+        """The quantity this channel lists when `available` units are in stock."""
+        q = max(available - self.buffer, 0) * self.share // 100
+        if self.max_listed:
+            q = min(q, self.max_listed)
+        return 0 if q <= self.end_when else q
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str
+    kind: str
+    url: str
+    rules: Rules = Rules()
+    credentials: Mapping[str, str] = field(default_factory=dict)  # name -> environment variable
+    sku_map: Mapping[str, str] = field(default_factory=dict)  # channel SKU -> canonical SKU
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def secret(self, name: str) -> str:
+        """A credential's value from the environment; the error names the variable, never a value."""
+        var = self.credentials.get(name)
+        if not var:
+            raise SettingsError(f"channel {self.name}: no credential {name!r} configured")
+        value = os.environ.get(var, "")
+        if not value:
+            raise SettingsError(f"channel {self.name}: environment variable {var} (credential {name!r}) is not set")
+        return value
+
+    def canonical_sku(self, channel_sku: str) -> str:
+        return self.sku_map.get(channel_sku, channel_sku)
+
+    def channel_sku(self, canonical: str) -> str:
+        for theirs, ours in self.sku_map.items():
+            if ours == canonical:
+                return theirs
+        return canonical
+
+
+def load_channels(settings: Settings) -> dict[str, ChannelConfig]:
+    return {name: parse_channel(name, table) for name, table in settings.section("channels").items()}
+
+
+def parse_channel(name: str, table: Mapping[str, Any]) -> ChannelConfig:
+    if not _NAME_RE.match(name):
+        raise SettingsError(f"channel name {name!r} must be 1-32 of a-z, 0-9, '_' or '-'")
+    if not isinstance(table, Mapping):
+        raise SettingsError(f"channels.{name} must be a table")
+    known = {"kind", "url", "credentials", "sku_map", "options", "buffer", "share", "max_listed", "end_when"}
+    unknown = set(table) - known
+    if unknown:
+        raise SettingsError(f"channels.{name}: unknown setting(s) {', '.join(sorted(unknown))}")
+    kind = table.get("kind", name)
+    if kind not in KINDS:
+        raise SettingsError(f"channels.{name}.kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    url = table.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise SettingsError(f"channels.{name}.url must be an http(s) URL")
+    rules = Rules(**{k: table[k] for k in ("buffer", "share", "max_listed", "end_when") if k in table})
+    for sub in ("credentials", "sku_map", "options"):
+        if not isinstance(table.get(sub, {}), Mapping):
+            raise SettingsError(f"channels.{name}.{sub} must be a table")
+    return ChannelConfig(name, kind, url.rstrip("/"), rules, dict(table.get("credentials", {})),
+                         dict(table.get("sku_map", {})), dict(table.get("options", {})))
