@@ -16,7 +16,7 @@
   reference was already there, SET changes nothing and hands back the first outcome, which is replayed.
 ]]
 
-local VERSION = '0.1.0'
+local VERSION = '0.2.0'
 -- How long a reference is remembered (seconds). A property of the deployment, not of a call: the
 -- Python loader rewrites this line from STOCKSYNC_IDEM_TTL when it loads the library.
 local IDEM_TTL_S = 172800
@@ -130,8 +130,17 @@ local function remember(idem_key, record)
   return redis.call('GET', idem_key)
 end
 
-local function replay_single(record)
+-- A reference names one operation. Reused for an operation of another shape (an order's reference
+-- for a decrement, an order with other lines), its record cannot be replayed: refuse, change nothing.
+local function reused(ref)
+  fail('reference ' .. string.format('%q', ref) .. ' was first used for a different operation')
+end
+
+local function replay_single(record, ref)
   local code, available, version = string.match(record, '^(%a)|(%-?%d+)|(%d+)$')
+  if not code then
+    reused(ref)
+  end
   return {CODE_STATUS[code], tonumber(available), tonumber(version), 1}
 end
 
@@ -156,7 +165,7 @@ local function change_by(keys, sku, delta, source, ref)
   if not version then
     local first = redis.call('GET', idem_key)
     if first then
-      return replay_single(first)
+      return replay_single(first, ref)
     end
     return {'unknown_sku', 0, 0, 0}
   end
@@ -171,7 +180,7 @@ local function change_by(keys, sku, delta, source, ref)
   end
   local first = remember(idem_key, STATUS_CODE[status] .. '|' .. available .. '|' .. version)
   if first then
-    return replay_single(first)
+    return replay_single(first, ref)
   end
   if status == 'ok' then
     apply(sku_key, events_key, sku, available, version, delta, source, ref)
@@ -247,7 +256,7 @@ local function set(keys, args)
   end
   local first = remember(idem_key, record)
   if first then
-    return replay_single(first)
+    return replay_single(first, ref)
   end
   if status == 'conflict' then
     return {status, available, version, 0}
@@ -256,12 +265,15 @@ local function set(keys, args)
   return {'ok', target, version + 1, 0}
 end
 
-local function replay_order(record, skus)
+local function replay_order(record, skus, ref)
   local code, rest = string.match(record, '^(%a)|(.*)$')
   local out, i = {}, 1
-  for a, v in string.gmatch(rest, '(%-?%d+),(%d+)') do
+  for a, v in string.gmatch(rest or '', '(%-?%d+),(%d+)') do
     out[i] = {skus[i] or '', tonumber(a), tonumber(v)}
     i = i + 1
+  end
+  if i - 1 ~= #skus or string.find(rest, '|', 1, true) then
+    reused(ref)
   end
   return {CODE_STATUS[code], out, 1}
 end
@@ -325,7 +337,7 @@ local function order(keys, args)
     if not first then
       return {'unknown_sku', lines(), 0}
     end
-    return replay_order(first, skus)
+    return replay_order(first, skus, ref)
   end
 
   local status = short and 'insufficient' or 'ok'
@@ -341,7 +353,7 @@ local function order(keys, args)
   end
   local first = remember(idem_key, STATUS_CODE[status] .. '|' .. table.concat(parts, ';'))
   if first then
-    return replay_order(first, skus)
+    return replay_order(first, skus, ref)
   end
 
   for i = 1, n do
@@ -386,3 +398,329 @@ redis.register_function{function_name = 'stocksync_version', callback = function
   flags = {'no-writes'}}
 redis.register_function{function_name = 'stocksync_idem_ttl', callback = function() return IDEM_TTL_S end,
   flags = {'no-writes'}}
+
+-- Channel propagation (issue 3) -------------------------------------------------------------------------
+--[[
+  The consumer side. Each channel has one consumer group (named after the channel) on every events
+  stream. Around a push, a worker takes a short lease per SKU (pushes of one SKU to one channel never
+  overlap, even across processes), reads the SKU's current quantity and the version the channel last
+  accepted in the same step, and afterwards records the accepted version (never lowering it), acknowledges
+  the entries that version covers and gives the leases back, in one call.
+
+    <tag>:pushed:<channel>        hash: sku -> last version accepted by the channel
+    <tag>:lease:<channel>:<sku>   string: the consumer pushing that SKU now, with a TTL
+    <tag>:dlq:<channel>           stream: dead letters (sku, version, reason, attempts, error, ids, ...)
+]]
+
+local MAX_GROUP_LEN = 64
+local MAX_TTL_MS = 3600000
+local MAX_ID_LEN = 41
+
+local function tag_of(key, kind, name)
+  local tag, rest = string.match(key or '', '^(%b{}):' .. kind .. ':(.+)$')
+  if not tag then
+    fail('not a ' .. kind .. ' key: ' .. string.format('%q', key or ''))
+  end
+  if name and rest ~= name then
+    fail(kind .. ' key ' .. string.format('%q', key) .. ' is not for ' .. string.format('%q', name))
+  end
+  return tag, rest
+end
+
+local function events_of(tag, events_key)
+  if events_key ~= tag .. ':events' then
+    fail('events key ' .. string.format('%q', events_key or '') .. ' is not ' .. tag .. ':events')
+  end
+end
+
+local function entry_id(value, name)
+  if type(value) ~= 'string' or #value > MAX_ID_LEN or not string.find(value, '^%d+%-%d+$') then
+    fail(name .. ' must be a stream entry ID like 1700000000000-0, got '
+      .. (value and string.format('%q', value) or 'nothing'))
+  end
+  return value
+end
+
+-- "a-b" < "c-d" as stream IDs (both parts can exceed 2^53, so compare as digit strings).
+local function id_less(a, b)
+  local ams, aseq = string.match(a, '^(%d+)%-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)%-(%d+)$')
+  if ams ~= bms then
+    return #ams < #bms or (#ams == #bms and ams < bms)
+  end
+  return #aseq < #bseq or (#aseq == #bseq and aseq < bseq)
+end
+
+-- The ID right after id (ms-seq+1); seq stays far below 2^53 in practice.
+local function id_next(id)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  return ms .. '-' .. string.format('%d', tonumber(seq) + 1)
+end
+
+-- A flat RESP array of field/value pairs (XINFO replies) as a table.
+local function pairs_of(flat)
+  local t = {}
+  for i = 1, #flat, 2 do
+    t[flat[i]] = flat[i + 1]
+  end
+  return t
+end
+
+--[[
+  stocksync_push_claim: lease SKUs for a push and read what the push needs, in one step.
+    KEYS[1] <tag>:pushed:<channel>
+    KEYS[2..n+1] <tag>:sku:<sku_i>      KEYS[n+2..2n+1] <tag>:lease:<channel>:<sku_i>   (n >= 1)
+    ARGV[1] channel  ARGV[2] owner (the consumer)  ARGV[3] lease TTL in ms (1 .. 3600000)
+  Reply: {'ok', {{sku, leased, available, version, pushed}, ...}} in the order of the SKU keys.
+    leased 1 when the lease is now the owner's (new, or already the owner's: the TTL is renewed), 0 when
+    another consumer holds it (available, version, pushed are then still read, for information).
+    available/version false for a SKU that does not exist; pushed 0 when the channel has none yet.
+]]
+local function push_claim(keys, args)
+  local n = (#keys - 1) / 2
+  if n < 1 or n ~= math.floor(n) then
+    fail('expected a pushed key, then n SKU keys and n lease keys, got ' .. #keys .. ' keys')
+  end
+  local channel = text(args[1], 'channel', MAX_GROUP_LEN)
+  local owner = text(args[2], 'owner', MAX_SOURCE_LEN * 4)
+  local ttl = integer(args[3], 'lease TTL (ms)', 1, MAX_TTL_MS)
+  local tag = tag_of(keys[1], 'pushed', channel)
+  local skus = {}
+  for i = 1, n do
+    local sku_tag, sku = sku_of(keys[1 + i])
+    if sku_tag ~= tag then
+      fail('SKU key ' .. string.format('%q', keys[1 + i]) .. ' is not in partition ' .. tag)
+    end
+    if keys[1 + n + i] ~= tag .. ':lease:' .. channel .. ':' .. sku then
+      fail('lease key ' .. string.format('%q', keys[1 + n + i]) .. ' is not ' .. tag .. ':lease:' .. channel .. ':' .. sku)
+    end
+    skus[i] = sku
+  end
+  local out = {}
+  for i = 1, n do
+    local lease_key = keys[1 + n + i]
+    local leased = 0
+    if redis.call('SET', lease_key, owner, 'NX', 'PX', ttl) then
+      leased = 1
+    elseif redis.call('GET', lease_key) == owner then
+      redis.call('PEXPIRE', lease_key, ttl)
+      leased = 1
+    end
+    local available, version = read(keys[1 + i])
+    local pushed = tonumber(redis.call('HGET', keys[1], skus[i]) or '0')
+    out[i] = {skus[i], leased, available or false, version or false, pushed}
+  end
+  return {'ok', out}
+end
+
+--[[
+  stocksync_push_done: after a push, record what the channel accepted, acknowledge, give leases back.
+    KEYS[1] <tag>:pushed:<channel>   KEYS[2] <tag>:events   KEYS[3..] <tag>:lease:<channel>:<sku> to release
+    ARGV[1] channel (= the consumer group)  ARGV[2] owner  ARGV[3] n (number of accepted pairs)
+    ARGV[4 .. 3+2n] sku, version pairs the channel accepted   ARGV[4+2n ..] entry IDs to XACK
+  Reply: {'ok', raised, acked, released}
+    raised: SKUs whose recorded version went up (a version at or below the recorded one changes nothing:
+    the record never goes backwards); acked: entries XACK removed from the group's pending list;
+    released: leases deleted (only leases the owner holds are touched).
+  The caller acknowledges only entries whose version is at or below what the channel has accepted.
+]]
+local function push_done(keys, args)
+  if #keys < 2 then
+    fail('expected the pushed and events keys, then lease keys')
+  end
+  local channel = text(args[1], 'channel', MAX_GROUP_LEN)
+  local owner = text(args[2], 'owner', MAX_SOURCE_LEN * 4)
+  local n = integer(args[3], 'number of accepted pairs', 0, 100000)
+  local tag = tag_of(keys[1], 'pushed', channel)
+  events_of(tag, keys[2])
+  if #args < 3 + 2 * n then
+    fail('expected ' .. n .. ' sku/version pairs, got ' .. math.floor((#args - 3) / 2))
+  end
+  local versions = {}
+  for i = 1, n do
+    local sku = text(args[2 + 2 * i], 'sku', MAX_SKU_LEN)
+    versions[i] = {sku, integer(args[3 + 2 * i], 'version', 1, 99999999999)}
+  end
+  local ids = {}
+  for i = 4 + 2 * n, #args do
+    ids[#ids + 1] = entry_id(args[i], 'entry ID')
+  end
+  local lease_head = tag .. ':lease:' .. channel .. ':'
+  for i = 3, #keys do
+    if string.sub(keys[i], 1, #lease_head) ~= lease_head or #keys[i] == #lease_head then
+      fail('lease key ' .. string.format('%q', keys[i]) .. ' is not ' .. lease_head .. '<sku>')
+    end
+  end
+  local raised = 0
+  for _, pair in ipairs(versions) do
+    local cur = tonumber(redis.call('HGET', keys[1], pair[1]) or '0')
+    if pair[2] > cur then
+      redis.call('HSET', keys[1], pair[1], pair[2])
+      raised = raised + 1
+    end
+  end
+  local acked = 0
+  if #ids > 0 then
+    acked = redis.call('XACK', keys[2], channel, unpack(ids))
+  end
+  local released = 0
+  for i = 3, #keys do
+    if redis.call('GET', keys[i]) == owner then
+      redis.call('DEL', keys[i])
+      released = released + 1
+    end
+  end
+  return {'ok', raised, acked, released}
+end
+
+--[[
+  stocksync_dead_letter: move a SKU's pending entries to the channel's dead-letter stream, atomically
+  with their XACK.
+    KEYS[1] <tag>:events   KEYS[2] <tag>:dlq:<channel>
+    ARGV[1] channel (= the consumer group)  ARGV[2] sku  ARGV[3] version (the newest of the entries)
+    ARGV[4] reason (permanent | max_attempts | max_deliveries | ...)  ARGV[5] attempts
+    ARGV[6] last error (text, may be '-')  ARGV[7 ..] entry IDs (at least one)
+  Reply: {status, dead_letter_id, acked}
+    ok: XACK removed acked >= 1 of the entries, and one dead-letter entry was added with fields
+      sku, version, reason, attempts, error, ids (comma-separated), group, ts (ms, server clock).
+    not_pending: none of the entries was pending in the group any more (another consumer settled them):
+      nothing is added, dead_letter_id is ''.
+]]
+local function dead_letter(keys, args)
+  if #keys ~= 2 then
+    fail('expected 2 keys (events, dead letters), got ' .. #keys)
+  end
+  local channel = text(args[1], 'channel', MAX_GROUP_LEN)
+  local sku = text(args[2], 'sku', MAX_SKU_LEN)
+  local version = integer(args[3], 'version', 0, 99999999999)
+  local reason = text(args[4], 'reason', 64)
+  local attempts = integer(args[5], 'attempts', 0, 1000000000)
+  local err = text(args[6], 'error', 4096)
+  if #args < 7 then
+    fail('expected at least one entry ID')
+  end
+  local ids = {}
+  for i = 7, #args do
+    ids[#ids + 1] = entry_id(args[i], 'entry ID')
+  end
+  local tag = tag_of(keys[2], 'dlq', channel)
+  events_of(tag, keys[1])
+  local acked = redis.call('XACK', keys[1], channel, unpack(ids))
+  if acked == 0 then
+    return {'not_pending', '', 0}
+  end
+  local now = redis.call('TIME')
+  local ts = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
+  local id = redis.call('XADD', keys[2], '*', 'sku', sku, 'version', version, 'reason', reason,
+    'attempts', attempts, 'error', err, 'ids', table.concat(ids, ','), 'group', channel, 'ts', ts)
+  return {'ok', id, acked}
+end
+
+--[[
+  stocksync_dlq_resolve: after a replay pushed a SKU, record the accepted version and remove its
+  dead letters, in one step.
+    KEYS[1] <tag>:pushed:<channel>   KEYS[2] <tag>:dlq:<channel>
+    ARGV[1] channel  ARGV[2] sku  ARGV[3] accepted version (0: nothing pushed, e.g. the SKU is gone)
+    ARGV[4 ..] dead-letter entry IDs to delete (at least one)
+  Reply: {'ok', raised, deleted}   raised 1 when the recorded version went up.
+]]
+local function dlq_resolve(keys, args)
+  if #keys ~= 2 then
+    fail('expected 2 keys (pushed, dead letters), got ' .. #keys)
+  end
+  local channel = text(args[1], 'channel', MAX_GROUP_LEN)
+  local sku = text(args[2], 'sku', MAX_SKU_LEN)
+  local version = integer(args[3], 'version', 0, 99999999999)
+  if #args < 4 then
+    fail('expected at least one dead-letter entry ID')
+  end
+  local ids = {}
+  for i = 4, #args do
+    ids[#ids + 1] = entry_id(args[i], 'dead-letter entry ID')
+  end
+  local tag = tag_of(keys[1], 'pushed', channel)
+  if keys[2] ~= tag .. ':dlq:' .. channel then
+    fail('dead-letter key ' .. string.format('%q', keys[2]) .. ' is not ' .. tag .. ':dlq:' .. channel)
+  end
+  local raised = 0
+  if version > 0 and version > tonumber(redis.call('HGET', keys[1], sku) or '0') then
+    redis.call('HSET', keys[1], sku, version)
+    raised = 1
+  end
+  return {'ok', raised, redis.call('XDEL', keys[2], unpack(ids))}
+end
+
+--[[
+  stocksync_trim: trim an events stream by MINID, never past an entry some group still needs.
+    KEYS[1] <tag>:events
+    ARGV[1] retention in ms (keep every entry younger than this, by its ID's time; 0 = no minimum)
+  Reply: {'ok', trimmed, minid}
+    The bound is the smallest of: now - retention; for every consumer group, its oldest pending entry
+    and the entry after its last-delivered ID (entries past it are not yet delivered). With no group,
+    only the retention bounds the trim. minid is the bound used ('' when the stream does not exist).
+]]
+local function trim(keys, args)
+  if #keys ~= 1 then
+    fail('expected 1 key (events), got ' .. #keys)
+  end
+  local retention = integer(args[1], 'retention (ms)', 0, 99999999999)
+  if not string.find(keys[1], '^%b{}:events$') then
+    fail('not an events key: ' .. string.format('%q', keys[1]))
+  end
+  if redis.call('EXISTS', keys[1]) == 0 then
+    return {'ok', 0, ''}
+  end
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local bound = string.format('%d', math.max(now_ms - retention, 0)) .. '-0'
+  for _, flat in ipairs(redis.call('XINFO', 'GROUPS', keys[1])) do
+    local g = pairs_of(flat)
+    local need = id_next(g['last-delivered-id'])
+    if tonumber(g['pending']) > 0 then
+      local oldest = redis.call('XPENDING', keys[1], g['name'])[2]
+      if oldest and id_less(oldest, need) then
+        need = oldest
+      end
+    end
+    if id_less(need, bound) then
+      bound = need
+    end
+  end
+  return {'ok', redis.call('XTRIM', keys[1], 'MINID', bound), bound}
+end
+
+--[[
+  stocksync_reap_consumers: remove a group's consumers that hold nothing and have been idle a while.
+    KEYS[1] <tag>:events
+    ARGV[1] group  ARGV[2] minimum idle time in ms  ARGV[3] a consumer never to remove (the caller)
+  Reply: {'ok', {removed consumer names}}
+  One atomic step: a consumer with pending entries (e.g. one a claim just gave it) is never removed,
+  since nothing can claim between the check and XGROUP DELCONSUMER.
+]]
+local function reap_consumers(keys, args)
+  if #keys ~= 1 or not string.find(keys[1] or '', '^%b{}:events$') then
+    fail('expected 1 key (events)')
+  end
+  local group = text(args[1], 'group', MAX_GROUP_LEN)
+  local idle = integer(args[2], 'minimum idle (ms)', 0, 99999999999)
+  local keep = args[3] or ''
+  local removed = {}
+  if redis.call('EXISTS', keys[1]) == 0 then
+    return {'ok', removed}
+  end
+  for _, flat in ipairs(redis.call('XINFO', 'CONSUMERS', keys[1], group)) do
+    local c = pairs_of(flat)
+    if c['name'] ~= keep and tonumber(c['pending']) == 0 and tonumber(c['idle']) >= idle then
+      redis.call('XGROUP', 'DELCONSUMER', keys[1], group, c['name'])
+      removed[#removed + 1] = c['name']
+    end
+  end
+  return {'ok', removed}
+end
+
+redis.register_function('stocksync_push_claim', guarded(push_claim))
+redis.register_function('stocksync_push_done', guarded(push_done))
+redis.register_function('stocksync_dead_letter', guarded(dead_letter))
+redis.register_function('stocksync_dlq_resolve', guarded(dlq_resolve))
+redis.register_function('stocksync_trim', guarded(trim))
+redis.register_function('stocksync_reap_consumers', guarded(reap_consumers))

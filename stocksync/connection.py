@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from .settings import Settings
 
 AnyRedis = Redis | RedisCluster
 
+# Callers fan out hundreds of concurrent calls (a flash sale, a webhook burst). A blocking pool makes
+# them queue for a connection instead of failing with "Too many connections".
+MAX_CONNECTIONS = 64
 
-def connect(settings: Settings, **kwargs) -> AnyRedis:
+
+def connect(settings: Settings, max_connections: int = MAX_CONNECTIONS, **kwargs) -> AnyRedis:
     kwargs.setdefault("decode_responses", True)
     if settings.cluster:
-        return RedisCluster.from_url(settings.redis_url, **kwargs)
-    return Redis.from_url(settings.redis_url, **kwargs)
+        # RedisCluster waits on its own per-node pools only up to max_connections; keep them roomy.
+        return RedisCluster.from_url(settings.redis_url, max_connections=max(max_connections, 256), **kwargs)
+    pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=max_connections, timeout=30, **kwargs)
+    return Redis(connection_pool=pool)
 
 
 def is_cluster(redis: AnyRedis) -> bool:

@@ -7,6 +7,7 @@ an exception for a rejection instead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Iterable, Mapping
@@ -100,6 +101,16 @@ class StockStore:
         self.redis = redis
         self.keys = keys
         self.settings = settings or Settings(prefix=keys.prefix, partitions=keys.partitions)
+        # RedisCluster fails (MaxConnectionsError) instead of waiting when a node's pool is exhausted;
+        # bound this store's calls in flight so a burst of callers queues instead.
+        self._gate = asyncio.Semaphore(connection.MAX_CONNECTIONS)
+
+    async def _exec(self, *args):
+        async with self._gate:
+            try:
+                return await self.redis.execute_command(*args)
+            except ResponseError as e:
+                raise _invalid(e) from None
 
     @classmethod
     async def connect(
@@ -131,11 +142,7 @@ class StockStore:
         return [3, self.keys.sku(sku), self.keys.events(p), self.keys.idem(p, ref), amount, source, ref]
 
     async def _call(self, function: str, sku: str, args: list) -> Outcome:
-        try:
-            reply = await self.redis.execute_command("FCALL", function, *args)
-        except ResponseError as e:
-            raise _invalid(e) from None
-        return _outcome(sku, reply)
+        return _outcome(sku, await self._exec("FCALL", function, *args))
 
     async def decrement(self, sku: str, qty: int, *, ref: str, source: str) -> Outcome:
         """Take qty units, or nothing (status insufficient). `ref` makes it exactly-once."""
@@ -162,10 +169,7 @@ class StockStore:
         return await self._call("stocksync_set", sku, args)
 
     async def get(self, sku: str) -> Stock | None:
-        try:
-            reply = await self.redis.execute_command("FCALL_RO", "stocksync_get", 1, self.keys.sku(sku))
-        except ResponseError as e:
-            raise _invalid(e) from None
+        reply = await self._exec("FCALL_RO", "stocksync_get", 1, self.keys.sku(sku))
         if not reply:
             return None
         available, reserved, version, updated_ms, source = reply
@@ -188,10 +192,7 @@ class StockStore:
         args = [len(items) + 2, self.keys.events(p), self.keys.idem(p, ref)]
         args += [self.keys.sku(sku) for sku, _ in items]
         args += [source, ref] + [_int(qty) for _, qty in items]
-        try:
-            status, reply_lines, replayed = await self.redis.execute_command("FCALL", "stocksync_order", *args)
-        except ResponseError as e:
-            raise _invalid(e) from None
+        status, reply_lines, replayed = await self._exec("FCALL", "stocksync_order", *args)
         states = tuple(
             LineState(sku, qty, _opt_int(line[1]), _opt_int(line[2]))
             for (sku, qty), line in zip(items, reply_lines, strict=True)
@@ -201,7 +202,7 @@ class StockStore:
     async def decrement_many(self, items: Iterable[tuple[str, int, str]], *, source: str) -> list[Outcome]:
         """Pipeline one decrement per (sku, qty, ref): one round trip, each call still atomic on its own."""
         items = list(items)
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self._gate, self.redis.pipeline(transaction=False) as pipe:
             for sku, qty, ref in items:
                 pipe.execute_command("FCALL", "stocksync_decrement", *self._args(sku, _int(qty), source, ref))
             replies = await pipe.execute(raise_on_error=False)

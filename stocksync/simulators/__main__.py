@@ -31,7 +31,7 @@ def describe(sim: Simulator, url: str) -> dict[str, Any]:
         endpoint = f"POST {sim.graphql_path}"
         extra = {"location_id": sim.location_id}
     elif isinstance(sim, AmazonSim):
-        endpoint = "PATCH " + sim.listing_path("{sku}")
+        endpoint = "PATCH " + sim.listing_path("SKU").replace("/SKU?", "/{sku}?")
         extra = {"seller_id": sim.seller_id, "marketplace_id": sim.marketplace_id}
     elif isinstance(sim, FlipkartSim):
         endpoint = f"POST {INVENTORY_PATH}"
@@ -45,7 +45,9 @@ def describe(sim: Simulator, url: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stocksync.simulators", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stocksync.simulators", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("which", choices=[*SIMULATORS, "all"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8601, help="port of the first simulator (0: free ports)")
@@ -71,8 +73,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, d in described.items():
                 extra = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("url", "endpoint", "headers"))
                 headers = ", ".join(f"{k}: {v}" for k, v in d["headers"].items())
-                print(f"{name:9} {d['url']}  {d['endpoint']}\n{'':9} {headers}" + (f"\n{'':9} {extra}" if extra else ""))
-            print("control: GET <url>/_sim/state, GET <url>/_sim/calls, POST <url>/_sim/faults; Ctrl-C stops", flush=True)
+                print(
+                    f"{name:9} {d['url']}  {d['endpoint']}\n{'':9} {headers}"
+                    + (f"\n{'':9} {extra}" if extra else "")
+                )
+            print(
+                "control: GET <url>/_sim/state, GET <url>/_sim/calls, POST <url>/_sim/faults; Ctrl-C stops",
+                flush=True,
+            )
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
     return 0

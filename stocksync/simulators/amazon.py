@@ -123,8 +123,13 @@ class AmazonSim(Simulator):
                 values = patch.get("value")
                 for value in values if isinstance(values, list) else [values]:
                     value = value if isinstance(value, dict) else {}
-                    items.append({"sku": sku, "quantity": value.get("quantity"),
-                                  "channel": value.get("fulfillment_channel_code")})
+                    items.append(
+                        {
+                            "sku": sku,
+                            "quantity": value.get("quantity"),
+                            "channel": value.get("fulfillment_channel_code"),
+                        }
+                    )
         preview = request.query_params.get("mode") == "VALIDATION_PREVIEW"
         return Parsed({"sku": sku, "preview": preview}, items)
 
@@ -137,7 +142,9 @@ class AmazonSim(Simulator):
             elif not is_int(item["quantity"]) or item["quantity"] < 0:
                 issues.append(_issue("90220", "'quantity' must be an integer of at least 0."))
         if self.rejected(sku):
-            issues.append(_issue("8541", f"SKU '{sku}' cannot be updated: the listing is blocked (simulated)."))
+            issues.append(
+                _issue("8541", f"SKU '{sku}' cannot be updated: the listing is blocked (simulated).")
+            )
         ok = not issues
         for item in call.items:
             if ok and not parsed.data["preview"]:
@@ -145,8 +152,12 @@ class AmazonSim(Simulator):
                 item["result"] = "applied"
             else:
                 item["result"] = "validated" if ok else "invalid"
-        reply = {"sku": sku, "status": "ACCEPTED" if ok else "INVALID",
-                 "submissionId": uuid.uuid4().hex, "issues": issues}
+        reply = {
+            "sku": sku,
+            "status": "ACCEPTED" if ok else "INVALID",
+            "submissionId": uuid.uuid4().hex,
+            "issues": issues,
+        }
         return json_response(reply, headers={"x-amzn-RequestId": str(uuid.uuid4())})
 
     # ----- getListingsItem ---------------------------------------------------------------------
@@ -170,4 +181,9 @@ class AmazonSim(Simulator):
 
 
 def _issue(code: str, message: str) -> dict[str, Any]:
-    return {"code": code, "message": message, "severity": "ERROR", "attributeNames": ["fulfillment_availability"]}
+    return {
+        "code": code,
+        "message": message,
+        "severity": "ERROR",
+        "attributeNames": ["fulfillment_availability"],
+    }

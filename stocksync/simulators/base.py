@@ -221,16 +221,13 @@ class Simulator:
 
     def set_faults(self, **changes: Any) -> Faults:
         """Change some faults (keyword names of ``Faults``; also ``outage`` bool and ``outage_s``
-        seconds). A new rate limit starts with a full bucket; a new seed restarts the RNGs."""
-        names = {f.name for f in dataclasses.fields(Faults)}
-        unknown = set(changes) - names - {"outage", "outage_s"}
+        seconds). A new rate limit or burst starts with a full bucket; a new seed restarts the
+        RNGs; other changes leave both alone. Invalid changes raise ValueError and change nothing."""
+        outage = {k: changes.pop(k) for k in ("outage", "outage_s") if k in changes}
+        unknown = set(changes) - {f.name for f in dataclasses.fields(Faults)}
         if unknown:
             raise ValueError(f"unknown fault(s): {sorted(unknown)}")
         with self._lock:
-            if "outage" in changes:
-                self.outage(bool(changes.pop("outage")))
-            if "outage_s" in changes:
-                self.outage(seconds=float(changes.pop("outage_s")))
             new = self.faults
             for key, value in changes.items():
                 if key == "reject_skus":
@@ -244,8 +241,13 @@ class Simulator:
                 setattr(new, key, value)
             if new.rate_limit is not None and (new.rate_limit <= 0 or new.burst < 1):
                 raise ValueError("rate_limit must be > 0 and burst >= 1")
-            reseed = "seed" in changes
-            self._configure(new, reseed=reseed)
+            self._configure(
+                new, bucket=bool({"rate_limit", "burst"} & changes.keys()), reseed="seed" in changes
+            )
+            if "outage" in outage:
+                self.outage(bool(outage["outage"]))
+            if "outage_s" in outage:
+                self.outage(seconds=float(outage["outage_s"]))
             return self.faults
 
     def outage(self, on: bool = True, *, seconds: float | None = None) -> None:
@@ -386,7 +388,9 @@ class Simulator:
         call.accepted, call.cost = True, cost
         if self._faults.error_rate and self._error_rng.random() < self._faults.error_rate:
             call.outcome = "server_error"
-            return self.error_response("server_error", self._faults.error_status, "internal error (simulated)")
+            return self.error_response(
+                "server_error", self._faults.error_status, "internal error (simulated)"
+            )
         return None
 
     def _delay_s(self) -> float:
@@ -398,11 +402,12 @@ class Simulator:
     def _outage_on(self, now: float) -> bool:
         return self._outage_until is not None and now < self._outage_until
 
-    def _configure(self, faults: Faults, reseed: bool = True) -> None:
+    def _configure(self, faults: Faults, *, bucket: bool = True, reseed: bool = True) -> None:
         self._faults = faults
-        rate = faults.rate_limit
-        self._bucket = TokenBucket(rate, faults.burst) if rate is not None else None
-        if reseed or not hasattr(self, "_error_rng"):
+        if bucket:
+            rate = faults.rate_limit
+            self._bucket = TokenBucket(rate, faults.burst) if rate is not None else None
+        if reseed:
             # Two RNGs: turning latency on must not shift which calls get an injected 5xx.
             self._error_rng = random.Random(faults.seed)
             self._latency_rng = random.Random(faults.seed + 1)
@@ -458,7 +463,9 @@ def serve(app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout: float = 
     answering while the test blocks, and works whatever event loop (or none) the caller uses.
     """
     asgi = getattr(app, "app", app)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on accepted sockets that say TCP,
+    # and without it every keep-alive reply waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]

@@ -57,8 +57,12 @@ class FlipkartSim(Simulator):
 
     def error_response(self, kind: str, status: int, message: str) -> Response:
         if kind == "unauthorized":  # the shape of Flipkart's OAuth service (Spring Security OAuth)
-            return json_response({"error": "invalid_token", "error_description": "Invalid access token"}, status)
-        return json_response({"errors": [{"severity": "ERROR", "code": status, "description": message}]}, status)
+            return json_response(
+                {"error": "invalid_token", "error_description": "Invalid access token"}, status
+            )
+        return json_response(
+            {"errors": [{"severity": "ERROR", "code": status, "description": message}]}, status
+        )
 
     def _parse(self, request: Request, body: bytes) -> Parsed:
         doc = self.load_json(body)

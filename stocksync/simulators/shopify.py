@@ -119,7 +119,13 @@ class ShopifySim(Simulator):
     # ----- HTTP shapes -------------------------------------------------------------------------
 
     def api_routes(self) -> list[Route]:
-        return [Route("/admin/api/{version}/graphql.json", self.endpoint(self._parse, self._handle), methods=["POST"])]
+        return [
+            Route(
+                "/admin/api/{version}/graphql.json",
+                self.endpoint(self._parse, self._handle),
+                methods=["POST"],
+            )
+        ]
 
     def authorized(self, request: Request, body: bytes) -> bool:
         return request.headers.get("x-shopify-access-token") == self.access_token
@@ -128,7 +134,9 @@ class ShopifySim(Simulator):
         if kind == "unauthorized":
             msg = "[API] Invalid API key or access token (unrecognized login or wrong password)"
             return json_response({"errors": msg}, status)
-        code = {"outage": "SERVICE_UNAVAILABLE", "server_error": "INTERNAL_SERVER_ERROR"}.get(kind, "BAD_REQUEST")
+        code = {"outage": "SERVICE_UNAVAILABLE", "server_error": "INTERNAL_SERVER_ERROR"}.get(
+            kind, "BAD_REQUEST"
+        )
         return json_response({"errors": [{"message": message, "extensions": {"code": code}}]}, status)
 
     def throttled_response(self, wait_s: float, cost: float) -> Response:
@@ -166,7 +174,8 @@ class ShopifySim(Simulator):
         root = next((r for r in _ROOTS if re.search(rf"\b{r}\s*\(", query)), None)
         if root is None:
             raise self._graphql_error(
-                "stocksync simulator: supported root fields are " + ", ".join(_ROOTS), "UNSUPPORTED_BY_SIMULATOR"
+                "stocksync simulator: supported root fields are " + ", ".join(_ROOTS),
+                "UNSUPPORTED_BY_SIMULATOR",
             )
         if root == "inventorySetQuantities":
             return self._parse_set(query, variables)
@@ -174,12 +183,13 @@ class ShopifySim(Simulator):
         if root == "inventoryItems":
             search = _arg(query, root, "query", variables) or ""
             skus = [a or b for a, b in re.findall(r'sku:\s*(?:"([^"]*)"|([^\s()]+))', search)]
-            gids = [self.item_id(s) if self.auto_create else inventory_item_gid(s) for s in skus]
+            gids = [inventory_item_gid(s) for s in skus]  # created by _handle, once authorized
         elif root == "nodes":
             gids = list(_arg(query, root, "ids", variables) or [])
         else:
             gids = [_arg(query, root, "id", variables)]
-        items = [{"sku": self._skus.get(g, g), "item_id": g} for g in gids]
+        known = {inventory_item_gid(s): s for s in skus} if root == "inventoryItems" else self._skus
+        items = [{"sku": known.get(g, g), "item_id": g} for g in gids]
         return Parsed((root, gids, location), items, cost=READ_COST + len(gids))
 
     def _parse_set(self, query: str, variables: dict[str, Any]) -> Parsed:
@@ -190,21 +200,33 @@ class ShopifySim(Simulator):
             raise self._graphql_error(
                 f"Variable ${var} of type InventorySetQuantitiesInput! was provided invalid value",
                 "INVALID_VARIABLE",
-                problems=[{"path": ["quantities"], "explanation": "Expected a list of InventoryQuantityInput"}],
+                problems=[
+                    {"path": ["quantities"], "explanation": "Expected a list of InventoryQuantityInput"}
+                ],
             )
         quantities = data["quantities"]
         if len(quantities) > MAX_QUANTITIES:
             raise self._graphql_error(
-                f"The input array size of {len(quantities)} is greater than the maximum allowed of {MAX_QUANTITIES}.",
+                f"The input array size of {len(quantities)} is greater than the maximum allowed"
+                f" of {MAX_QUANTITIES}.",
                 "MAX_INPUT_SIZE_EXCEEDED",
             )
         for i, q in enumerate(quantities):
-            if not (isinstance(q, dict) and isinstance(q.get("inventoryItemId"), str)
-                    and isinstance(q.get("locationId"), str) and is_int(q.get("quantity"))):
+            if not (
+                isinstance(q, dict)
+                and isinstance(q.get("inventoryItemId"), str)
+                and isinstance(q.get("locationId"), str)
+                and is_int(q.get("quantity"))
+            ):
                 raise self._graphql_error(
                     "Variable $input of type InventorySetQuantitiesInput! was provided invalid value",
                     "INVALID_VARIABLE",
-                    problems=[{"path": ["quantities", i], "explanation": "inventoryItemId, locationId and quantity are required"}],
+                    problems=[
+                        {
+                            "path": ["quantities", i],
+                            "explanation": "inventoryItemId, locationId and quantity are required",
+                        }
+                    ],
                 )
         key = re.search(r'@idempotent\s*\(\s*key\s*:\s*(?:"([^"]*)"|\$(\w+))', query)
         idem = (key.group(1) if key.group(1) is not None else variables.get(key.group(2))) if key else None
@@ -229,13 +251,21 @@ class ShopifySim(Simulator):
             result: dict[str, Any] = {"inventorySetQuantities": payload}
         else:
             _, gids, location = parsed.data
+            if root == "inventoryItems" and self.auto_create:
+                for item in call.items:
+                    self.item_id(item["sku"])
             nodes = [self._item_node(g, location) for g in gids]
             for item, node in zip(call.items, nodes, strict=True):
                 item["result"] = "found" if node else "not_found"
             if root == "inventoryItems":
                 found = [n for n in nodes if n]
-                result = {root: {"nodes": found, "edges": [{"node": n} for n in found],
-                                 "pageInfo": {"hasNextPage": False, "endCursor": None}}}
+                result = {
+                    root: {
+                        "nodes": found,
+                        "edges": [{"node": n} for n in found],
+                        "pageInfo": {"hasNextPage": False, "endCursor": None},
+                    }
+                }
             else:
                 result = {root: nodes if root == "nodes" else nodes[0]}
         return json_response({"data": result, "extensions": self._cost(parsed.cost, parsed.cost)})
@@ -257,14 +287,19 @@ class ShopifySim(Simulator):
         fingerprint = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
         if isinstance(idem, str) and idem in self._idempotency:
             first, payload, ok = self._idempotency[idem]
-            code = ("IDEMPOTENCY_KEY_PARAMETER_MISMATCH" if first != fingerprint
-                    else None if ok else "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED")
+            code = None
+            if first != fingerprint:
+                code = "IDEMPOTENCY_KEY_PARAMETER_MISMATCH"
+            elif not ok:
+                code = "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED"
             for item in call.items:
                 item["result"] = "replayed" if code is None else "not_applied"
             if code is None:
                 return payload
-            return {"inventoryAdjustmentGroup": None,
-                    "userErrors": [{"code": code, "field": None, "message": code.replace("_", " ").lower()}]}
+            return {
+                "inventoryAdjustmentGroup": None,
+                "userErrors": [{"code": code, "field": None, "message": code.replace("_", " ").lower()}],
+            }
         errors = self._validate(version, data, call)
         if errors and not self.partial_apply:
             for item in call.items:
@@ -278,16 +313,21 @@ class ShopifySim(Simulator):
                 before = self._quantities.get(item["sku"], 0)
                 self.apply(item["sku"], item["quantity"])
                 item["result"] = "applied"
-                changes.append({
-                    "name": "available", "delta": item["quantity"] - before,
-                    "quantityAfterChange": item["quantity"],
-                    "item": {"id": item["item_id"], "sku": item["sku"]}, "location": {"id": self.location_id},
-                })
+                changes.append(
+                    {
+                        "name": "available",
+                        "delta": item["quantity"] - before,
+                        "quantityAfterChange": item["quantity"],
+                        "item": {"id": item["item_id"], "sku": item["sku"]},
+                        "location": {"id": self.location_id},
+                    }
+                )
             self._groups += 1
             group = {
                 "id": f"gid://shopify/InventoryAdjustmentGroup/{self._groups}",
                 "createdAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "reason": data.get("reason"), "referenceDocumentUri": data.get("referenceDocumentUri"),
+                "reason": data.get("reason"),
+                "referenceDocumentUri": data.get("referenceDocumentUri"),
                 "changes": changes,
             }
             payload = {"inventoryAdjustmentGroup": group if changes else None, "userErrors": errors}
@@ -308,7 +348,11 @@ class ShopifySim(Simulator):
             error("INVALID_REASON", ["reason"], "The specified reason is invalid.")
         uri = data.get("referenceDocumentUri")
         if uri is not None and not (isinstance(uri, str) and _URI.match(uri)):
-            error("INVALID_REFERENCE_DOCUMENT", ["referenceDocumentUri"], "The specified reference document is invalid.")
+            error(
+                "INVALID_REFERENCE_DOCUMENT",
+                ["referenceDocumentUri"],
+                "The specified reference document is invalid.",
+            )
         if errors:  # the input as a whole is invalid: nothing can be applied, even partially
             for item in call.items:
                 item["result"] = "not_applied"
@@ -319,24 +363,55 @@ class ShopifySim(Simulator):
             pair = (q["inventoryItemId"], q["locationId"])
             code: str | None
             if q["inventoryItemId"] not in self._skus:
-                code, field, message = "INVALID_INVENTORY_ITEM", "inventoryItemId", "The specified inventory item could not be found."
+                code, field, message = (
+                    "INVALID_INVENTORY_ITEM",
+                    "inventoryItemId",
+                    "The specified inventory item could not be found.",
+                )
             elif q["locationId"] != self.location_id:
-                code, field, message = "INVALID_LOCATION", "locationId", "The specified location could not be found."
+                code, field, message = (
+                    "INVALID_LOCATION",
+                    "locationId",
+                    "The specified location could not be found.",
+                )
             elif pair in seen:
-                code, field, message = ("NO_DUPLICATE_INVENTORY_ITEM_ID_GROUP_ID_PAIR", "inventoryItemId",
-                                        "The combination of inventoryItemId and locationId must be unique.")
+                code, field, message = (
+                    "NO_DUPLICATE_INVENTORY_ITEM_ID_GROUP_ID_PAIR",
+                    "inventoryItemId",
+                    "The combination of inventoryItemId and locationId must be unique.",
+                )
             elif q["quantity"] < 0:
-                code, field, message = "INVALID_QUANTITY_NEGATIVE", "quantity", "The quantity can't be negative."
+                code, field, message = (
+                    "INVALID_QUANTITY_NEGATIVE",
+                    "quantity",
+                    "The quantity can't be negative.",
+                )
             elif q["quantity"] > 1_000_000_000:
-                code, field, message = "INVALID_QUANTITY_TOO_HIGH", "quantity", "The total quantity can't be higher than 1,000,000,000."
+                code, field, message = (
+                    "INVALID_QUANTITY_TOO_HIGH",
+                    "quantity",
+                    "The total quantity can't be higher than 1,000,000,000.",
+                )
             elif "changeFromQuantity" not in q and version >= CAS_REQUIRED_FROM:
-                code, field, message = (None, "changeFromQuantity",
-                                        "changeFromQuantity is required: pass the expected quantity, or null to skip the check.")
-            elif q.get("changeFromQuantity") is not None and q["changeFromQuantity"] != self._quantities.get(item["sku"], 0):
-                code, field, message = "CHANGE_FROM_QUANTITY_STALE", "changeFromQuantity", "The changeFromQuantity value does not match persisted value."
+                code, field, message = (
+                    None,
+                    "changeFromQuantity",
+                    "changeFromQuantity is required: pass the expected quantity, or null to skip the check.",
+                )
+            elif q.get("changeFromQuantity") is not None and q["changeFromQuantity"] != self._quantities.get(
+                item["sku"], 0
+            ):
+                code, field, message = (
+                    "CHANGE_FROM_QUANTITY_STALE",
+                    "changeFromQuantity",
+                    "The changeFromQuantity value does not match persisted value.",
+                )
             elif self.rejected(item["sku"]):
-                code, field, message = ("NON_MUTABLE_INVENTORY_ITEM", "inventoryItemId",
-                                        "The specified inventory item is not allowed to be adjusted via API.")
+                code, field, message = (
+                    "NON_MUTABLE_INVENTORY_ITEM",
+                    "inventoryItemId",
+                    "The specified inventory item is not allowed to be adjusted via API.",
+                )
             else:
                 seen.add(pair)
                 continue

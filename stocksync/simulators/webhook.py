@@ -37,7 +37,11 @@ class WebhookSim(Simulator):
     name = "webhook"
 
     def __init__(
-        self, faults: Faults | None = None, *, secret: str = "stocksync-webhook-secret", path: str = "/webhook"
+        self,
+        faults: Faults | None = None,
+        *,
+        secret: str = "stocksync-webhook-secret",
+        path: str = "/webhook",
     ) -> None:
         self.secret, self.path = secret, path
         super().__init__(faults)
@@ -64,13 +68,21 @@ class WebhookSim(Simulator):
         doc = self.load_json(body)
         items = doc.get("items") if isinstance(doc, dict) else None
         if not isinstance(items, list):
-            raise self.bad_request("expected {\"items\": [{\"sku\", \"quantity\", \"version\"}, ...]}")
+            raise self.bad_request('expected {"items": [{"sku", "quantity", "version"}, ...]}')
         for i, item in enumerate(items):
-            if not (isinstance(item, dict) and isinstance(item.get("sku"), str) and item["sku"]
-                    and is_int(item.get("quantity")) and item["quantity"] >= 0
-                    and is_int(item.get("version")) and item["version"] >= 0):
+            if not (
+                isinstance(item, dict)
+                and isinstance(item.get("sku"), str)
+                and item["sku"]
+                and is_int(item.get("quantity"))
+                and item["quantity"] >= 0
+                and is_int(item.get("version"))
+                and item["version"] >= 0
+            ):
                 raise self.bad_request(f"items[{i}] needs a sku, a quantity >= 0 and a version >= 0")
-        return Parsed(None, [{"sku": i["sku"], "quantity": i["quantity"], "version": i["version"]} for i in items])
+        return Parsed(
+            None, [{"sku": i["sku"], "quantity": i["quantity"], "version": i["version"]} for i in items]
+        )
 
     def _handle(self, request: Request, parsed: Parsed, call: Call) -> Response:
         results = []
@@ -78,9 +90,17 @@ class WebhookSim(Simulator):
             sku, version = item["sku"], item["version"]
             last = self._versions.get(sku)
             if self.rejected(sku):
-                result = {"sku": sku, "status": "rejected", "reason": "SKU not accepted by this channel (simulated)"}
+                result = {
+                    "sku": sku,
+                    "status": "rejected",
+                    "reason": "SKU not accepted by this channel (simulated)",
+                }
             elif last is not None and version <= last:
-                result = {"sku": sku, "status": "stale", "reason": f"version {version} <= {last} already applied"}
+                result = {
+                    "sku": sku,
+                    "status": "stale",
+                    "reason": f"version {version} <= {last} already applied",
+                }
             else:
                 self.apply(sku, item["quantity"])
                 self._versions[sku] = version

@@ -1,0 +1,48 @@
+"""Small helpers the tests share."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis
+
+from stocksync.keys import Keys
+
+
+def snapshot(client: redis.Redis, prefix: str) -> dict:
+    """Every key of a prefix with its type and content: equal snapshots mean nothing changed."""
+    out = {}
+    for pattern in (f"\\{{{prefix}:*", f"{prefix}:*"):
+        for key in client.scan_iter(match=pattern, count=1000):
+            kind = client.type(key)
+            if kind == "hash":
+                out[key] = client.hgetall(key)
+            elif kind == "stream":
+                out[key] = client.xrange(key)
+            elif kind == "string":
+                out[key] = client.get(key)
+            else:
+                out[key] = kind
+    return out
+
+
+def fcall(client: redis.Redis, fn: str, keys: list[str], *args) -> list:
+    return client.fcall(fn, len(keys), *keys, *args)
+
+
+def sku_call_keys(keys: Keys, sku: str, ref: str) -> list[str]:
+    p = keys.partition(sku)
+    return [keys.sku(sku), keys.events(p), keys.idem(p, ref)]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll until condition() is truthy; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
