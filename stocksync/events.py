@@ -50,9 +50,11 @@ class Event:
     def line(self) -> str:
         """One human-readable line, as `stocksync tail` prints it."""
         sign = "+" if self.delta > 0 else ""
-        reason = f" ({self.reason})" if self.reason else ""
-        return (f"{self.id:<17} {self.type:<14} {self.sku} {sign}{self.delta} -> {self.available} "
-                f"v{self.version} by {self.source} ref={self.ref}{reason}")
+        if self.type == "stock.rejected":
+            change = f"{sign}{self.delta} refused ({self.reason}), available {self.available}"
+        else:
+            change = f"{sign}{self.delta} -> {self.available}"
+        return f"{self.id:<17} {self.type:<14} {self.sku} {change} v{self.version} by {self.source} ref={self.ref}"
 
 
 async def read_range(redis: AnyRedis, keys: Keys, partition: int, start: str = "-", count: int | None = None) -> list[Event]:

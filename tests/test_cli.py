@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import redis
 
 
 def stocksync(settings, *args, env=None, timeout=30):
@@ -77,3 +78,17 @@ def test_demo_runs_and_leaves_nothing_behind(settings):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "oversold 0" in out.stdout
+
+
+def test_redis_command_serves_until_stopped():
+    proc = subprocess.Popen([sys.executable, "-m", "stocksync", "redis"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("redis://127.0.0.1:")
+        client = redis.Redis.from_url(url)
+        assert client.ping()
+        client.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
