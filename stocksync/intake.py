@@ -1,0 +1,265 @@
+"""Applying a verified webhook delivery: map SKUs, take or restock each line exactly once, report the rest.
+
+The stock changes only through the library's functions; the reference of each line is
+`<channel>:<marketplace order id>:<line id>` (restocks add a suffix), so the library's exactly-once
+record makes every redelivery, under any webhook id, change nothing. What this module keeps besides:
+
+    <prefix>:wh:seen:<channel>:<delivery id>   a delivery already processed (a shortcut, not the guarantee)
+    <prefix>:wh:line:<channel>:<line key>      hash state, qty, sku, restocked of a line; state t taken,
+                                               r refused (insufficient), u unknown SKU, c cancelled before
+                                               it was taken. Kept longer than references (line_ttl_days),
+                                               so that a cancellation or a return weeks later restocks only
+                                               what was taken, into the SKU it was taken from, and never
+                                               more than was taken in total
+    <prefix>:rejections                        hash "<channel>|<order id>" -> JSON of the uncovered lines
+    <prefix>:rejections:index                  sorted set of the same members by first rejection time (ms)
+
+A line that cannot be covered is still answered 200 (the marketplace took the order): the library writes
+its stock.rejected event, and the order is listed by GET /v1/rejections until someone resolves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+
+from .errors import InvalidArgument
+from .httputil import MAX_SKU_BYTES
+from .metrics import Metrics
+from .store import Outcome, StockStore
+from .webhooks import Delivery, Line, Restock, Webhook
+
+log = logging.getLogger(__name__)
+MAX_REF_BYTES = 256
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    seen_ttl_s: int = 7 * 86400
+    line_ttl_s: int = 120 * 86400
+
+    @classmethod
+    def from_section(cls, api: Mapping) -> IntakeSettings:
+        return cls(int(api.get("webhook_seen_ttl_s", cls.seen_ttl_s)),
+                   int(api.get("line_ttl_days", cls.line_ttl_s // 86400)) * 86400)
+
+
+def _bounded(text: str, limit: int, head: str) -> str:
+    if len(text.encode()) <= limit:
+        return text
+    return f"{head}:#{hashlib.blake2b(text.encode(), digest_size=16).hexdigest()}"
+
+
+class Intake:
+    def __init__(self, store: StockStore, metrics: Metrics, settings: IntakeSettings | None = None) -> None:
+        self.store, self.redis, self.keys = store, store.redis, store.keys
+        self.metrics = metrics
+        self.settings = settings or IntakeSettings()
+        prefix = store.keys.prefix
+        self.rejections_key = f"{prefix}:rejections"
+        self.rejections_index = f"{prefix}:rejections:index"
+        self._seen = f"{prefix}:wh:seen:"
+        self._line = f"{prefix}:wh:line:"
+
+    # Keys and references ----------------------------------------------------------------------------------
+
+    def seen_key(self, channel: str, delivery_id: str) -> str:
+        return self._seen + channel + ":" + _bounded(delivery_id, 200, "h")
+
+    def line_key(self, channel: str, line: Line) -> str:
+        return self._line + channel + ":" + line.key
+
+    @staticmethod
+    def take_ref(channel: str, line: Line) -> str:
+        return _bounded(f"{channel}:{line.key}", MAX_REF_BYTES, channel)
+
+    @staticmethod
+    def restock_ref(channel: str, restock: Restock) -> str:
+        return _bounded(f"{channel}:{restock.line.key}:{restock.suffix}", MAX_REF_BYTES, channel)
+
+    # Applying a delivery ----------------------------------------------------------------------------------
+
+    async def apply(self, hook: Webhook, delivery: Delivery) -> dict:
+        channel = hook.name
+        if delivery.delivery_id and await self.redis.exists(self.seen_key(channel, delivery.delivery_id)):
+            self.metrics.deliveries.labels(channel, "duplicate").inc()
+            return {"status": "duplicate", "event": delivery.kind}
+        if delivery.ignored:
+            self.metrics.deliveries.labels(channel, "ignored").inc()
+            return {"status": "ignored", "event": delivery.kind, "reason": delivery.ignored}
+
+        lines = [*delivery.takes, *(r.line for r in delivery.restocks), *delivery.cancels]
+        skus = sorted({line.channel_sku for line in lines if line.channel_sku})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if skus:
+                pipe.hmget(self.keys.sku_map(channel), skus)
+            for line in lines:
+                pipe.hmget(self.line_key(channel, line), "state", "qty", "sku", "restocked")
+            replies = await pipe.execute()
+        mapped = dict(zip(skus, replies.pop(0), strict=True)) if skus else {}
+        records = {line.key: _record(r) for line, r in zip(lines, replies, strict=True)}
+
+        def canonical(line: Line) -> str | None:
+            if not line.channel_sku:
+                return None
+            return mapped.get(line.channel_sku) or hook.channel.sku_map.get(line.channel_sku) or line.channel_sku
+
+        results = await self._take(channel, delivery.takes, records, canonical)
+        results += await self._restock(channel, delivery.restocks, records, canonical)
+        await self._cancel(channel, delivery.cancels, records, canonical)
+        await self._reject(channel, results)
+        if delivery.delivery_id:
+            await self.redis.set(self.seen_key(channel, delivery.delivery_id), "1", ex=self.settings.seen_ttl_s)
+        self.metrics.deliveries.labels(channel, "applied").inc()
+        return {"status": "applied", "event": delivery.kind, "lines": results}
+
+    async def _take(self, channel: str, takes: list[Line], records: dict, canonical) -> list[dict]:
+        results, calls = [], []
+        for line in takes:
+            sku = canonical(line)
+            result = {"line": line.key, "order_id": line.order_id, "line_id": line.line_id,
+                      "channel_sku": line.channel_sku, "sku": sku, "qty": line.qty, "op": "take"}
+            results.append(result)
+            record = records.get(line.key)
+            if record and record["state"] == "c":
+                result["status"] = "cancelled"  # the order was cancelled before we saw it taken
+            elif sku is None:
+                result["status"] = "no_sku"
+            elif len(sku.encode()) > MAX_SKU_BYTES:
+                result["status"] = "invalid_sku"
+            else:
+                calls.append((result, (sku, line.qty, self.take_ref(channel, line))))
+        if not calls:
+            return results
+        try:
+            outcomes = await self.store.decrement_many([c for _, c in calls], source=channel)
+        except InvalidArgument:  # one bad line must not hide the others' outcomes
+            outcomes = []
+            for _, (sku, qty, ref) in calls:
+                try:
+                    outcomes.append(await self.store.decrement(sku, qty, ref=ref, source=channel))
+                except InvalidArgument as e:
+                    outcomes.append(e)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (result, (sku, qty, _)), outcome in zip(calls, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    result.update(status="invalid", reason=str(outcome))
+                    continue
+                self.metrics.outcome("decrement", outcome.status, outcome.replayed)
+                _merge(result, outcome)
+                key = self._line + channel + ":" + result["line"]
+                state = {"ok": "t", "insufficient": "r"}.get(outcome.status, "u")
+                pipe.hset(key, mapping={"state": state, "qty": qty, "sku": sku})
+                pipe.expire(key, self.settings.line_ttl_s)
+            await pipe.execute()
+        return results
+
+    async def _taken(self, channel: str, restock: Restock, record, canonical) -> tuple[str, int] | None:
+        """(sku, qty taken and not restocked yet) of a line taken before, or None."""
+        if record:
+            return (record["sku"], record["qty"] - record["restocked"]) if record["state"] == "t" else None
+        sku = canonical(restock.line)
+        if sku is None or len(sku.encode()) > MAX_SKU_BYTES:
+            return None
+        # No line record (expired, or lost between the take and its record): ask the library's own.
+        ref = self.take_ref(channel, restock.line)
+        first = await self.redis.get(self.keys.idem(self.keys.partition(sku), ref))
+        return (sku, restock.line.qty) if first and first.startswith("o|") else None
+
+    async def _restock(self, channel: str, restocks: list[Restock], records: dict, canonical) -> list[dict]:
+        results = []
+        for restock in restocks:
+            line = restock.line
+            result = {"line": line.key, "order_id": line.order_id, "line_id": line.line_id,
+                      "channel_sku": line.channel_sku, "op": "restock"}
+            results.append(result)
+            taken = await self._taken(channel, restock, records.get(line.key), canonical)
+            if taken is None:
+                result.update(sku=canonical(line), qty=line.qty, status="not_taken")
+                continue
+            sku, qty = taken[0], min(line.qty, taken[1])
+            result.update(sku=sku, qty=qty)
+            ref = self.restock_ref(channel, restock)
+            if qty <= 0:  # everything taken was restocked already (or this very restock was)
+                first = await self.redis.get(self.keys.idem(self.keys.partition(sku), ref))
+                result.update(status="ok" if first else "restocked_already", replayed=bool(first))
+                continue
+            try:
+                outcome = await self.store.adjust(sku, qty, ref=ref, source=channel)
+            except InvalidArgument as e:
+                result.update(status="invalid", reason=str(e))
+                continue
+            self.metrics.outcome("restock", outcome.status, outcome.replayed)
+            _merge(result, outcome)
+            if outcome.ok and not outcome.replayed:
+                await self.redis.hincrby(self.line_key(channel, line), "restocked", qty)
+        return results
+
+    async def _cancel(self, channel: str, cancels: list[Line], records: dict, canonical) -> None:
+        """Mark lines cancelled before they were taken, so that a late notification does not take them."""
+        for line in cancels:
+            sku = canonical(line)
+            if records.get(line.key) or sku is None:
+                continue
+            key = self.line_key(channel, line)
+            if await self.redis.hsetnx(key, "state", "c"):
+                await self.redis.hset(key, mapping={"qty": line.qty, "sku": sku})
+                await self.redis.expire(key, self.settings.line_ttl_s)
+
+    # Rejections -------------------------------------------------------------------------------------------
+
+    async def _reject(self, channel: str, results: list[dict]) -> None:
+        refused = [r for r in results if r["op"] == "take" and r["status"] not in ("ok", "cancelled")]
+        if not refused:
+            return
+        now = int(time.time() * 1000)
+        orders: dict[str, list[dict]] = {}
+        for r in refused:
+            if not r.get("replayed"):
+                self.metrics.rejections.labels(channel, r["status"]).inc()
+            orders.setdefault(r["order_id"], []).append(
+                {"line_id": r["line_id"], "channel_sku": r["channel_sku"], "sku": r["sku"], "qty": r["qty"],
+                 "reason": r["status"], "available": r.get("available")})
+        for order_id, lines in orders.items():
+            member = f"{channel}|{order_id}"
+            log.warning("order %s of %s has %d line(s) that cannot be covered", order_id, channel, len(lines))
+            doc = {"channel": channel, "order_id": order_id, "lines": lines, "ts_ms": now}
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(self.rejections_index, {member: now}, nx=True)
+                pipe.hset(self.rejections_key, member, orjson.dumps(doc))
+                await pipe.execute()
+
+    async def rejections(self, limit: int = 100, channel: str | None = None) -> list[dict]:
+        """Orders with uncovered lines, newest first."""
+        members = await self.redis.zrevrange(self.rejections_index, 0, -1 if channel else limit - 1)
+        if channel:
+            members = [m for m in members if m.startswith(channel + "|")][:limit]
+        if not members:
+            return []
+        docs = await self.redis.hmget(self.rejections_key, members)
+        return [orjson.loads(d) for d in docs if d]
+
+    async def resolve(self, channel: str, order_id: str) -> bool:
+        member = f"{channel}|{order_id}"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(self.rejections_key, member)
+            pipe.zrem(self.rejections_index, member)
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
+
+def _record(reply: list) -> dict | None:
+    state, qty, sku, restocked = reply
+    if not state:
+        return None
+    return {"state": state, "qty": int(qty or 0), "sku": sku or "", "restocked": int(restocked or 0)}
+
+
+def _merge(result: dict, outcome: Outcome) -> None:
+    result.update(status=outcome.status, available=outcome.available, version=outcome.version,
+                  replayed=outcome.replayed)

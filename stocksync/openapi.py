@@ -1,0 +1,190 @@
+"""The OpenAPI 3.1 document of the API, written by hand to match what the endpoints accept and return.
+
+tests/test_api_openapi.py checks that every route is documented and runs schemathesis against it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import orjson
+
+from . import functions
+from .admin import SCOPES
+
+MAX_QTY = 2**31 - 1
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str = "") -> dict:
+    return {"description": description or "JSON", "content": {"application/json": {"schema": schema}}}
+
+
+ERR = _json(_ref("Error"), "Error")
+
+SKU = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f]+$"}
+SKU_PATH = {**SKU, "pattern": "^[^\\x00-\\x1f/]+$", "description": "a SKU with '/' cannot be addressed in a path"}
+QTY = {"type": "integer", "minimum": 0, "maximum": MAX_QTY}
+VERSION = {"type": "integer", "minimum": 0, "maximum": 99_999_999_999}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error", "message"], "properties": {
+        "error": {"type": "string"}, "message": {"type": "string"},
+        "field": {"type": "string", "description": "the request field at fault (422)"}}},
+    "Stock": {"type": "object", "required": ["sku", "available", "reserved", "version", "updated_ms", "source"],
+              "properties": {"sku": SKU, "available": QTY, "reserved": QTY, "version": VERSION,
+                             "updated_ms": {"type": "integer"}, "source": {"type": "string"}}},
+    "Outcome": {"type": "object", "required": ["sku", "status", "available", "version", "replayed"],
+                "properties": {"sku": SKU, "status": {"enum": ["ok", "insufficient", "conflict", "unknown_sku"]},
+                               "available": QTY, "version": VERSION, "replayed": {"type": "boolean"}}},
+    "SetStock": {"type": "object", "required": ["available"], "additionalProperties": False,
+                 "properties": {"available": QTY, "expected_version": {
+                     **VERSION, "description": "refuse with 409 unless the SKU is at this version (0: new SKU)"}}},
+    "Adjust": {"type": "object", "required": ["delta"], "additionalProperties": False,
+               "properties": {"delta": {"type": "integer", "minimum": -MAX_QTY, "maximum": MAX_QTY, "not": {"const": 0}}}},
+    "Batch": {"type": "object", "required": ["items"], "additionalProperties": False, "properties": {
+        "items": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {
+            "type": "object", "required": ["sku", "available"], "additionalProperties": False,
+            "properties": {"sku": SKU, "available": QTY, "expected_version": VERSION}}}}},
+    "BatchResult": {"type": "object", "required": ["results"], "properties": {
+        "results": {"type": "array", "items": _ref("Outcome")}}},
+    "Order": {"type": "object", "required": ["lines"], "additionalProperties": False, "properties": {
+        "lines": {"type": "array", "minItems": 1, "maxItems": 250, "items": {
+            "type": "object", "required": ["sku", "qty"], "additionalProperties": False,
+            "properties": {"sku": SKU, "qty": {"type": "integer", "minimum": 1, "maximum": MAX_QTY}}}}}},
+    "OrderLine": {"type": "object", "properties": {
+        "sku": SKU, "qty": {"type": "integer"}, "available": {"type": ["integer", "null"]},
+        "version": {"type": ["integer", "null"]}}},
+    "OrderResult": {"type": "object", "required": ["status", "lines", "replayed"], "properties": {
+        "status": {"const": "ok"}, "lines": {"type": "array", "items": _ref("OrderLine")},
+        "replayed": {"type": "boolean"}}},
+    "OrderShort": {"type": "object", "required": ["error", "message", "short_lines"], "properties": {
+        "error": {"const": "insufficient"}, "message": {"type": "string"},
+        "short_lines": {"type": "array", "items": _ref("OrderLine")},
+        "lines": {"type": "array", "items": _ref("OrderLine")}, "replayed": {"type": "boolean"}}},
+    "Rejection": {"type": "object", "required": ["channel", "order_id", "lines", "ts_ms"], "properties": {
+        "channel": {"type": "string"}, "order_id": {"type": "string"}, "ts_ms": {"type": "integer"},
+        "lines": {"type": "array", "items": {"type": "object", "properties": {
+            "line_id": {"type": "string"}, "channel_sku": {"type": ["string", "null"]},
+            "sku": {"type": ["string", "null"]}, "qty": {"type": "integer"},
+            "reason": {"enum": ["insufficient", "unknown_sku", "no_sku", "invalid_sku", "invalid"]},
+            "available": {"type": ["integer", "null"]}}}}}},
+    "SkuMapEntry": {"type": "object", "required": ["sku"], "additionalProperties": False,
+                    "properties": {"sku": SKU}},
+    "WebhookResult": {"type": "object", "required": ["status"], "properties": {
+        "status": {"enum": ["applied", "duplicate", "ignored"]}, "event": {"type": "string"},
+        "reason": {"type": "string"}, "lines": {"type": "array", "items": {"type": "object"}}}},
+}
+
+AUTH = [{"bearer": []}]
+IDEM = {"name": "Idempotency-Key", "in": "header", "required": True,
+        "description": "the request's idempotency key: the same key again changes nothing and answers the first "
+                       "outcome (Idempotent-Replayed: true)",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]+$"}}
+SKU_PARAM = {"name": "sku", "in": "path", "required": True, "schema": SKU_PATH}
+CHANNEL_PARAM = {"name": "channel", "in": "path", "required": True, "schema": {"type": "string"}}
+AUTH_ERRORS = {"401": ERR, "403": ERR}
+BODY_ERRORS = {"400": ERR, "413": ERR, "422": ERR}
+
+
+def _op(summary: str, scope: str | None, responses: dict, **extra: Any) -> dict:
+    op = {"summary": summary, "responses": responses, **extra}
+    if scope:
+        op["security"] = AUTH
+        op["description"] = (extra.get("description", "") + f"\n\nScope: `{scope}`.").strip()
+        op["responses"] = {**responses, **AUTH_ERRORS}
+    return op
+
+
+def _body(schema: dict) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _webhook(name: str, headers: str) -> dict:
+    return _op(f"{name} webhook", None, {"200": _json(_ref("WebhookResult")), "401": ERR, "404": ERR,
+                                         "503": ERR, **BODY_ERRORS},
+               description=f"Verified before it is parsed ({headers}); each order line is applied exactly once.",
+               parameters=[CHANNEL_PARAM],
+               requestBody={"required": True, "content": {"application/json": {"schema": {"type": "object"}}}})
+
+
+PATHS = {
+    "/webhooks/{channel}": {"post": _webhook(
+        "Shopify, Amazon or Flipkart (by the channel's kind)",
+        "Shopify: X-Shopify-Hmac-Sha256; Amazon: the configured token header; Flipkart: X_Date and X_Authorization")},
+    "/v1/skus/{sku}": {
+        "parameters": [SKU_PARAM],
+        "get": _op("A SKU's stock", "stock:read", {"200": _json(_ref("Stock")), "404": ERR, "422": ERR}),
+        "put": _op("Set the absolute quantity (creates the SKU)", "stock:write",
+                   {"200": _json(_ref("Outcome")), "409": ERR, **BODY_ERRORS},
+                   parameters=[IDEM], requestBody=_body(_ref("SetStock"))),
+    },
+    "/v1/skus/{sku}/adjust": {"parameters": [SKU_PARAM], "post": _op(
+        "Add or remove units", "stock:write", {"200": _json(_ref("Outcome")), "404": ERR, "409": ERR, **BODY_ERRORS},
+        parameters=[IDEM], requestBody=_body(_ref("Adjust")))},
+    "/v1/skus:batch": {"post": _op(
+        "Set many SKUs (initial import)", "stock:write", {"200": _json(_ref("BatchResult")), **BODY_ERRORS},
+        parameters=[IDEM], requestBody=_body(_ref("Batch")))},
+    "/v1/orders": {"post": _op(
+        "Take a multi-line order, all or nothing", "orders:write",
+        {"200": _json(_ref("OrderResult")), "404": ERR, "409": _json(_ref("OrderShort"), "Short lines"),
+         **BODY_ERRORS}, parameters=[IDEM], requestBody=_body(_ref("Order")))},
+    "/v1/events": {"get": _op(
+        "Every stock event as server-sent events", "events:read",
+        {"200": {"description": "text/event-stream; each id: resumes through Last-Event-ID",
+                 "content": {"text/event-stream": {"schema": {"type": "string"}}}}, "400": ERR, "422": ERR},
+        parameters=[
+            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+            {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 0}, "description": "end after this many events"}])},
+    "/v1/rejections": {"get": _op(
+        "Orders with lines that could not be covered", "stock:read",
+        {"200": _json({"type": "object", "properties": {"rejections": {"type": "array", "items": _ref("Rejection")}}}),
+         "422": ERR},
+        parameters=[{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {"name": "channel", "in": "query", "schema": {"type": "string"}}])},
+    "/v1/rejections/{channel}/{order_id}": {"delete": _op(
+        "Mark a rejected order as handled", "orders:write", {"204": {"description": "removed"}, "400": ERR, "404": ERR},
+        parameters=[CHANNEL_PARAM, {"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    IDEM])},
+    "/v1/channels/{channel}/sku-map": {"get": _op(
+        "A channel's SKU map (config and edits)", "channels:read",
+        {"200": _json({"type": "object", "properties": {"channel": {"type": "string"}, "map": {"type": "object"},
+                                                        "config": {"type": "object"}, "edited": {"type": "object"}}}),
+         "404": ERR}, parameters=[CHANNEL_PARAM])},
+    "/v1/channels/{channel}/sku-map/{channel_sku}": {
+        "parameters": [CHANNEL_PARAM, {"name": "channel_sku", "in": "path", "required": True, "schema": SKU_PATH}],
+        "put": _op("Map a channel SKU to a canonical SKU", "channels:write",
+                   {"200": _json({"type": "object"}), "404": ERR, **BODY_ERRORS},
+                   parameters=[IDEM], requestBody=_body(_ref("SkuMapEntry"))),
+        "delete": _op("Remove an edited mapping", "channels:write",
+                      {"204": {"description": "removed"}, "400": ERR, "404": ERR, "422": ERR}, parameters=[IDEM]),
+    },
+    "/healthz": {"get": _op("The process is up", None, {"200": _json({"type": "object"})})},
+    "/readyz": {"get": _op("Redis is reachable and the function library is at the expected version", None,
+                           {"200": _json({"type": "object"}), "503": _json({"type": "object"})})},
+    "/metrics": {"get": _op("Prometheus metrics", None,
+                            {"200": {"description": "Prometheus text format",
+                                     "content": {"text/plain": {"schema": {"type": "string"}}}}})},
+    "/openapi.json": {"get": _op("This document", None, {"200": _json({"type": "object"})})},
+}
+
+
+def document() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "stocksync", "version": functions.library_version(),
+                 "description": "Webhooks in, stock admin, health and metrics. Scopes: " + ", ".join(SCOPES)},
+        "paths": PATHS,
+        "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+@cache
+def document_bytes() -> bytes:
+    return orjson.dumps(document())

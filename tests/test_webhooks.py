@@ -1,0 +1,278 @@
+"""Marketplace webhooks against a real Redis: verification first, each order line exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+
+import orjson
+import pytest
+
+from .apihelp import ENV as API_ENV
+from .apihelp import (
+    amazon_notification,
+    api_settings,
+    auth,
+    flipkart_headers,
+    post_amazon,
+    post_flipkart,
+    post_shopify,
+    running,
+    shopify_headers,
+    shopify_order,
+)
+from .helpers import snapshot
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch):
+    for k, v in API_ENV.items():
+        monkeypatch.setenv(k, v)
+
+
+async def _available(store, sku: str) -> int:
+    stock = await store.get(sku)
+    return stock.available if stock else None
+
+
+# Shopify -----------------------------------------------------------------------------------------------
+
+
+async def test_shopify_order_decrements_each_line_once(settings, store):
+    await store.set("A", 10, source="test")
+    await store.set("B", 5, source="test")
+    async with running(api_settings(settings)) as client:
+        doc = shopify_order(1001, [(1, "A", 2), (2, "B", 1)])
+        r = await post_shopify(client, doc)
+        assert r.status_code == 200, r.text
+        assert [line["status"] for line in r.json()["lines"]] == ["ok", "ok"]
+        # The same order under a new webhook id (a redelivery after a timeout): nothing changes.
+        r = await post_shopify(client, doc)
+        assert r.json()["status"] == "applied" and all(line["replayed"] for line in r.json()["lines"])
+        # The same webhook id again: recognised before anything is applied.
+        r = await post_shopify(client, doc, webhook_id="dup-1")
+        r = await post_shopify(client, doc, webhook_id="dup-1")
+        assert r.json()["status"] == "duplicate"
+    assert await _available(store, "A") == 8 and await _available(store, "B") == 4
+
+
+async def test_shopify_unprefixed_headers_and_sku_map(settings, store, sync_redis):
+    await store.set("RED-M", 3, source="test")
+    await store.set("BLUE-S", 3, source="test")
+    async with running(api_settings(settings)) as client:
+        # SHOP-RED-M is mapped in the config; SHOP-BLUE-S through the admin endpoint (the Redis hash).
+        r = await client.put("/v1/channels/shopify/sku-map/SHOP-BLUE-S", json={"sku": "BLUE-S"}, headers=auth())
+        assert r.status_code == 200, r.text
+        r = await post_shopify(client, shopify_order(7, [(1, "SHOP-RED-M", 1), (2, "SHOP-BLUE-S", 2)]), prefixed=False)
+        assert r.status_code == 200, r.text
+        assert [(line["sku"], line["status"]) for line in r.json()["lines"]] == [("RED-M", "ok"), ("BLUE-S", "ok")]
+        r = await client.get("/v1/channels/shopify/sku-map", headers=auth(key=False))
+        assert r.json()["map"] == {"SHOP-RED-M": "RED-M", "SHOP-BLUE-S": "BLUE-S"}
+    assert await _available(store, "RED-M") == 2 and await _available(store, "BLUE-S") == 1
+
+
+async def test_uncoverable_and_unmapped_lines_answer_200_and_are_listed(settings, store, sync_redis):
+    await store.set("A", 1, source="test")
+    async with running(api_settings(settings)) as client:
+        r = await post_shopify(client, shopify_order(2002, [(1, "A", 3), (2, "NOPE", 1), (3, None, 1)]))
+        assert r.status_code == 200
+        assert [line["status"] for line in r.json()["lines"]] == ["insufficient", "unknown_sku", "no_sku"]
+        r = await client.get("/v1/rejections", headers=auth(key=False))
+        [rejection] = r.json()["rejections"]
+        assert rejection["channel"] == "shopify" and rejection["order_id"] == "2002"
+        assert [(line["line_id"], line["reason"]) for line in rejection["lines"]] == [
+            ("1", "insufficient"), ("2", "unknown_sku"), ("3", "no_sku")]
+        # Resolved by an operator: gone from the list.
+        r = await client.delete("/v1/rejections/shopify/2002", headers=auth())
+        assert r.status_code == 204
+        assert (await client.get("/v1/rejections", headers=auth(key=False))).json()["rejections"] == []
+    assert await _available(store, "A") == 1
+    events = sync_redis.xrange(store.keys.events(store.keys.partition("A")))
+    rejected = [f for _, f in events if f["type"] == "stock.rejected"]
+    assert len(rejected) == 1 and rejected[0]["ref"] == "shopify:2002:1"
+
+
+async def test_shopify_cancellation_restocks_once_per_policy(settings, store):
+    await store.set("A", 10, source="test")
+    refund = {"id": 900, "order_id": 3003, "refund_line_items": [
+        {"id": 51, "line_item_id": 1, "quantity": 2, "restock_type": "cancel", "line_item": {"id": 1, "sku": "A"}}]}
+    async with running(api_settings(settings, restock="refund")) as client:
+        await post_shopify(client, shopify_order(3003, [(1, "A", 2)]))
+        assert await _available(store, "A") == 8
+        cancelled = {**shopify_order(3003, [(1, "A", 2)]), "cancelled_at": "2025-01-01T00:00:00Z", "refunds": [refund]}
+        for _ in range(3):
+            assert (await post_shopify(client, cancelled, topic="orders/cancelled")).status_code == 200
+            assert (await post_shopify(client, refund, topic="refunds/create")).status_code == 200
+        assert await _available(store, "A") == 10
+        # A refund without restock, and a cancellation of an order never taken, change nothing.
+        no_restock = {**refund, "id": 901, "refund_line_items": [{**refund["refund_line_items"][0], "id": 52,
+                                                                  "restock_type": "no_restock"}]}
+        await post_shopify(client, no_restock, topic="refunds/create")
+        r = await post_shopify(client, {**refund, "order_id": 4444}, topic="refunds/create")
+        assert r.json()["lines"][0]["status"] == "not_taken"
+    assert await _available(store, "A") == 10
+
+
+async def test_shopify_cancel_policy(settings, store):
+    await store.set("A", 10, source="test")
+    async with running(api_settings(settings, restock="cancel")) as client:
+        doc = shopify_order(5005, [(1, "A", 4)])
+        await post_shopify(client, doc)
+        results = await asyncio.gather(*[post_shopify(client, doc, topic="orders/cancelled") for _ in range(10)])
+        assert all(r.status_code == 200 for r in results)
+    assert await _available(store, "A") == 10
+
+
+async def test_same_order_twenty_times_concurrently_decrements_once(settings, store):
+    await store.set("A", 100, source="test")
+    async with running(api_settings(settings)) as client:
+        doc = shopify_order(6006, [(1, "A", 3), (2, "A", 1)])
+        results = await asyncio.gather(*[post_shopify(client, doc) for _ in range(20)])
+        assert {r.status_code for r in results} == {200}
+        cancelled = {**doc, "refunds": [{"id": 1, "order_id": 6006, "refund_line_items": [
+            {"id": 70 + lid, "line_item_id": lid, "quantity": q, "restock_type": "cancel", "line_item": {"sku": "A"}}
+            for lid, q in ((1, 3), (2, 1))]}]}
+        assert await _available(store, "A") == 96
+        results = await asyncio.gather(*[post_shopify(client, cancelled, topic="orders/cancelled") for _ in range(20)])
+        assert {r.status_code for r in results} == {200}
+    assert await _available(store, "A") == 100
+
+
+async def test_two_hundred_webhooks_for_the_last_fifty_units_sell_exactly_fifty(settings, store, sync_redis):
+    await store.set("LAST", 50, source="test")
+    async with running(api_settings(settings)) as client:
+        results = await asyncio.gather(*[post_shopify(client, shopify_order(10_000 + i, [(1, "LAST", 1)]))
+                                         for i in range(200)])
+        statuses = [r.json()["lines"][0]["status"] for r in results]
+        assert {r.status_code for r in results} == {200}
+        assert statuses.count("ok") == 50 and statuses.count("insufficient") == 150
+        listed = (await client.get("/v1/rejections?limit=1000", headers=auth(key=False))).json()["rejections"]
+        assert len(listed) == 150
+    assert await _available(store, "LAST") == 0
+
+
+# Bad input ---------------------------------------------------------------------------------------------
+
+
+async def test_missing_or_wrong_signature_is_401_and_changes_nothing(settings, store, sync_redis):
+    await store.set("A", 10, source="test")
+    async with running(api_settings(settings)) as client:
+        before = snapshot(sync_redis, settings.prefix)
+        body = orjson.dumps(shopify_order(1, [(1, "A", 1)]))
+        headers = shopify_headers(body, "orders/create")
+        r = await client.post("/webhooks/shopify", content=body, headers={**headers, "X-Shopify-Hmac-Sha256": "AAAA"})
+        assert r.status_code == 401
+        del headers["X-Shopify-Hmac-Sha256"]
+        assert (await client.post("/webhooks/shopify", content=body, headers=headers)).status_code == 401
+        # Signed, then tampered with: the signature covers the raw body.
+        tampered = body.replace(b'"quantity":1', b'"quantity":9')
+        r = await client.post("/webhooks/shopify", content=tampered, headers=shopify_headers(body, "orders/create"))
+        assert r.status_code == 401
+        doc = amazon_notification("111-1", "Unshipped", [("i1", "A", 1)])
+        assert (await post_amazon(client, doc, token="wrong")).status_code == 401
+        r = await post_flipkart(client, {"eventType": "shipment_created"}, flipkart_headers(secret="wrong"))
+        assert r.status_code == 401
+        metrics = (await client.get("/metrics")).text
+        assert 'stocksync_webhook_verification_failures_total{channel="shopify"} 3.0' in metrics
+        assert snapshot(sync_redis, settings.prefix) == before
+
+
+async def test_bad_bodies(settings, store, sync_redis):
+    await store.set("A", 10, source="test")
+    async with running(api_settings(settings, max_body_bytes=2048)) as client:
+        before = snapshot(sync_redis, settings.prefix)
+        big = b"{" + b" " * 5000 + b"}"
+        r = await client.post("/webhooks/shopify", content=big, headers=shopify_headers(big, "orders/create"))
+        assert r.status_code == 413
+
+        async def chunks():  # no Content-Length: refused once the limit is passed, not after the end
+            for _ in range(100):
+                yield b" " * 1000
+
+        r = await client.post("/webhooks/shopify", content=chunks(), headers=shopify_headers(b"", "orders/create"))
+        assert r.status_code == 413
+        bad = b'{"id": 1, "line_items": ['
+        r = await client.post("/webhooks/shopify", content=bad, headers=shopify_headers(bad, "orders/create"))
+        assert r.status_code == 400 and "not valid JSON" in r.json()["message"]
+        r = await post_shopify(client, {"id": 1, "line_items": [{"id": 1, "sku": "A", "quantity": -2}]})
+        assert r.status_code == 422 and r.json()["field"] == "line_items[0].quantity"
+        r = await post_shopify(client, {"id": 1, "line_items": [{"id": 1, "sku": "A", "quantity": 1.5}]})
+        assert r.status_code == 422 and r.json()["field"] == "line_items[0].quantity"
+        r = await post_shopify(client, {"id": 1})
+        assert r.status_code == 422 and r.json()["field"] == "line_items"
+        r = await post_amazon(client, {"NotificationType": "ORDER_CHANGE", "Payload": {}})
+        assert r.status_code == 422 and r.json()["field"] == "Payload.OrderChangeNotification"
+        assert (await client.post("/webhooks/nowhere", content=b"{}")).status_code == 404
+        assert snapshot(sync_redis, settings.prefix) == before
+
+
+# Amazon ------------------------------------------------------------------------------------------------
+
+
+async def test_amazon_order_change_once_per_item_and_restock_once_on_cancel(settings, store):
+    await store.set("A", 10, source="test")
+    await store.set("B", 10, source="test")
+    items = [("oi-1", "A", 2), ("oi-2", "B", 3)]
+    async with running(api_settings(settings)) as client:
+        for status in ("Pending", "Unshipped", "Unshipped", "PartiallyShipped"):
+            r = await post_amazon(client, amazon_notification("114-1", status, items))
+            assert r.status_code == 200, r.text
+        same = amazon_notification("114-1", "Unshipped", items, notification_id="fixed")
+        await post_amazon(client, same)
+        assert (await post_amazon(client, same)).json()["status"] == "duplicate"
+        assert (await _available(store, "A"), await _available(store, "B")) == (8, 7)
+        # EventBridge wraps the notification in an event's detail.
+        for _ in range(3):
+            cancel = {"version": "0", "detail-type": "ORDER_CHANGE",
+                      "detail": amazon_notification("114-1", "Canceled", items)}
+            assert (await post_amazon(client, cancel)).status_code == 200
+        assert (await _available(store, "A"), await _available(store, "B")) == (10, 10)
+        # Cancelled before we saw it taken: no restock, and a late Pending does not take it either.
+        await post_amazon(client, amazon_notification("114-2", "Canceled", [("oi-9", "A", 1)]))
+        r = await post_amazon(client, amazon_notification("114-2", "Pending", [("oi-9", "A", 1)]))
+        assert r.json()["lines"][0]["status"] == "cancelled"
+        # Fulfilled by Amazon: not the shared stock.
+        r = await post_amazon(client, amazon_notification("114-3", "Unshipped", [("oi-5", "A", 1)], fulfillment="AFN"))
+        assert r.json()["status"] == "ignored"
+        r = await post_amazon(client, {"NotificationType": "ANY_OFFER_CHANGED", "Payload": {}})
+        assert r.json()["status"] == "ignored"
+    assert (await _available(store, "A"), await _available(store, "B")) == (10, 10)
+
+
+# Flipkart ----------------------------------------------------------------------------------------------
+
+
+def _fk_created(shipment: str, items: list[tuple[str, str, float]]) -> dict:
+    return {"eventType": "shipment_created", "source": "flipkart", "version": "v3", "shipmentId": shipment,
+            "timestamp": "2025-03-28T18:03:01+05:30", "attributes": {"orderItems": [
+                {"orderItemId": oid, "orderId": "OD" + oid, "sku": sku, "quantity": qty, "status": "APPROVED"}
+                for oid, sku, qty in items]}}
+
+
+async def test_flipkart_signature_events_and_cancellation(settings, store):
+    await store.set("A", 10, source="test")
+    async with running(api_settings(settings)) as client:
+        created = _fk_created("s-1", [("1883380307363600", "A", 3.0)])  # Flipkart sends 3.0 for 3
+        for _ in range(3):
+            r = await post_flipkart(client, created)
+            assert r.status_code == 200, r.text
+        assert await _available(store, "A") == 7
+        cancelled = {"eventType": "shipment_cancelled", "source": "flipkart", "version": "v3",
+                     "timestamp": "2025-04-12T12:12:15+05:30", "shipmentId": "s-1",
+                     "attributes": {"status": "CANCELLED", "orderItems": [
+                         {"orderItemId": "1883380307363600", "quantity": 1, "reason": "buyer_cancellation"}]}}
+        for _ in range(2):
+            assert (await post_flipkart(client, cancelled)).status_code == 200
+        assert await _available(store, "A") == 8
+        # A second partial cancellation of the same item is a new event; more than was taken is capped.
+        later = {**cancelled, "timestamp": "2025-04-12T13:00:00+05:30"}
+        later["attributes"] = {"status": "CANCELLED", "orderItems": [{"orderItemId": "1883380307363600", "quantity": 5}]}
+        await post_flipkart(client, later)
+        assert await _available(store, "A") == 10  # 3 taken, 1 + 2 restocked
+        # Unknown event types are accepted (a failure would block the group).
+        r = await post_flipkart(client, {"eventType": "shipment_packed", "attributes": {}})
+        assert r.status_code == 200 and r.json()["status"] == "ignored"
+        # A correct signature with an old X_Date is refused: the signature does not cover the body.
+        stale = email.utils.formatdate(time.time() - 3600, usegmt=True)
+        assert (await post_flipkart(client, created, flipkart_headers(date=stale))).status_code == 401
