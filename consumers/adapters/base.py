@@ -1,0 +1,257 @@
+"""What every channel adapter shares: the update/result shapes, error classes, the HTTP call, rate limits.
+
+An adapter turns "SKU s is now listed at q (version v)" into one marketplace's API call and knows that
+API's limits (batch size, requests per second); the worker owns everything else (coalescing, ordering,
+leases, retries, the circuit breaker, acknowledgements). One aiohttp session per channel, a timeout on
+every call, credentials read through ChannelConfig.secret() and never logged or put in an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from stocksync.channels import ChannelConfig
+
+log = logging.getLogger(__name__)
+MIN_CALL_S = 0.1  # no call is started with less time than this left before the deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Push this: the channel should list `quantity` of `sku` (canonical name), as of `version`."""
+
+    sku: str
+    channel_sku: str
+    quantity: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The channel's answer for one SKU: accepted, or failed for good (permanent) or for now."""
+
+    sku: str
+    ok: bool
+    permanent: bool = False
+    error: str = ""
+    retry_after: float | None = None
+
+    @classmethod
+    def accepted(cls, sku: str) -> Result:
+        return cls(sku, True)
+
+    @classmethod
+    def failed(cls, sku: str, error: str, *, permanent: bool, retry_after: float | None = None) -> Result:
+        return cls(sku, False, permanent, error[:500], retry_after)
+
+
+class PushError(Exception):
+    """The whole call failed (every SKU in it)."""
+
+    permanent = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None, status: int = 0) -> None:
+        super().__init__(message[:500])
+        self.retry_after = retry_after
+        self.status = status
+
+
+class TransientError(PushError):
+    """Timeout, connection error, 5xx, 429, throttled, auth (a channel-wide problem): retry later."""
+
+    @property
+    def throttled(self) -> bool:
+        return self.status == 429
+
+
+class PermanentError(PushError):
+    """A 4xx that retrying cannot fix: the SKUs of the call go to the dead-letter stream."""
+
+    permanent = True
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+class RateLimiter:
+    """A client-side token bucket (rate per second, capacity burst) that adapts to the server.
+
+    On a 429 it stops every caller until Retry-After and halves its rate (not below a tenth of the
+    configured one); each success gives back a twentieth. So a channel keeps under the marketplace's
+    limit even when the configured rate is too high, instead of storming it with calls that get 429.
+    """
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.configured = rate
+        self.rate, self.capacity = rate, max(burst, 1.0)
+        self.tokens, self.stamp = self.capacity, time.monotonic()
+        self.blocked_until = 0.0
+        self._lock = asyncio.Lock()
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    async def acquire(self, cost: float = 1.0) -> None:
+        async with self._lock:  # FIFO: callers are served in arrival order
+            while True:
+                now = time.monotonic()
+                if now < self.blocked_until:
+                    await asyncio.sleep(self.blocked_until - now)
+                    continue
+                self._refill(now)
+                if self.tokens >= cost:
+                    self.tokens -= cost
+                    return
+                await asyncio.sleep((cost - self.tokens) / self.rate)
+
+    def throttled(self, retry_after: float | None) -> None:
+        now = time.monotonic()
+        self._refill(now)
+        self.tokens = 0.0
+        self.rate = max(self.rate / 2, self.configured / 10)
+        self.blocked_until = max(self.blocked_until, now + (retry_after if retry_after is not None else 1.0))
+
+    def succeeded(self) -> None:
+        if self.rate < self.configured:
+            self.rate = min(self.configured, self.rate + self.configured / 20)
+
+
+class Adapter:
+    """Base class. Subclasses set kind/max_batch and implement push_batch()."""
+
+    kind = "base"
+    max_batch = 1  # the API's own limit of SKUs per call
+    default_in_flight = 8
+    default_rate: float | None = None  # requests per second, None: no client-side limit
+    default_burst: float = 1.0
+
+    def __init__(self, config: ChannelConfig, session: aiohttp.ClientSession | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        opts = config.options
+        self.timeout_s = float(opts.get("timeout_s", 5.0))
+        self.batch_size = max(1, min(int(opts.get("batch_size", self.max_batch)), self.max_batch))
+        self.max_in_flight = max(1, int(opts.get("max_in_flight", self.default_in_flight)))
+        rate = opts.get("rate_limit", self.default_rate)
+        self.limiter = RateLimiter(float(rate), float(opts.get("burst", self.default_burst))) if rate else None
+        self._session = session
+        self._own_session = session is None
+        self.calls = 0
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.max_in_flight, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                json_serialize=lambda o: orjson.dumps(o).decode(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    async def __aenter__(self) -> Adapter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:  # no credentials, ever
+        return f"<{type(self).__name__} channel={self.name} url={self.config.url}>"
+
+    # ----- the contract ------------------------------------------------------------------------
+
+    async def push(self, updates: list[Update], deadline: float | None = None) -> list[Result]:
+        """Push up to batch_size updates; one Result per update (any order). Raises PushError when
+        the whole call failed. `deadline` (time.monotonic()) is when the worker's lease on these SKUs
+        ends: no request is sent that could still be running then."""
+        if not updates:
+            return []
+        if len(updates) > self.batch_size:
+            raise ValueError(f"{self.name}: at most {self.batch_size} updates a call, got {len(updates)}")
+        return await self.push_batch(updates, deadline)
+
+    async def push_batch(self, updates: list[Update], deadline: float | None) -> list[Result]:
+        raise NotImplementedError
+
+    # ----- one HTTP call -------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        deadline: float | None = None,
+        cost: float = 1.0,
+    ) -> tuple[int, Any]:
+        """Send one request and answer (status, parsed JSON or None) for a 2xx; raise PushError for
+        anything else (TransientError: timeout, connection, 429, 5xx, 401/403; PermanentError: other
+        4xx)."""
+        if self.limiter is not None:
+            await self.limiter.acquire(cost)
+        timeout = self.timeout_s
+        if deadline is not None:  # the call must end (or be abandoned) before the worker's lease does
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout < MIN_CALL_S:
+                raise TransientError(f"{self.name}: the lease would expire before the call could end")
+        self.calls += 1
+        try:
+            async with self.session.request(method, url, data=body, headers=headers,
+                                            timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                raw = await response.read()
+                status = response.status
+                retry = retry_after_s(response.headers.get("Retry-After"))
+        except TimeoutError:
+            raise TransientError(f"{self.name}: {method} timed out after {timeout:.3g} s") from None
+        except aiohttp.ClientError as e:
+            raise TransientError(f"{self.name}: {method} failed: {type(e).__name__}: {e}") from None
+        try:
+            data = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            data = None
+        if 200 <= status < 300:
+            if self.limiter is not None:
+                self.limiter.succeeded()
+            return status, data
+        detail = raw[:300].decode(errors="replace")
+        if status == 429:
+            if self.limiter is not None:
+                self.limiter.throttled(retry)
+            raise TransientError(f"{self.name}: 429 throttled: {detail}", retry_after=retry, status=429)
+        if status >= 500 or status in (401, 403, 408):
+            # 401/403 is the credentials, not the SKU: retried (and the circuit opens) rather than
+            # dead-lettering every SKU of a channel whose token expired.
+            raise TransientError(f"{self.name}: HTTP {status}: {detail}", retry_after=retry, status=status)
+        raise PermanentError(f"{self.name}: HTTP {status}: {detail}", status=status)
+
+
+def json_body(data: Any) -> bytes:
+    return orjson.dumps(data)

@@ -1,0 +1,157 @@
+"""Shopify: Admin GraphQL `inventorySetQuantities`, up to 250 quantities a call, compare-and-swap.
+
+Each quantity carries `changeFromQuantity`, the quantity we believe Shopify lists now (mandatory from
+API 2026-04). Shopify also sells, so that belief goes stale: CHANGE_FROM_QUANTITY_STALE makes the
+adapter re-read those items' quantities and send again (the mutation is all-or-nothing, so nothing was
+applied). The sale itself reaches stocksync as an order, and its event pushes again.
+
+Options: location_id (required, a Location gid), api_version (default 2026-04), reason (default
+correction). Credential: token (the Admin API access token, sent as X-Shopify-Access-Token).
+Inventory item gids are looked up by SKU (inventoryItems(query: "sku:...")) and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from .base import Adapter, PermanentError, Result, TransientError, Update, json_body
+
+log = logging.getLogger(__name__)
+
+SET_QUANTITIES = """mutation stocksyncSet($input: InventorySetQuantitiesInput!, $key: String!) {
+  inventorySetQuantities(input: $input) @idempotent(key: $key) {
+    inventoryAdjustmentGroup { id }
+    userErrors { code field message }
+  }
+}"""
+
+READ_ITEMS = """query stocksyncItems($q: String!, $n: Int!, $loc: ID!) {
+  inventoryItems(first: $n, query: $q) {
+    nodes { id sku inventoryLevel(locationId: $loc) { quantities(names: ["available"]) { name quantity } } }
+  }
+}"""
+
+READ_CHUNK = 50
+MAX_ROUNDS = 3
+RETRYABLE_CODES = {"THROTTLED", "INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TIMEOUT"}
+
+
+class ShopifyAdapter(Adapter):
+    kind = "shopify"
+    max_batch = 250
+    default_in_flight = 4
+
+    def __init__(self, config, session=None) -> None:
+        super().__init__(config, session)
+        opts = config.options
+        self.location_id = opts.get("location_id")
+        if not self.location_id:
+            raise ValueError(f"channel {config.name}: options.location_id (a Location gid) is required")
+        self.api_version = str(opts.get("api_version", "2026-04"))
+        self.reason = str(opts.get("reason", "correction"))
+        self.endpoint = f"{config.url}/admin/api/{self.api_version}/graphql.json"
+        self.items: dict[str, str] = {}  # channel SKU -> inventory item gid
+        self.known: dict[str, int | None] = {}  # channel SKU -> quantity we believe Shopify lists
+
+    async def _graphql(self, query: str, variables: dict[str, Any], deadline: float | None) -> dict[str, Any]:
+        headers = {"X-Shopify-Access-Token": self.config.secret("token"), "Content-Type": "application/json"}
+        _, data = await self.request("POST", self.endpoint, body=json_body({"query": query, "variables": variables}),
+                                     headers=headers, deadline=deadline)
+        if not isinstance(data, dict):
+            raise TransientError(f"{self.name}: reply is not a JSON object")
+        errors = data.get("errors")
+        if errors:
+            first = errors[0] if isinstance(errors, list) and errors else {"message": str(errors)}
+            code = (first.get("extensions") or {}).get("code", "")
+            if code == "THROTTLED":
+                raise TransientError(f"{self.name}: throttled", retry_after=_throttle_wait(data), status=429)
+            if code in RETRYABLE_CODES:
+                raise TransientError(f"{self.name}: {code}: {first.get('message')}")
+            raise PermanentError(f"{self.name}: {code or 'error'}: {first.get('message')}")
+        return data.get("data") or {}
+
+    async def _read(self, skus: list[str], deadline: float | None) -> None:
+        """Look up gids and current quantities of channel SKUs (absent ones stay unknown)."""
+        for i in range(0, len(skus), READ_CHUNK):
+            chunk = skus[i : i + READ_CHUNK]
+            q = " OR ".join(f'sku:"{s}"' for s in chunk)
+            data = await self._graphql(READ_ITEMS, {"q": q, "n": len(chunk), "loc": self.location_id}, deadline)
+            for node in (data.get("inventoryItems") or {}).get("nodes") or []:
+                sku = node.get("sku")
+                if sku not in chunk:
+                    continue
+                self.items[sku] = node["id"]
+                level = node.get("inventoryLevel")
+                quantities = (level or {}).get("quantities") or []
+                self.known[sku] = next((q["quantity"] for q in quantities if q.get("name") == "available"), None)
+                if level is None:
+                    self.known[sku] = None
+                    self.items.pop(sku, None)  # not stocked at this location
+
+    async def push_batch(self, updates: list[Update], deadline: float | None) -> list[Result]:
+        results: dict[str, Result] = {}
+        todo = {u.channel_sku: u for u in updates}
+        missing = [s for s in todo if s not in self.items]
+        if missing:
+            await self._read(missing, deadline)
+        for sku in list(todo):
+            if sku not in self.items:
+                u = todo.pop(sku)
+                results[u.sku] = Result.failed(u.sku, f"no inventory item with SKU {sku!r} stocked at "
+                                               f"{self.location_id}", permanent=True)
+        for _ in range(MAX_ROUNDS):
+            if not todo:
+                break
+            order = list(todo.values())
+            quantities = [{"inventoryItemId": self.items[u.channel_sku], "locationId": self.location_id,
+                           "quantity": u.quantity, "changeFromQuantity": self.known.get(u.channel_sku)}
+                          for u in order]
+            payload = {"name": "available", "reason": self.reason, "quantities": quantities}
+            key = hashlib.sha256(json_body(payload)).hexdigest()[:32]
+            data = await self._graphql(SET_QUANTITIES, {"input": payload, "key": key}, deadline)
+            reply = data.get("inventorySetQuantities") or {}
+            errors = reply.get("userErrors") or []
+            if not errors:
+                for u in order:
+                    self.known[u.channel_sku] = u.quantity
+                    results[u.sku] = Result.accepted(u.sku)
+                todo = {}
+                break
+            stale: list[str] = []
+            for err in errors:
+                index = _quantity_index(err.get("field"))
+                if index is None or index >= len(order):
+                    raise PermanentError(f"{self.name}: {err.get('code')}: {err.get('message')}")
+                u = order[index]
+                if err.get("code") == "CHANGE_FROM_QUANTITY_STALE":
+                    stale.append(u.channel_sku)
+                else:
+                    todo.pop(u.channel_sku, None)
+                    results[u.sku] = Result.failed(u.sku, f"{err.get('code')}: {err.get('message')}", permanent=True)
+            if stale:
+                await self._read(stale, deadline)
+        for u in todo.values():  # still stale after MAX_ROUNDS: Shopify is selling fast; retry later
+            results[u.sku] = Result.failed(u.sku, "CHANGE_FROM_QUANTITY_STALE after re-reads", permanent=False)
+        return list(results.values())
+
+
+def _quantity_index(field: Any) -> int | None:
+    # ["input", "quantities", "3", "changeFromQuantity"]
+    if isinstance(field, list) and len(field) >= 3 and field[1] == "quantities":
+        try:
+            return int(field[2])
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _throttle_wait(data: dict[str, Any]) -> float | None:
+    cost = (data.get("extensions") or {}).get("cost") or {}
+    status = cost.get("throttleStatus") or {}
+    try:
+        need = float(cost.get("requestedQueryCost") or 10) - float(status["currentlyAvailable"])
+        return max(need, 0.0) / float(status["restoreRate"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return 1.0

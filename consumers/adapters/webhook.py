@@ -1,0 +1,52 @@
+"""A generic signed HTTP webhook, for any channel without an adapter of its own.
+
+`POST <url><path>` with `{"items": [{"sku", "quantity", "version"}, ...]}` and the header
+`X-Stocksync-Signature: sha256=<hex HMAC-SHA256 of the raw body with the shared secret>`. The receiver
+answers 200 with `{"results": [{"sku", "status": applied | stale | rejected, "reason"}]}`: stale means
+it already has that version or a newer one (delivered, as far as stocksync is concerned); rejected is
+permanent. A 2xx without results counts as every item applied.
+
+Options: path (default /webhook), batch_size (default 100, at most 500). Credential: secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from .base import Adapter, Result, Update, json_body
+
+SIGNATURE_HEADER = "X-Stocksync-Signature"
+
+
+def signature(body: bytes, secret: str) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class WebhookAdapter(Adapter):
+    kind = "webhook"
+    max_batch = 500
+    default_in_flight = 8
+
+    def __init__(self, config, session=None) -> None:
+        super().__init__(config, session)
+        if "batch_size" not in config.options:
+            self.batch_size = 100
+        self.url = config.url + str(config.options.get("path", "/webhook"))
+
+    async def push_batch(self, updates: list[Update], deadline: float | None) -> list[Result]:
+        body = json_body({"items": [{"sku": u.channel_sku, "quantity": u.quantity, "version": u.version}
+                                    for u in updates]})
+        headers = {SIGNATURE_HEADER: signature(body, self.config.secret("secret")), "Content-Type": "application/json"}
+        _, data = await self.request("POST", self.url, body=body, headers=headers, deadline=deadline)
+        answers = {r.get("sku"): r for r in (data or {}).get("results") or [] if isinstance(r, dict)}
+        results = []
+        for u in updates:
+            r = answers.get(u.channel_sku)
+            if r is None or r.get("status") in ("applied", "stale"):
+                results.append(Result.accepted(u.sku))
+            elif r.get("status") == "rejected":
+                results.append(Result.failed(u.sku, f"rejected: {r.get('reason')}", permanent=True))
+            else:
+                results.append(Result.failed(u.sku, f"{r.get('status')}: {r.get('reason')}", permanent=False))
+        return results

@@ -1,0 +1,144 @@
+"""Coalescing and ordering: the entries a worker holds, grouped per SKU, handed out most urgent first.
+
+Many changes to one SKU become one push of its current quantity. A SKU is handed out to at most one push
+at a time (pushes of one SKU never overlap within a process; the lease does it across processes), and
+the SKUs where an oversell can happen go first: a listed quantity at or below the low-stock mark (0
+included) or a sharp drop (at least half of what was there), then the rest, oldest first.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from dataclasses import dataclass, field
+
+URGENT, NORMAL = 0, 1
+
+
+@dataclass(slots=True)
+class Entry:
+    id: str
+    partition: int
+    sku: str
+    version: int
+    available: int
+    delta: int
+    deliveries: int = 1
+
+    @property
+    def ts_ms(self) -> int:
+        return int(self.id.split("-", 1)[0])
+
+
+@dataclass(slots=True)
+class SkuWork:
+    sku: str
+    partition: int
+    entries: dict[str, Entry] = field(default_factory=dict)
+    since: float = 0.0  # monotonic time the oldest held entry arrived
+    urgency: int = NORMAL
+    attempts: int = 0
+    not_before: float = 0.0
+    busy: bool = False  # a push of this SKU is in flight
+    last_error: str = ""
+
+    @property
+    def version(self) -> int:
+        return max((e.version for e in self.entries.values()), default=0)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.entries)
+
+
+class Coalescer:
+    def __init__(self, urgent) -> None:
+        self.urgent = urgent  # (Entry) -> bool
+        self.work: dict[str, SkuWork] = {}
+        self.ids: set[str] = set()
+        self._ready: list[tuple[int, float, int, str]] = []
+        self._later: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, entry_id: str) -> bool:
+        return entry_id in self.ids
+
+    def add(self, entry: Entry) -> bool:
+        """Hold an entry; False if it was held already."""
+        if entry.id in self.ids:
+            return False
+        self.ids.add(entry.id)
+        w = self.work.get(entry.sku)
+        if w is None:
+            w = self.work[entry.sku] = SkuWork(entry.sku, entry.partition, since=time.monotonic())
+            fresh = True
+        else:
+            fresh = not w.entries and not w.busy
+        w.entries[entry.id] = entry
+        if self.urgent(entry) and w.urgency != URGENT:
+            w.urgency = URGENT
+            fresh = fresh or not w.busy
+        if fresh and not w.busy:
+            self._queue(w)
+        return True
+
+    def _queue(self, w: SkuWork) -> None:
+        if w.not_before > time.monotonic():
+            heapq.heappush(self._later, (w.not_before, next(self._seq), w.sku))
+        else:
+            heapq.heappush(self._ready, (w.urgency, w.since, next(self._seq), w.sku))
+
+    def next_due(self) -> float | None:
+        """Monotonic time the earliest delayed SKU becomes ready."""
+        return self._later[0][0] if self._later else None
+
+    def take(self, n: int) -> list[SkuWork]:
+        """Up to n ready SKUs, most urgent first; they are busy until settle()."""
+        now = time.monotonic()
+        while self._later and self._later[0][0] <= now:
+            _, _, sku = heapq.heappop(self._later)
+            w = self.work.get(sku)
+            if w is not None and not w.busy and w.entries:
+                heapq.heappush(self._ready, (w.urgency, w.since, next(self._seq), sku))
+        out: list[SkuWork] = []
+        seen: set[str] = set()
+        while self._ready and len(out) < n:
+            _, _, _, sku = heapq.heappop(self._ready)
+            w = self.work.get(sku)
+            if w is None or w.busy or not w.entries or sku in seen or w.not_before > now:
+                continue  # a stale heap item (the SKU was queued twice, settled or delayed since)
+            seen.add(sku)
+            w.busy = True
+            out.append(w)
+        return out
+
+    def has_ready(self) -> bool:
+        now = time.monotonic()
+        return bool(self._ready) or bool(self._later and self._later[0][0] <= now)
+
+    def settle(self, w: SkuWork, covered: int | None, *, retry_at: float | None = None,
+               drop: list[str] | None = None) -> list[Entry]:
+        """A push of w ended. Entries at or below `covered` (the version the channel now has) and those
+        in `drop` are forgotten (returned); the rest wait, from retry_at on if given."""
+        gone = []
+        for entry_id, e in list(w.entries.items()):
+            if (covered is not None and e.version <= covered) or (drop and entry_id in drop):
+                gone.append(w.entries.pop(entry_id))
+                self.ids.discard(entry_id)
+        w.busy = False
+        if covered is not None:
+            w.attempts, w.last_error = 0, ""
+        if retry_at is not None:
+            w.not_before = retry_at
+        if not w.entries:
+            del self.work[w.sku]
+        else:
+            w.urgency = URGENT if any(self.urgent(e) for e in w.entries.values()) else NORMAL
+            if covered is not None:
+                w.since = time.monotonic()
+            self._queue(w)
+        return gone

@@ -1,0 +1,73 @@
+"""Consumer groups on the events streams: creation, reading, reclaiming, parsing entries."""
+
+from __future__ import annotations
+
+import logging
+
+from redis.exceptions import ResponseError
+
+from stocksync.connection import AnyRedis
+from stocksync.keys import Keys
+
+from .coalescer import Entry
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_groups(redis: AnyRedis, keys: Keys, channel: str, start_id: str = "0") -> None:
+    """One group per channel, named after it, on every partition's stream (MKSTREAM; BUSYGROUP is fine)."""
+    for p in range(keys.partitions):
+        try:
+            await redis.xgroup_create(keys.events(p), channel, id=start_id, mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+
+def parse(partition: int, entry_id: str, fields: dict | None) -> Entry | None:
+    """An entry as the worker needs it; None when it is deleted or not a stock event (malformed)."""
+    if not fields:
+        return None
+    try:
+        return Entry(entry_id, partition, fields["sku"], int(fields["version"]), int(fields["available"]),
+                     int(fields.get("delta", 0)))
+    except (KeyError, ValueError):
+        log.warning("entry %s of partition %d is not a stock event: %r", entry_id, partition, fields)
+        return None
+
+
+async def autoclaim(redis: AnyRedis, keys: Keys, partition: int, channel: str, consumer: str, min_idle_ms: int,
+                    count: int = 200) -> tuple[list[tuple[str, dict | None]], list[str]]:
+    """XAUTOCLAIM every entry idle past min_idle_ms, following the cursor to the end of the pending list.
+    Answers the claimed entries and the IDs Redis reported deleted (it drops those from the list)."""
+    stream, cursor = keys.events(partition), "0-0"
+    claimed: list[tuple[str, dict | None]] = []
+    deleted: list[str] = []
+    while True:
+        reply = await redis.execute_command("XAUTOCLAIM", stream, channel, consumer, min_idle_ms, cursor,
+                                            "COUNT", count)
+        cursor, entries = reply[0], reply[1]
+        deleted += list(reply[2]) if len(reply) > 2 else []
+        for item in entries:
+            entry_id, flat = item[0], item[1]
+            fields = dict(zip(flat[::2], flat[1::2], strict=True)) if isinstance(flat, list) else flat
+            claimed.append((entry_id, fields))
+        if cursor in ("0-0", b"0-0"):
+            return claimed, deleted
+
+
+async def deliveries(redis: AnyRedis, keys: Keys, partition: int, channel: str, consumer: str,
+                     ids: list[str]) -> dict[str, int]:
+    """Times each of `ids` (pending for consumer) has been delivered."""
+    if not ids:
+        return {}
+    lo, hi = min(ids, key=_id_tuple), max(ids, key=_id_tuple)
+    rows = await redis.xpending_range(keys.events(partition), channel, min=lo, max=hi, count=len(ids) * 4 + 100,
+                                      consumername=consumer)
+    wanted = set(ids)
+    return {r["message_id"]: int(r["times_delivered"]) for r in rows if r["message_id"] in wanted}
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)

@@ -1,0 +1,82 @@
+"""Worker settings: defaults, then the [worker] table of the config file, then keyword overrides.
+
+    [worker]
+    read_count = 500            # entries per XREADGROUP
+    block_ms = 1000             # XREADGROUP BLOCK
+    max_pending = 20000         # entries held in memory per channel before reads pause
+    lease_ms = 15000            # per-SKU push lease (crash recovery waits at most this long)
+    reclaim_idle_ms = 30000     # XAUTOCLAIM entries idle this long (a dead consumer's)
+    max_deliveries = 10         # an entry delivered more often goes to the dead-letter stream
+    max_attempts = 12           # failed pushes of one SKU (circuit closed) before dead-lettering it
+    backoff_base_ms = 100       # exponential backoff with full jitter, capped
+    backoff_cap_ms = 30000
+    breaker_threshold = 5       # consecutive failed calls that open the circuit
+    breaker_open_ms = 1000      # first open period, doubling to breaker_max_open_ms
+    breaker_max_open_ms = 30000
+    retention_ms = 86400000     # the trimmer keeps at least this much history (24 h)
+    trim_interval_ms = 10000    # 0: no trimming by this worker
+    reap_idle_ms = 3600000      # consumers idle this long with nothing pending are removed
+    heartbeat_ms = 1000         # status written to <prefix>:status:<channel>
+    low_stock = 5               # a listed quantity at or below this is pushed first
+    start_id = "0"              # where a new group starts ("0": the whole stream, "$": new entries)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from stocksync.settings import Settings, SettingsError
+
+
+def default_consumer() -> str:
+    """Stable for the life of the process, unique across hosts."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    consumer: str = ""
+    read_count: int = 500
+    block_ms: int = 1000
+    max_pending: int = 20000
+    lease_ms: int = 15000
+    reclaim_idle_ms: int = 30000
+    max_deliveries: int = 10
+    max_attempts: int = 12
+    backoff_base_ms: int = 100
+    backoff_cap_ms: int = 30000
+    breaker_threshold: int = 5
+    breaker_open_ms: int = 1000
+    breaker_max_open_ms: int = 30000
+    retention_ms: int = 86_400_000
+    trim_interval_ms: int = 10000
+    reap_idle_ms: int = 3_600_000
+    heartbeat_ms: int = 1000
+    low_stock: int = 5
+    start_id: str = "0"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise SettingsError(f"worker.{f.name} must be a whole number >= 0, got {value!r}")
+        if not self.consumer:
+            object.__setattr__(self, "consumer", default_consumer())
+        if self.lease_ms < 1000:
+            raise SettingsError("worker.lease_ms must be at least 1000")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerOptions:
+        table = dict(settings.section("worker"))
+        names = {f.name for f in fields(cls)}
+        unknown = set(table) - names
+        if unknown:
+            raise SettingsError(f"worker: unknown setting(s) {', '.join(sorted(unknown))}")
+        table.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**table)
+
+    def with_(self, **changes: Any) -> WorkerOptions:
+        return replace(self, **changes)

@@ -1,0 +1,419 @@
+"""The channel worker: read the events streams as the channel's consumer group, coalesce per SKU, push
+the channel's view of each SKU's current quantity, record what the channel accepted, acknowledge.
+
+One ChannelWorker per channel (a process may run several; several processes of one channel share its
+streams as consumers of the same group). Tasks of a ChannelWorker:
+
+* a reader per partition: XREADGROUP (its own pending entries first, after a restart under the same
+  consumer name), into the Coalescer; it stops pulling while the circuit is not closed or the worker
+  holds max_pending entries;
+* the dispatcher: hands the most urgent ready SKUs, batch_size at a time, to push tasks, at most
+  max_in_flight at once, so reads keep flowing while pushes are in flight;
+* a push (stocksync_push_claim, the adapter call, stocksync_push_done): lease the SKUs, read the current
+  quantity and the version the channel has; skip (acknowledge) what the channel already has; push the
+  rest; record the accepted versions and XACK the entries they cover in one call. Transient failures
+  back off with full jitter (Retry-After honoured) and feed the circuit breaker; permanent ones and
+  SKUs past max_attempts go to the dead-letter stream with their XACK (stocksync_dead_letter);
+* housekeeping: XAUTOCLAIM of entries idle past reclaim_idle_ms (a dead consumer's), removal of
+  consumers idle with nothing pending, the trimmer, and a heartbeat in <prefix>:status:<channel>.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from redis.exceptions import RedisError
+
+from stocksync.channels import ChannelConfig
+from stocksync.connection import AnyRedis
+from stocksync.keys import Keys
+
+from . import groups, ledger
+from .adapters import Adapter, PushError, Result, TransientError, Update, make_adapter
+from .coalescer import Coalescer, Entry, SkuWork
+from .options import WorkerOptions
+from .retry import CLOSED, CircuitBreaker, backoff_s
+from .trimmer import trim_all
+
+log = logging.getLogger(__name__)
+
+LEASE_MARGIN_S = 0.25  # a call must end this long before the lease does
+CONTENDED_RETRY_S = 0.02  # another consumer holds the SKU's lease: look again after this
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What on_accept hears: `channel` accepted `version` of `sku`, covering entries committed at these
+    times (ms) with these urgencies."""
+
+    channel: str
+    sku: str
+    version: int
+    quantity: int
+    accepted_ms: int
+    entries: tuple[tuple[int, bool], ...]  # (commit ms, urgent)
+
+
+class ChannelWorker:
+    def __init__(self, redis: AnyRedis, keys: Keys, config: ChannelConfig, options: WorkerOptions | None = None,
+                 adapter: Adapter | None = None, on_accept: Callable[[Accepted], None] | None = None) -> None:
+        self.redis, self.keys, self.config = redis, keys, config
+        self.options = options or WorkerOptions()
+        self.channel = config.name
+        self.consumer = self.options.consumer
+        self.adapter = adapter or make_adapter(config)
+        self.on_accept = on_accept
+        o = self.options
+        self.breaker = CircuitBreaker(o.breaker_threshold, o.breaker_open_ms / 1000, o.breaker_max_open_ms / 1000)
+        self.coalescer = Coalescer(self._urgent)
+        self.paused_until = 0.0  # a 429's Retry-After, channel-wide
+        self.in_flight = 0
+        self.stats = collections.Counter()
+        self.last_push_ms = 0
+        self.last_error = ""
+        self._kick = asyncio.Event()
+        self._pull_ok = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._pushes: set[asyncio.Task] = set()
+        self._accepted: dict[str, tuple[int, int]] = {}  # sku -> (version, ms), for on_accept of skipped entries
+        self.started = asyncio.Event()
+
+    # ----- ordering --------------------------------------------------------------------------------
+
+    def _urgent(self, e: Entry) -> bool:
+        """Where an oversell can happen: a low listed quantity (0 included) or a sharp drop."""
+        listed = self.config.rules.listed(e.available)
+        before = e.available - e.delta
+        return listed <= self.options.low_stock or (e.delta < 0 and -e.delta * 2 >= before)
+
+    # ----- running -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until stop() (or cancellation); in-flight pushes are allowed to finish."""
+        await groups.ensure_groups(self.redis, self.keys, self.channel, self.options.start_id)
+        self._update_gates()
+        tasks = [asyncio.create_task(self._reader(p), name=f"read-{self.channel}-{p}")
+                 for p in range(self.keys.partitions)]
+        tasks += [asyncio.create_task(self._dispatcher(), name=f"dispatch-{self.channel}"),
+                  asyncio.create_task(self._housekeeping(), name=f"housekeeping-{self.channel}")]
+        self.started.set()
+        log.info("worker %s of channel %s started (%d partitions)", self.consumer, self.channel, self.keys.partitions)
+        try:
+            stop = asyncio.create_task(self._stopping.wait())
+            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stop and t.exception():
+                    raise t.exception()
+        finally:
+            self._stopping.set()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._pushes:
+                await asyncio.wait(self._pushes, timeout=self.adapter.timeout_s + 1)
+            for t in self._pushes:
+                t.cancel()
+            try:
+                await self.redis.hdel(self.keys.channel_status(self.channel), self.consumer)
+            except RedisError:
+                pass
+            await self.adapter.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _update_gates(self) -> None:
+        if self.breaker.state == CLOSED and len(self.coalescer) < self.options.max_pending:
+            self._pull_ok.set()
+        else:
+            self._pull_ok.clear()
+
+    # ----- reading -----------------------------------------------------------------------------------
+
+    async def _reader(self, p: int) -> None:
+        stream, last, failures = self.keys.events(p), "0", 0
+        while not self._stopping.is_set():
+            if not self._pull_ok.is_set():
+                await self._wait(self._pull_ok, 0.5)
+                self._update_gates()
+                continue
+            try:
+                reply = await self.redis.xreadgroup(
+                    self.channel, self.consumer, {stream: last}, count=self.options.read_count,
+                    block=self.options.block_ms if last == ">" else None)
+                failures = 0
+            except RedisError as e:
+                failures += 1
+                log.warning("%s: reading %s failed (%s); retrying", self.channel, stream, e)
+                await self._wait(self._stopping, min(0.1 * 2 ** failures, 5))
+                continue
+            entries = reply[0][1] if reply else []
+            if last != ">":  # our own pending entries, from a previous life under this name
+                if not entries:
+                    last = ">"
+                    continue
+                last = entries[-1][0]
+            await self._take_in(p, entries)
+
+    async def _take_in(self, p: int, entries: list, deliveries: dict[str, int] | None = None) -> None:
+        junk = []
+        for entry_id, fields in entries:
+            e = groups.parse(p, entry_id, fields)
+            if e is None:
+                if fields:  # not a stock event: keep it for an operator
+                    await ledger.dead_letter(self.redis, self.keys, p, self.channel, fields.get("sku") or "?", 0,
+                                             "malformed", 0, f"fields {sorted(fields)}", [entry_id])
+                else:  # deleted from the stream: nothing to push
+                    junk.append(entry_id)
+                continue
+            if deliveries and deliveries.get(entry_id, 1) > self.options.max_deliveries:
+                await self._dead_letter(e.sku, p, [e], "max_deliveries", deliveries[entry_id],
+                                        "delivered too often (consumers died handling it?)")
+                continue
+            self.coalescer.add(e)
+        if junk:
+            await self.redis.xack(self.keys.events(p), self.channel, *junk)
+        self._update_gates()
+        self._kick.set()
+
+    # ----- dispatching -------------------------------------------------------------------------------
+
+    async def _dispatcher(self) -> None:
+        while not self._stopping.is_set():
+            self._kick.clear()
+            self._launch()
+            now = time.monotonic()
+            waits = [1.0]
+            if self.paused_until > now:
+                waits.append(self.paused_until - now)
+            if self.breaker.state != CLOSED and self.breaker.wait_s() > 0:
+                waits.append(self.breaker.wait_s())
+            due = self.coalescer.next_due()
+            if due is not None:
+                waits.append(max(due - now, 0.001))
+            await self._wait(self._kick, min(waits))
+
+    def _launch(self) -> None:
+        while (self.in_flight < self.adapter.max_in_flight and time.monotonic() >= self.paused_until
+               and self.coalescer.has_ready()):
+            if not self.breaker.allow():
+                break
+            probe = self.breaker.probe
+            batch = self.coalescer.take(1 if probe else self.adapter.batch_size)
+            if not batch:
+                if probe:
+                    self.breaker.probing = False
+                break
+            self.in_flight += 1
+            task = asyncio.create_task(self._push(batch, probe))
+            self._pushes.add(task)
+            task.add_done_callback(self._pushes.discard)
+
+    async def _push(self, batch: list[SkuWork], probe: bool) -> None:
+        try:
+            await self._push_batch(batch, probe)
+        except Exception as e:  # Redis down, a bug: hold the SKUs and try again later
+            log.exception("%s: push of %d SKUs failed", self.channel, len(batch))
+            self.last_error = f"{type(e).__name__}: {e}"[:300]
+            if probe:
+                self.breaker.failure()
+            retry = time.monotonic() + 1.0
+            for w in batch:
+                if w.busy:
+                    self.coalescer.settle(w, None, retry_at=retry)
+        finally:
+            self.in_flight -= 1
+            self._update_gates()
+            self._kick.set()
+
+    async def _push_batch(self, batch: list[SkuWork], probe: bool) -> None:
+        o = self.options
+        start = time.monotonic()
+        deadline = start + o.lease_ms / 1000 - LEASE_MARGIN_S
+        works = {w.sku: w for w in batch}
+        parts: dict[int, list[str]] = collections.defaultdict(list)
+        for w in batch:
+            parts[w.partition].append(w.sku)
+        claims = await asyncio.gather(*(ledger.claim(self.redis, self.keys, p, self.channel, self.consumer, skus,
+                                                     o.lease_ms) for p, skus in parts.items()))
+        release: dict[int, list[str]] = collections.defaultdict(list)
+        accepted: dict[int, dict[str, int]] = collections.defaultdict(dict)
+        acks: dict[int, list[str]] = collections.defaultdict(list)
+        settle: list[tuple[SkuWork, int | None, float | None, list[str] | None]] = []
+        updates: list[Update] = []
+        for c in (c for part in claims for c in part):
+            w = works[c.sku]
+            if not c.leased:
+                settle.append((w, None, time.monotonic() + CONTENDED_RETRY_S, None))
+                continue
+            release[w.partition].append(c.sku)
+            if c.version is None:  # the SKU is gone: nothing to list
+                log.warning("%s: SKU %s no longer exists; acknowledging its entries", self.channel, c.sku)
+                acks[w.partition] += w.ids
+                settle.append((w, None, None, w.ids))
+            elif c.pushed >= w.version:  # the channel has this version or newer: no call
+                acks[w.partition] += [e.id for e in w.entries.values() if e.version <= c.pushed]
+                settle.append((w, c.pushed, None, None))
+                self.stats["skipped"] += 1
+                self._report(w, c.pushed, None)
+            else:
+                updates.append(Update(c.sku, self.config.channel_sku(c.sku), self.config.rules.listed(c.available),
+                                      c.version))
+
+        results: dict[str, Result] = {}
+        if updates:
+            error: PushError | None = None
+            try:
+                results = {r.sku: r for r in await self.adapter.push(updates, deadline)}
+            except PushError as e:
+                error = e
+            except Exception as e:  # an adapter bug or an unexpected reply: treat as transient
+                log.exception("%s: adapter error", self.channel)
+                error = TransientError(f"{type(e).__name__}: {e}")
+            self.stats["calls"] += 1
+            if error is not None:
+                self.last_error = str(error)
+                results = {u.sku: Result.failed(u.sku, str(error), permanent=error.permanent,
+                                                retry_after=error.retry_after) for u in updates}
+                if isinstance(error, TransientError) and error.throttled:
+                    self.stats["throttled"] += 1
+                    self.paused_until = max(self.paused_until, time.monotonic() + (error.retry_after or 1.0))
+                    if probe:
+                        self.breaker.probing = False
+                elif not error.permanent:
+                    self.stats["failed_calls"] += 1
+                    self.breaker.failure()
+            else:
+                self.breaker.success()
+
+        closed = self.breaker.state == CLOSED or probe
+        for u in updates:
+            w = works[u.sku]
+            r = results.get(u.sku) or Result.failed(u.sku, "the channel did not answer for this SKU", permanent=False)
+            if r.ok:
+                accepted[w.partition][u.sku] = u.version
+                acks[w.partition] += [e.id for e in w.entries.values() if e.version <= u.version]
+                settle.append((w, u.version, None, None))
+                self.stats["accepted"] += 1
+                self._report(w, u.version, u.quantity)
+                continue
+            w.last_error = r.error
+            self.last_error = r.error
+            if not r.permanent and closed and not probe:
+                w.attempts += 1
+            if r.permanent or w.attempts >= o.max_attempts:
+                reason = "permanent" if r.permanent else "max_attempts"
+                await self._dead_letter(u.sku, w.partition, list(w.entries.values()), reason, w.attempts + r.permanent,
+                                        r.error)
+                settle.append((w, None, None, w.ids))
+            else:
+                delay = backoff_s(max(w.attempts, 1), o.backoff_base_ms / 1000, o.backoff_cap_ms / 1000, r.retry_after)
+                settle.append((w, None, time.monotonic() + delay, None))
+
+        await asyncio.gather(*(ledger.done(self.redis, self.keys, p, self.channel, self.consumer, accepted[p],
+                                           acks[p], release[p])
+                               for p in set(release) | set(acks)))
+        if updates:
+            self.last_push_ms = int(time.time() * 1000)
+        elif probe:  # nothing was called: the probe has not told us anything
+            self.breaker.probing = False
+        for w, covered, retry_at, drop in settle:
+            self.coalescer.settle(w, covered, retry_at=retry_at, drop=drop)
+
+    async def _dead_letter(self, sku: str, p: int, entries: list[Entry], reason: str, attempts: int, error: str) -> None:
+        version = max((e.version for e in entries), default=0)
+        dlq_id = await ledger.dead_letter(self.redis, self.keys, p, self.channel, sku, version, reason, attempts,
+                                          error, [e.id for e in entries])
+        if dlq_id:
+            self.stats["dead_letters"] += 1
+            log.warning("%s: SKU %s dead-lettered (%s after %d attempts): %s", self.channel, sku, reason, attempts, error)
+
+    def _report(self, w: SkuWork, version: int, quantity: int | None) -> None:
+        if self.on_accept is None:
+            return
+        now_ms = int(time.time() * 1000)
+        if quantity is not None:
+            self._accepted[w.sku] = (version, now_ms)
+            at = now_ms
+        else:  # already accepted earlier (by us, or another consumer): that is when it reached the channel
+            v, ms = self._accepted.get(w.sku, (0, now_ms))
+            at = ms if v >= version else now_ms
+        covered = tuple((e.ts_ms, self._urgent(e)) for e in w.entries.values() if e.version <= version)
+        if covered:
+            self.on_accept(Accepted(self.channel, w.sku, version, quantity if quantity is not None else -1, at, covered))
+
+    # ----- housekeeping ------------------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        o = self.options
+        now = time.monotonic()
+        due = {"reclaim": now + o.reclaim_idle_ms / 2000, "heartbeat": now,
+               "trim": now + o.trim_interval_ms / 1000 if o.trim_interval_ms else float("inf"),
+               "reap": now + min(o.reap_idle_ms / 4000, 60.0)}
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            try:
+                if now >= due["heartbeat"]:
+                    due["heartbeat"] = now + o.heartbeat_ms / 1000
+                    await self.heartbeat()
+                if now >= due["reclaim"]:
+                    due["reclaim"] = now + max(o.reclaim_idle_ms / 2000, 0.05)
+                    if self.breaker.state == CLOSED:
+                        await self.reclaim()
+                if now >= due["trim"]:
+                    due["trim"] = now + o.trim_interval_ms / 1000
+                    await trim_all(self.redis, self.keys, o.retention_ms)
+                if now >= due["reap"]:
+                    due["reap"] = now + min(o.reap_idle_ms / 4000, 60.0)
+                    for p in range(self.keys.partitions):
+                        for name in await ledger.reap_consumers(self.redis, self.keys, p, self.channel, o.reap_idle_ms,
+                                                                self.consumer):
+                            log.info("%s: removed idle consumer %s", self.channel, name)
+            except RedisError as e:
+                log.warning("%s: housekeeping failed: %s", self.channel, e)
+            await self._wait(self._stopping, max(min(due.values()) - time.monotonic(), 0.005))
+
+    async def reclaim(self) -> int:
+        """Claim entries idle past reclaim_idle_ms from any consumer of the group (a dead one's)."""
+        total = 0
+        for p in range(self.keys.partitions):
+            claimed, deleted = await groups.autoclaim(self.redis, self.keys, p, self.channel, self.consumer,
+                                                      self.options.reclaim_idle_ms)
+            if deleted:
+                self.stats["reclaimed_deleted"] += len(deleted)
+                log.info("%s: %d pending entries were deleted from the stream; dropped", self.channel, len(deleted))
+            fresh = [(i, f) for i, f in claimed if i not in self.coalescer]
+            if not fresh:
+                continue
+            counts = await groups.deliveries(self.redis, self.keys, p, self.channel, self.consumer, [i for i, _ in fresh])
+            self.stats["reclaimed"] += len(fresh)
+            total += len(fresh)
+            log.info("%s: reclaimed %d idle entries of partition %d", self.channel, len(fresh), p)
+            await self._take_in(p, fresh, counts)
+        return total
+
+    def status(self) -> dict:
+        return {
+            "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(),
+            "ts_ms": int(time.time() * 1000), "circuit": self.breaker.state,
+            "circuit_opened": self.breaker.opened_total, "last_push_ms": self.last_push_ms,
+            "last_error": self.last_error, "held": len(self.coalescer), "in_flight": self.in_flight,
+            **{k: int(v) for k, v in self.stats.items()},
+        }
+
+    async def heartbeat(self) -> None:
+        await self.redis.hset(self.keys.channel_status(self.channel), self.consumer, orjson.dumps(self.status()))
+
+    async def _wait(self, event: asyncio.Event, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except TimeoutError:
+            pass
