@@ -1,0 +1,72 @@
+"""`stocksync serve` for real: uvicorn on a free loopback port, signed webhooks, JSON logs, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import orjson
+
+from .apihelp import ADMIN, ENV, SHOPIFY_SECRET, auth, shopify_headers, shopify_order
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CONFIG = """
+[channels.shopify]
+kind = "shopify"
+url = "http://127.0.0.1:9/shopify"
+credentials = { webhook_secret = "T_SHOPIFY_SECRET" }
+
+[api.tokens.admin]
+env = "T_TOKEN_ADMIN"
+scopes = ["*"]
+"""
+
+
+def test_serve_takes_webhooks_logs_json_and_stops_gracefully(tmp_path, redis_url, prefix, sync_redis):
+    config = tmp_path / "stocksync.toml"
+    config.write_text(CONFIG)
+    port = _free_port()
+    env = {**os.environ, **ENV, "REDIS_URL": redis_url, "STOCKSYNC_PREFIX": prefix}
+    proc = subprocess.Popen([sys.executable, "-m", "stocksync", "--config", str(config), "serve", "--port", str(port),
+                             "--access-log"], env=env, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline and proc.poll() is None, "the server did not become ready"
+                time.sleep(0.05)
+            r = client.put("/v1/skus/A", json={"available": 5}, headers=auth())
+            assert r.status_code == 200, r.text
+            body = orjson.dumps(shopify_order(42, [(1, "A", 2)]))
+            for _ in range(3):
+                r = client.post("/webhooks/shopify?x=1", content=body, headers=shopify_headers(body, "orders/create"))
+                assert r.status_code == 200, r.text
+            assert client.get("/v1/skus/A", headers=auth(key=False)).json()["available"] == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    # uvicorn re-raises the signal once shutdown is complete, so the exit status says "terminated by SIGTERM".
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert "Application shutdown complete" in err
+    records = [orjson.loads(line) for line in err.splitlines() if line.strip()]
+    assert any(r.get("msg") == "request" and r.get("path") == "/webhooks/shopify" for r in records), err
+    assert any("shutdown" in r["msg"].lower() for r in records), err
+    for secret in (SHOPIFY_SECRET, ADMIN):
+        assert secret not in err
