@@ -57,7 +57,7 @@ def toml_channel(cfg: ChannelConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def wait_for(condition: Callable[[], object], seconds: float = 15.0, what: str = "condition",  # noqa: ASYNC109
+async def wait_for(condition: Callable[[], object], seconds: float = 15.0, what: str = "condition",
                    interval: float = 0.02):
     """Poll an (async or sync) condition until it is truthy; fail after the deadline."""
     deadline = time.monotonic() + seconds

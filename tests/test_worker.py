@@ -8,7 +8,9 @@ from collections import defaultdict
 
 import pytest
 
+from consumers.dlq import list_dead_letters, replay
 from consumers.options import WorkerOptions
+from consumers.status import channel_status
 from consumers.testing import SIM_CLASSES, config, use_simulator_credentials, wait_for
 from consumers.worker import ChannelWorker
 from stocksync.channels import Rules
@@ -159,3 +161,119 @@ async def test_a_thousand_changes_to_one_sku_take_a_handful_of_calls(store, fres
             calls = [c for c in sim.calls[calls_before[name]:] if any(i["sku"] == "HOT" for i in c.items)]
             assert 1 <= len(calls) <= 6, f"{name}: {len(calls)} calls"
             assert sim.history("HOT")[-1] == 4000
+
+
+async def test_a_channel_down_for_a_window_retries_opens_the_circuit_and_recovers(store, fresh):
+    skus = [f"D-{i}" for i in range(10)]
+    for sku in skus:
+        await store.set(sku, 10)
+    async with Running(store, fresh, ["flipkart", "shopify"], opts(breaker_threshold=3)) as run:
+        await wait_for(lambda: run.converged(skus), 10, "the initial quantities")
+        sim = fresh["flipkart"][0]
+        sim.outage(True)
+        for i, sku in enumerate(skus):
+            await store.decrement(sku, 1 + i % 3, ref=f"down-{i}", source="shopify")
+        flipkart = run.worker("flipkart")
+        await wait_for(lambda: flipkart.breaker.state != "closed", 10, "the circuit to open")
+        await wait_for(lambda: run.converged(skus, ["shopify"]), 10, "the healthy channel, meanwhile")
+        # while open, the worker probes rarely instead of hammering the channel
+        opened_at = len(sim.calls)
+        await wait_for(lambda: flipkart.breaker.opened_total >= 2, 10, "a failed probe")
+        assert len(sim.calls) - opened_at <= 4
+        status = await channel_status(store.redis, store.keys, ["flipkart"])
+        await flipkart.heartbeat()
+        status = await channel_status(store.redis, store.keys, ["flipkart"])
+        assert status["flipkart"]["circuit"] in ("open", "half_open")
+        assert status["flipkart"]["pending"] > 0
+        sim.outage(False)
+        await wait_for(lambda: run.converged(skus), 15, "flipkart to catch up after the outage")
+        assert flipkart.breaker.state == "closed"
+        assert [c for c in sim.calls if c.outcome == "outage"]
+        await wait_for(lambda: all_acknowledged(store, ["flipkart", "shopify"]), 10, "every entry acknowledged")
+        assert await store.redis.xlen(store.keys.dlq(0, "flipkart")) == 0
+
+
+async def test_a_sku_refused_for_good_is_dead_lettered_alone_and_replayed_after_the_fix(store, fresh):
+    skus = [f"P-{i}" for i in range(6)]
+    for sku in skus:
+        await store.set(sku, 20)
+    for name in ("amazon", "flipkart", "shopify"):
+        fresh[name][0].set_faults(reject_skus={"P-3"})
+    async with Running(store, fresh, ["amazon", "flipkart", "shopify"], opts()) as run:
+        for i, sku in enumerate(skus):
+            await store.decrement(sku, 2, ref=f"perm-{i}", source="amazon")
+        others = [s for s in skus if s != "P-3"]
+        await wait_for(lambda: run.converged(others), 10, "every other SKU")
+        for name in ("amazon", "flipkart", "shopify"):
+            await wait_for(lambda name=name: store.redis.xlen(store.keys.dlq(0, name)), 10, f"{name}'s dead letter")
+            letters = await list_dead_letters(store.redis, store.keys, name)
+            assert {d.sku for d in letters} == {"P-3"}, letters
+            assert all(d.reason == "permanent" and d.attempts >= 1 and d.error for d in letters)
+        await wait_for(lambda: all_acknowledged(store, ["amazon", "flipkart", "shopify"]), 10, "entries acknowledged")
+        for name in ("amazon", "flipkart", "shopify"):
+            fresh[name][0].set_faults(reject_skus=set())
+            report = await replay(store.redis, store.keys, run.configs[name])
+            assert report.resolved == ["P-3"] and report.ok
+            assert await store.redis.xlen(store.keys.dlq(0, name)) == 0
+        assert await run.converged(skus)
+
+
+async def test_a_429_storm_never_exceeds_the_limit_plus_burst(store, fresh):
+    sim = fresh["amazon"][0]
+    sim.set_faults(rate_limit=10, burst=5)
+    skus = [f"R-{i}" for i in range(40)]
+    for sku in skus:
+        await store.set(sku, 9)
+    # the adapter is configured for twice the real limit: the server's 429s must slow it down
+    async with Running(store, fresh, ["amazon"], opts(), amazon={"rate_limit": 20, "burst": 5}) as run:
+        await wait_for(lambda: run.converged(skus), 30, "every SKU listed despite the rate limit")
+    calls = sorted(c.t for c in sim.calls)
+    worst = max(sum(1 for t in calls[i:] if t - c < 1.0) for i, c in enumerate(calls))
+    assert sim.max_rate() <= 10 + 5
+    assert worst <= 10 + 5, f"{worst} requests in one second"
+    assert any(c.status == 429 for c in sim.calls)
+
+
+async def test_the_trimmer_never_removes_what_a_slow_channel_has_not_acknowledged(store, fresh):
+    skus = [f"T-{i}" for i in range(30)]
+    fresh["flipkart"][0].set_faults(latency_ms=150)
+    for sku in skus:
+        await store.set(sku, 100)
+    async with Running(store, fresh, ["shopify", "flipkart"], opts(trim_interval_ms=20, retention_ms=0),
+                       flipkart={"max_in_flight": 1, "batch_size": 1}) as run:
+        for round_ in range(3):
+            for i, sku in enumerate(skus):
+                await store.decrement(sku, 1, ref=f"trim-{round_}-{i}", source="shopify")
+        events = store.keys.events(0)
+        # the fast channel is done and the trimmer has run, but the slow one still holds entries
+        await wait_for(lambda: run.converged(skus, ["shopify"]), 10, "the fast channel")
+        await wait_for(lambda: trimmed_down_to_flipkart(store), 10, "the trimmer to trim what both acknowledged")
+        info = {g["name"]: g for g in await store.redis.xinfo_groups(events)}
+        assert info["flipkart"]["pending"] + info["flipkart"]["lag"] > 0
+        await wait_for(lambda: run.converged(skus), 20, "the slow channel")
+        await wait_for(lambda: all_acknowledged(store, ["shopify", "flipkart"]), 10, "every entry acknowledged")
+        assert run.worker("flipkart").stats["reclaimed_deleted"] == 0
+
+        async def empty():
+            return await store.redis.xlen(events) == 0
+
+        await wait_for(empty, 5, "the stream trimmed to nothing")
+
+
+async def trimmed_down_to_flipkart(store) -> bool:
+    """The stream starts at flipkart's oldest unacknowledged entry (nothing it needs is gone)."""
+    events = store.keys.events(0)
+    first = await store.redis.xrange(events, count=1)
+    pending = await store.redis.xpending(events, "flipkart")
+    info = {g["name"]: g for g in await store.redis.xinfo_groups(events)}
+    if not first or not pending["pending"]:
+        return False
+    assert _id(first[0][0]) <= _id(pending["min"])  # never trimmed past what flipkart holds
+    undelivered = info["flipkart"]["last-delivered-id"]
+    assert _id(first[0][0]) <= _id(undelivered) or info["flipkart"]["lag"] == 0
+    return first[0][0] == pending["min"]
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)

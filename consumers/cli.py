@@ -1,0 +1,149 @@
+"""Subcommands of the channel side: `worker`, `dlq list|replay`, `status`.
+
+`register(subparsers)` adds them to stocksync's CLI (stocksync.cli calls it): each sets
+`run(args) -> int` (the exit code) with `sync=True`, the convention of stocksync.cli; the settings are
+`args.settings` when the caller has loaded them, else Settings.load(args.config).
+`python -m consumers ...` runs them on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import orjson
+
+from stocksync.channels import load_channels
+from stocksync.settings import Settings, SettingsError
+from stocksync.store import StockStore
+
+from . import dlq
+from .options import WorkerOptions
+from .runner import run_workers
+from .status import channel_status, format_table
+
+OPTION_FLAGS = ("read_count", "block_ms", "lease_ms", "reclaim_idle_ms", "max_deliveries", "max_attempts",
+                "retention_ms", "trim_interval_ms", "heartbeat_ms")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    w = subparsers.add_parser("worker", help="push stock changes to the channels (consumer groups)",
+                              description="Run channel workers until SIGTERM/SIGINT. Several processes of a "
+                              "channel share its work.")
+    w.add_argument("--channel", "-c", action="append", help="a channel to run (repeatable; default: all)")
+    w.add_argument("--consumer", help="consumer name (default: <host>-<pid>)")
+    w.add_argument("--lag-file", help="at exit, write commit-to-acceptance times per channel here (JSON)")
+    for name in OPTION_FLAGS:
+        w.add_argument("--" + name.replace("_", "-"), type=int, dest=name, help=f"worker.{name}")
+    w.set_defaults(run=cmd_worker, sync=True)
+
+    d = subparsers.add_parser("dlq", help="dead letters of a channel: list, replay")
+    dsub = d.add_subparsers(dest="dlq_command", required=True)
+    ls = dsub.add_parser("list", help="list a channel's dead letters")
+    ls.add_argument("channel")
+    ls.add_argument("--count", type=int, default=100)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(run=cmd_dlq_list, sync=True)
+    rp = dsub.add_parser("replay", help="push the current quantity of dead-lettered SKUs, then remove them")
+    rp.add_argument("channel")
+    rp.add_argument("--sku", action="append", help="only this SKU (repeatable)")
+    rp.add_argument("--id", action="append", help="only this dead-letter entry (repeatable)")
+    rp.set_defaults(run=cmd_dlq_replay, sync=True)
+
+    s = subparsers.add_parser("status", help="per channel: lag, pending, dead letters, last push, circuit")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(run=cmd_status, sync=True)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = getattr(args, "settings", None)
+    return settings if isinstance(settings, Settings) else Settings.load(getattr(args, "config", None))
+
+
+def _run(coro) -> int:
+    try:
+        return asyncio.run(coro)
+    except SettingsError as e:
+        print(f"stocksync: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> int:
+        settings = _settings(args)
+        overrides = {name: getattr(args, name, None) for name in OPTION_FLAGS}
+        options = WorkerOptions.from_settings(settings, consumer=args.consumer, **overrides)
+        await run_workers(settings, args.channel, options, lag_file=args.lag_file)
+        return 0
+
+    return _run(main())
+
+
+def _channel(settings: Settings, name: str):
+    configs = load_channels(settings)
+    if name not in configs:
+        raise SettingsError(f"no channel named {name!r} (configured: {', '.join(configs) or 'none'})")
+    return configs[name]
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        settings = _settings(args)
+        async with await StockStore.connect(settings) as store:
+            letters = await dlq.list_dead_letters(store.redis, store.keys, args.channel, args.count)
+        if args.json:
+            print(orjson.dumps([_as_dict(d) for d in letters]).decode())
+        else:
+            for d in letters:
+                print(d.line())
+            print(f"{len(letters)} dead letter(s) for {args.channel}", file=sys.stderr)
+        return 0
+
+    return _run(main())
+
+
+def _as_dict(d: dlq.DeadLetter) -> dict:
+    return {name: getattr(d, name) for name in d.__slots__}
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        settings = _settings(args)
+        config = _channel(settings, args.channel)
+        async with await StockStore.connect(settings) as store:
+            report = await dlq.replay(store.redis, store.keys, config, skus=set(args.sku) if args.sku else None,
+                                      ids=set(args.id) if args.id else None)
+        for sku in report.resolved:
+            print(f"replayed {sku}")
+        for sku, error in report.failed.items():
+            print(f"failed {sku}: {error}", file=sys.stderr)
+        return 0 if report.ok else 1
+
+    return _run(main())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        settings = _settings(args)
+        names = list(load_channels(settings))
+        async with await StockStore.connect(settings) as store:
+            status = await channel_status(store.redis, store.keys, names)
+        print(orjson.dumps(status).decode() if args.json else format_table(status))
+        return 0
+
+    return _run(main())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m consumers")
+    parser.add_argument("--config", help="TOML settings file (default: $STOCKSYNC_CONFIG)")
+    parser.add_argument("--log-level", default="INFO")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.run(args)

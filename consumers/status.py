@@ -1,0 +1,85 @@
+"""Per channel: lag, pending, dead letters, last push, circuit state (for `stocksync status` and the API).
+
+Lag and pending come from the consumer groups (XINFO GROUPS: entries not yet delivered, and delivered
+but not acknowledged), dead letters from the dead-letter streams, and the rest from the heartbeats the
+workers write every second to `<prefix>:status:<channel>` (a heartbeat older than `stale_ms` counts
+as a worker that is gone).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from redis.exceptions import ResponseError
+
+from stocksync.connection import AnyRedis
+from stocksync.keys import Keys
+
+SEVERITY = {"open": 2, "half_open": 1, "closed": 0}
+
+
+async def channel_status(redis: AnyRedis, keys: Keys, channels: Iterable[str], *, stale_ms: int = 10_000) -> dict[str, dict[str, Any]]:
+    now_ms = int(time.time() * 1000)
+    out: dict[str, dict[str, Any]] = {}
+    for channel in channels:
+        lag: int | None = 0
+        pending = dead = 0
+        oldest: int | None = None
+        group_found = False
+        for p in range(keys.partitions):
+            stream = keys.events(p)
+            try:
+                groups = await redis.xinfo_groups(stream)
+            except ResponseError:  # no stream yet
+                groups = []
+            for g in groups:
+                if g["name"] != channel:
+                    continue
+                group_found = True
+                pending += int(g["pending"])
+                lag = None if lag is None or g.get("lag") is None else lag + int(g["lag"])
+                if int(g["pending"]):
+                    first = (await redis.xpending(stream, channel))["min"]
+                    ms = int(str(first).split("-")[0])
+                    oldest = ms if oldest is None else min(oldest, ms)
+            dead += await redis.xlen(keys.dlq(p, channel))
+        workers = []
+        for name, raw in (await redis.hgetall(keys.channel_status(channel))).items():
+            try:
+                beat = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            beat["consumer"] = name
+            beat["alive"] = now_ms - int(beat.get("ts_ms", 0)) <= stale_ms
+            workers.append(beat)
+        alive = [w for w in workers if w["alive"]]
+        circuit = max((w.get("circuit", "closed") for w in alive), key=lambda s: SEVERITY.get(s, 0),
+                      default="no worker")
+        out[channel] = {
+            "group": group_found,
+            "lag": lag if group_found else None,
+            "pending": pending,
+            "oldest_pending_age_ms": None if oldest is None else max(now_ms - oldest, 0),
+            "dead_letters": dead,
+            "last_push_ms": max((int(w.get("last_push_ms", 0)) for w in workers), default=0) or None,
+            "circuit": circuit,
+            "workers": sorted(workers, key=lambda w: w["consumer"]),
+        }
+    return out
+
+
+def format_table(status: dict[str, dict[str, Any]]) -> str:
+    now_ms = int(time.time() * 1000)
+    lines = [f"{'channel':<16} {'lag':>8} {'pending':>8} {'oldest':>9} {'dead':>6} {'last push':>10} "
+             f"{'circuit':<10} workers"]
+    for channel, s in status.items():
+        oldest = "-" if s["oldest_pending_age_ms"] is None else f"{s['oldest_pending_age_ms'] / 1000:.1f}s"
+        last = "-" if not s["last_push_ms"] else f"{(now_ms - s['last_push_ms']) / 1000:.1f}s ago"
+        lag = "-" if s["lag"] is None else str(s["lag"])
+        alive = sum(1 for w in s["workers"] if w["alive"])
+        lines.append(f"{channel:<16} {lag:>8} {s['pending']:>8} {oldest:>9} {s['dead_letters']:>6} {last:>10} "
+                     f"{s['circuit']:<10} {alive}")
+    return "\n".join(lines)
