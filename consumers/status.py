@@ -2,8 +2,8 @@
 
 Lag and pending come from the consumer groups (XINFO GROUPS: entries not yet delivered, and delivered
 but not acknowledged), dead letters from the dead-letter streams, and the rest from the heartbeats the
-workers write every second to `<prefix>:status:<channel>` (a heartbeat older than `stale_ms` counts
-as a worker that is gone).
+workers write every heartbeat_ms to `<prefix>:status:<channel>` (a heartbeat older than three beats
+plus a second counts as a worker that is gone; a stopped worker removes its own).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from stocksync.keys import Keys
 SEVERITY = {"open": 2, "half_open": 1, "closed": 0}
 
 
-async def channel_status(redis: AnyRedis, keys: Keys, channels: Iterable[str], *, stale_ms: int = 10_000) -> dict[str, dict[str, Any]]:
+async def channel_status(redis: AnyRedis, keys: Keys, channels: Iterable[str]) -> dict[str, dict[str, Any]]:
     now_ms = int(time.time() * 1000)
     out: dict[str, dict[str, Any]] = {}
     for channel in channels:
@@ -53,7 +53,7 @@ async def channel_status(redis: AnyRedis, keys: Keys, channels: Iterable[str], *
             except orjson.JSONDecodeError:
                 continue
             beat["consumer"] = name
-            beat["alive"] = now_ms - int(beat.get("ts_ms", 0)) <= stale_ms
+            beat["alive"] = now_ms - int(beat.get("ts_ms", 0)) <= 3 * int(beat.get("heartbeat_ms", 1000)) + 1000
             workers.append(beat)
         alive = [w for w in workers if w["alive"]]
         circuit = max((w.get("circuit", "closed") for w in alive), key=lambda s: SEVERITY.get(s, 0),

@@ -403,7 +403,7 @@ class ChannelWorker:
     def status(self) -> dict:
         return {
             "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(),
-            "ts_ms": int(time.time() * 1000), "circuit": self.breaker.state,
+            "ts_ms": int(time.time() * 1000), "heartbeat_ms": self.options.heartbeat_ms, "circuit": self.breaker.state,
             "circuit_opened": self.breaker.opened_total, "last_push_ms": self.last_push_ms,
             "last_error": self.last_error, "held": len(self.coalescer), "in_flight": self.in_flight,
             **{k: int(v) for k, v in self.stats.items()},
