@@ -5,12 +5,12 @@ The stock changes only through the library's functions; the reference of each li
 record makes every redelivery, under any webhook id, change nothing. What this module keeps besides:
 
     <prefix>:wh:seen:<channel>:<delivery id>   a delivery already processed (a shortcut, not the guarantee)
-    <prefix>:wh:line:<channel>:<line key>      hash state, qty, sku, restocked of a line; state t taken,
-                                               r refused (insufficient), u unknown SKU, c cancelled before
-                                               it was taken. Kept longer than references (line_ttl_days),
-                                               so that a cancellation or a return weeks later restocks only
-                                               what was taken, into the SKU it was taken from, and never
-                                               more than was taken in total
+    <prefix>:wh:line:<channel>:<line key>      "state|qty|sku" of a line: state t taken, r refused
+                                               (insufficient), u unknown SKU, c cancelled before it was
+                                               taken. Kept longer than references (line_ttl_days), so that
+                                               a cancellation or a return weeks later restocks only what
+                                               was taken, into the SKU it was taken from ...
+    <prefix>:wh:line:<channel>:<line key>:restocked   ... and never more than was taken in total
     <prefix>:rejections                        hash "<channel>|<order id>" -> JSON of the uncovered lines
     <prefix>:rejections:index                  sorted set of the same members by first rejection time (ms)
 
@@ -85,40 +85,53 @@ class Intake:
     # Applying a delivery ----------------------------------------------------------------------------------
 
     async def apply(self, hook: Webhook, delivery: Delivery) -> dict:
+        """Three round trips for an order: read (seen? SKU map, line records), take, record."""
         channel = hook.name
-        if delivery.delivery_id and await self.redis.exists(self.seen_key(channel, delivery.delivery_id)):
-            self.metrics.deliveries.labels(channel, "duplicate").inc()
-            return {"status": "duplicate", "event": delivery.kind}
         if delivery.ignored:
             self.metrics.deliveries.labels(channel, "ignored").inc()
             return {"status": "ignored", "event": delivery.kind, "reason": delivery.ignored}
-
-        lines = [*delivery.takes, *(r.line for r in delivery.restocks), *delivery.cancels]
-        skus = sorted({line.channel_sku for line in lines if line.channel_sku})
+        seen = self.seen_key(channel, delivery.delivery_id) if delivery.delivery_id else None
+        # Take lines are looked up only where a cancellation can come first (Amazon's c state).
+        looked_up = [*(delivery.takes if delivery.cancels or hook.kind == "amazon" else ()),
+                     *(r.line for r in delivery.restocks), *delivery.cancels]
+        skus = sorted({line.channel_sku for line in [*delivery.takes, *looked_up] if line.channel_sku})
         async with self.redis.pipeline(transaction=False) as pipe:
+            if seen:
+                pipe.exists(seen)
             if skus:
                 pipe.hmget(self.keys.sku_map(channel), skus)
-            for line in lines:
-                pipe.hmget(self.line_key(channel, line), "state", "qty", "sku", "restocked")
+            for line in looked_up:
+                key = self.line_key(channel, line)
+                pipe.get(key)
+                pipe.get(key + ":restocked")
             replies = await pipe.execute()
+        if seen and replies.pop(0):
+            self.metrics.deliveries.labels(channel, "duplicate").inc()
+            return {"status": "duplicate", "event": delivery.kind}
         mapped = dict(zip(skus, replies.pop(0), strict=True)) if skus else {}
-        records = {line.key: _record(r) for line, r in zip(lines, replies, strict=True)}
+        records = {line.key: _record(replies[2 * i], replies[2 * i + 1]) for i, line in enumerate(looked_up)}
 
         def canonical(line: Line) -> str | None:
             if not line.channel_sku:
                 return None
             return mapped.get(line.channel_sku) or hook.channel.sku_map.get(line.channel_sku) or line.channel_sku
 
-        results = await self._take(channel, delivery.takes, records, canonical)
+        writes: list = []  # (method, args, kwargs) for the last round trip
+        results = await self._take(channel, delivery.takes, records, canonical, writes)
         results += await self._restock(channel, delivery.restocks, records, canonical)
         await self._cancel(channel, delivery.cancels, records, canonical)
-        await self._reject(channel, results)
-        if delivery.delivery_id:
-            await self.redis.set(self.seen_key(channel, delivery.delivery_id), "1", ex=self.settings.seen_ttl_s)
+        self._reject(channel, results, writes)
+        if seen:
+            writes.append(("set", (seen, "1"), {"ex": self.settings.seen_ttl_s}))
+        if writes:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for method, args, kwargs in writes:
+                    getattr(pipe, method)(*args, **kwargs)
+                await pipe.execute()
         self.metrics.deliveries.labels(channel, "applied").inc()
         return {"status": "applied", "event": delivery.kind, "lines": results}
 
-    async def _take(self, channel: str, takes: list[Line], records: dict, canonical) -> list[dict]:
+    async def _take(self, channel: str, takes: list[Line], records: dict, canonical, writes: list) -> list[dict]:
         results, calls = [], []
         for line in takes:
             sku = canonical(line)
@@ -145,18 +158,15 @@ class Intake:
                     outcomes.append(await self.store.decrement(sku, qty, ref=ref, source=channel))
                 except InvalidArgument as e:
                     outcomes.append(e)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for (result, (sku, qty, _)), outcome in zip(calls, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    result.update(status="invalid", reason=str(outcome))
-                    continue
-                self.metrics.outcome("decrement", outcome.status, outcome.replayed)
-                _merge(result, outcome)
-                key = self._line + channel + ":" + result["line"]
-                state = {"ok": "t", "insufficient": "r"}.get(outcome.status, "u")
-                pipe.hset(key, mapping={"state": state, "qty": qty, "sku": sku})
-                pipe.expire(key, self.settings.line_ttl_s)
-            await pipe.execute()
+        for (result, (sku, qty, _)), outcome in zip(calls, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                result.update(status="invalid", reason=str(outcome))
+                continue
+            self.metrics.outcome("decrement", outcome.status, outcome.replayed)
+            _merge(result, outcome)
+            state = {"ok": "t", "insufficient": "r"}.get(outcome.status, "u")
+            writes.append(("set", (self._line + channel + ":" + result["line"], f"{state}|{qty}|{sku}"),
+                           {"ex": self.settings.line_ttl_s}))
         return results
 
     async def _taken(self, channel: str, restock: Restock, record, canonical) -> tuple[str, int] | None:
@@ -197,7 +207,9 @@ class Intake:
             self.metrics.outcome("restock", outcome.status, outcome.replayed)
             _merge(result, outcome)
             if outcome.ok and not outcome.replayed:
-                await self.redis.hincrby(self.line_key(channel, line), "restocked", qty)
+                key = self.line_key(channel, line) + ":restocked"
+                await self.redis.incrby(key, qty)
+                await self.redis.expire(key, self.settings.line_ttl_s)
         return results
 
     async def _cancel(self, channel: str, cancels: list[Line], records: dict, canonical) -> None:
@@ -206,14 +218,12 @@ class Intake:
             sku = canonical(line)
             if records.get(line.key) or sku is None:
                 continue
-            key = self.line_key(channel, line)
-            if await self.redis.hsetnx(key, "state", "c"):
-                await self.redis.hset(key, mapping={"qty": line.qty, "sku": sku})
-                await self.redis.expire(key, self.settings.line_ttl_s)
+            await self.redis.set(self.line_key(channel, line), f"c|{line.qty}|{sku}", nx=True,
+                                 ex=self.settings.line_ttl_s)
 
     # Rejections -------------------------------------------------------------------------------------------
 
-    async def _reject(self, channel: str, results: list[dict]) -> None:
+    def _reject(self, channel: str, results: list[dict], writes: list) -> None:
         refused = [r for r in results if r["op"] == "take" and r["status"] not in ("ok", "cancelled")]
         if not refused:
             return
@@ -229,10 +239,8 @@ class Intake:
             member = f"{channel}|{order_id}"
             log.warning("order %s of %s has %d line(s) that cannot be covered", order_id, channel, len(lines))
             doc = {"channel": channel, "order_id": order_id, "lines": lines, "ts_ms": now}
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(self.rejections_index, {member: now}, nx=True)
-                pipe.hset(self.rejections_key, member, orjson.dumps(doc))
-                await pipe.execute()
+            writes.append(("zadd", (self.rejections_index, {member: now}), {"nx": True}))
+            writes.append(("hset", (self.rejections_key, member, orjson.dumps(doc)), {}))
 
     async def rejections(self, limit: int = 100, channel: str | None = None) -> list[dict]:
         """Orders with uncovered lines, newest first."""
@@ -253,11 +261,11 @@ class Intake:
         return bool(removed)
 
 
-def _record(reply: list) -> dict | None:
-    state, qty, sku, restocked = reply
-    if not state:
+def _record(value: str | None, restocked: str | None) -> dict | None:
+    if not value:
         return None
-    return {"state": state, "qty": int(qty or 0), "sku": sku or "", "restocked": int(restocked or 0)}
+    state, qty, sku = value.split("|", 2)
+    return {"state": state, "qty": int(qty), "sku": sku, "restocked": int(restocked or 0)}
 
 
 def _merge(result: dict, outcome: Outcome) -> None:
