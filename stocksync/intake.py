@@ -20,6 +20,7 @@ its stock.rejected event, and the order is listed by GET /v1/rejections until so
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -49,6 +50,63 @@ class IntakeSettings:
                    int(api.get("line_ttl_days", cls.line_ttl_s // 86400)) * 86400)
 
 
+class Batcher:
+    """Sends the commands of concurrent requests together: one pipeline, one round trip for many.
+
+    While a pipeline is in flight, callers queue; when it returns, everything queued goes in the next one.
+    Alone, a caller waits one round trip as before; under load the cost of a round trip (most of a
+    webhook's CPU time in redis-py) is shared by every request in the batch. Each command is still its
+    own atomic call: batching changes when commands are sent, never what they do.
+    """
+
+    def __init__(self, redis, max_batch: int = 1000) -> None:
+        self.redis, self.max_batch = redis, max_batch
+        self._queue: list[tuple[list[tuple], asyncio.Future]] = []
+        self._busy = False
+
+    async def call(self, commands: list[tuple]) -> list:
+        """The replies of `commands` (errors as ResponseError values, not raised)."""
+        if not commands:
+            return []
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((commands, future))
+        if not self._busy:
+            self._busy = True
+            asyncio.get_running_loop().call_soon(self._start)
+        return await future
+
+    def _start(self) -> None:
+        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+        task = asyncio.ensure_future(self._send(batch))
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task) -> None:
+        if self._queue:
+            self._start()
+        else:
+            self._busy = False
+
+    async def _send(self, batch: list[tuple[list[tuple], asyncio.Future]]) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for commands, _ in batch:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
+        except BaseException as e:  # noqa: BLE001 - every waiter gets the failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return
+        i = 0
+        for commands, future in batch:
+            if not future.done():
+                future.set_result(replies[i: i + len(commands)])
+            i += len(commands)
+
+
 def _bounded(text: str, limit: int, head: str) -> str:
     if len(text.encode()) <= limit:
         return text
@@ -60,6 +118,7 @@ class Intake:
         self.store, self.redis, self.keys = store, store.redis, store.keys
         self.metrics = metrics
         self.settings = settings or IntakeSettings()
+        self.batcher = Batcher(store.redis)
         prefix = store.keys.prefix
         self.rejections_key = f"{prefix}:rejections"
         self.rejections_index = f"{prefix}:rejections:index"
@@ -95,16 +154,16 @@ class Intake:
         looked_up = [*(delivery.takes if delivery.cancels or hook.kind == "amazon" else ()),
                      *(r.line for r in delivery.restocks), *delivery.cancels]
         skus = sorted({line.channel_sku for line in [*delivery.takes, *looked_up] if line.channel_sku})
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if seen:
-                pipe.exists(seen)
-            if skus:
-                pipe.hmget(self.keys.sku_map(channel), skus)
-            for line in looked_up:
-                key = self.line_key(channel, line)
-                pipe.get(key)
-                pipe.get(key + ":restocked")
-            replies = await pipe.execute()
+        reads: list[tuple] = [("EXISTS", seen)] if seen else []
+        if skus:
+            reads.append(("HMGET", self.keys.sku_map(channel), *skus))
+        for line in looked_up:
+            key = self.line_key(channel, line)
+            reads += [("GET", key), ("GET", key + ":restocked")]
+        replies = await self.batcher.call(reads)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         if seen and replies.pop(0):
             self.metrics.deliveries.labels(channel, "duplicate").inc()
             return {"status": "duplicate", "event": delivery.kind}
@@ -116,18 +175,16 @@ class Intake:
                 return None
             return mapped.get(line.channel_sku) or hook.channel.sku_map.get(line.channel_sku) or line.channel_sku
 
-        writes: list = []  # (method, args, kwargs) for the last round trip
+        writes: list[tuple] = []  # commands for the last round trip
         results = await self._take(channel, delivery.takes, records, canonical, writes)
         results += await self._restock(channel, delivery.restocks, records, canonical)
         await self._cancel(channel, delivery.cancels, records, canonical)
         self._reject(channel, results, writes)
         if seen:
-            writes.append(("set", (seen, "1"), {"ex": self.settings.seen_ttl_s}))
-        if writes:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for method, args, kwargs in writes:
-                    getattr(pipe, method)(*args, **kwargs)
-                await pipe.execute()
+            writes.append(("SET", seen, "1", "EX", self.settings.seen_ttl_s))
+        for reply in await self.batcher.call(writes):
+            if isinstance(reply, Exception):
+                raise reply
         self.metrics.deliveries.labels(channel, "applied").inc()
         return {"status": "applied", "event": delivery.kind, "lines": results}
 
@@ -149,15 +206,21 @@ class Intake:
                 calls.append((result, (sku, line.qty, self.take_ref(channel, line))))
         if not calls:
             return results
-        try:
-            outcomes = await self.store.decrement_many([c for _, c in calls], source=channel)
-        except InvalidArgument:  # one bad line must not hide the others' outcomes
-            outcomes = []
-            for _, (sku, qty, ref) in calls:
-                try:
-                    outcomes.append(await self.store.decrement(sku, qty, ref=ref, source=channel))
-                except InvalidArgument as e:
-                    outcomes.append(e)
+        # The call StockStore.decrement makes, sent through the batcher (one atomic FCALL per line).
+        keys, commands = self.keys, []
+        for _, (sku, qty, ref) in calls:
+            p = keys.partition(sku)
+            commands.append(("FCALL", "stocksync_decrement", 3, keys.sku(sku), keys.events(p), keys.idem(p, ref),
+                             qty, channel, ref))
+        outcomes: list = []
+        for (_, (sku, _, _)), reply in zip(calls, await self.batcher.call(commands), strict=True):
+            if isinstance(reply, Exception):
+                text = str(reply)
+                if not text.startswith("stocksync:"):
+                    raise reply
+                outcomes.append(InvalidArgument(text))
+            else:
+                outcomes.append(Outcome(sku, reply[0], int(reply[1]), int(reply[2]), bool(reply[3])))
         for (result, (sku, qty, _)), outcome in zip(calls, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 result.update(status="invalid", reason=str(outcome))
@@ -165,8 +228,8 @@ class Intake:
             self.metrics.outcome("decrement", outcome.status, outcome.replayed)
             _merge(result, outcome)
             state = {"ok": "t", "insufficient": "r"}.get(outcome.status, "u")
-            writes.append(("set", (self._line + channel + ":" + result["line"], f"{state}|{qty}|{sku}"),
-                           {"ex": self.settings.line_ttl_s}))
+            writes.append(("SET", self._line + channel + ":" + result["line"], f"{state}|{qty}|{sku}",
+                           "EX", self.settings.line_ttl_s))
         return results
 
     async def _taken(self, channel: str, restock: Restock, record, canonical) -> tuple[str, int] | None:
@@ -239,8 +302,8 @@ class Intake:
             member = f"{channel}|{order_id}"
             log.warning("order %s of %s has %d line(s) that cannot be covered", order_id, channel, len(lines))
             doc = {"channel": channel, "order_id": order_id, "lines": lines, "ts_ms": now}
-            writes.append(("zadd", (self.rejections_index, {member: now}), {"nx": True}))
-            writes.append(("hset", (self.rejections_key, member, orjson.dumps(doc)), {}))
+            writes.append(("ZADD", self.rejections_index, "NX", now, member))
+            writes.append(("HSET", self.rejections_key, member, orjson.dumps(doc)))
 
     async def rejections(self, limit: int = 100, channel: str | None = None) -> list[dict]:
         """Orders with uncovered lines, newest first."""
