@@ -6,7 +6,7 @@
     stocksync sku adjust SKU DELTA [--ref REF]
     stocksync tail [--from ID]             one line per event, every partition
     stocksync redis [--port N]             an embedded Redis in the foreground
-    stocksync demo                         a short walk-through of the core
+    stocksync demo [--keep]                the whole system, two replays (--keep: stay up)
 
 Exit codes: 0 done, 1 the operation was refused (insufficient, conflict, unknown SKU), 2 bad input.
 """
@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     red.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     red.set_defaults(run=_redis, sync=True)
 
-    demo = sub.add_parser("demo", help="a short scripted walk-through")
+    demo = sub.add_parser("demo", help="the whole system on this machine, replaying the article's scenario and a flash sale")
+    demo.add_argument("--keep", action="store_true", help="leave everything running afterwards, until Ctrl-C")
     demo.set_defaults(run=_demo, sync=True)
 
     _register_optional(sub)
@@ -149,7 +150,7 @@ def _redis(args) -> int:
 def _demo(args) -> int:
     from .demo import main as demo_main
 
-    return demo_main(args.settings)
+    return demo_main(args.settings, keep=args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,95 +1,390 @@
-"""`make demo`: a short walk-through of the core on an embedded Redis (or REDIS_URL when set).
+"""`make demo` / `stocksync demo [--keep]`: the whole system on this machine, and two replays.
 
-The article's scenario (10 units; Amazon sells 10, then Shopify 3, then Flipkart 2), a redelivered
-webhook, an all-or-nothing order, and a flash sale of 300 concurrent buyers for 25 units, each followed by
-what the events stream recorded. It cleans up its keys and leaves nothing running.
+It starts Redis (embedded, or REDIS_URL), three marketplace simulators, the API and one worker per channel
+(stocksync.sandbox), then replays:
+
+1. the article's scenario: 10 units; Amazon sells 10, then Shopify 3, then Flipkart 2, as signed
+   marketplace webhooks into the API, on a compressed clock (one minute = MINUTE_S real seconds);
+2. a flash sale: BUYERS buyers on the three channels within FLASH_WINDOW_S real seconds for FLASH_STOCK
+   units. A buyer orders only if the channel still shows enough (what the simulator was last told, minus
+   what that channel sold since), as a marketplace would.
+
+For each: a timeline, what stocksync did (sold, orders flagged for cancellation, oversold units, how long
+until every simulator listed the final quantity, from the simulators' own call records), and the same
+buyers under a 15-minute polling sync (stocksync.polling). Exit code 0 only if stocksync oversold nothing
+and every channel converged. With --keep everything stays up, with what to try, until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
+import email.utils
+import itertools
+import random
+import shlex
+import signal
 import time
 import uuid
+from dataclasses import dataclass
 
-from .events import read_range
+import aiohttp
+import orjson
+
+from .polling import Buyer, simulate
+from .sandbox import CHANNELS, Sandbox, SandboxError
 from .settings import Settings
-from .store import StockStore
+from .simulators import Simulator
+from .webhooks import flipkart_authorization, shopify_signature
+
+ARTICLE_SKU, ARTICLE_STOCK = "MUG-BLUE", 10
+ARTICLE_ORDERS = ((0, "amazon", 10), (2, "shopify", 3), (5, "flipkart", 2))  # (minute, channel, units)
+MINUTE_S = 0.25
+FLASH_SKU, FLASH_STOCK, BUYERS, FLASH_WINDOW_S = "SNEAKER-42", 50, 300, 3.0
+CONVERGE_S = 15.0
+APPLIED = ("applied", "SUCCESS")  # a simulator's result for an item it listed
+_ids = itertools.count(1001)
 
 
 def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-async def _walkthrough(settings: Settings) -> int:
-    store = await StockStore.connect(settings)
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ----- talking to the API as the marketplaces and the warehouse do ---------------------------------------
+
+
+class Api:
+    def __init__(self, box: Sandbox, http: aiohttp.ClientSession) -> None:
+        self.box, self.http, self.url = box, http, box.api_url
+        self.auth = {"Authorization": f"Bearer {box.token}"}
+
+    async def set_stock(self, sku: str, available: int) -> dict:
+        headers = {**self.auth, "Idempotency-Key": f"demo-{uuid.uuid4().hex}"}
+        async with self.http.put(f"{self.url}/v1/skus/{sku}", json={"available": available}, headers=headers) as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def available(self, sku: str) -> int:
+        async with self.http.get(f"{self.url}/v1/skus/{sku}", headers=self.auth) as r:
+            r.raise_for_status()
+            return (await r.json())["available"]
+
+    async def rejections(self) -> int:
+        async with self.http.get(f"{self.url}/v1/rejections", params={"limit": "1000"}, headers=self.auth) as r:
+            r.raise_for_status()
+            return len((await r.json())["rejections"])
+
+    async def order(self, channel: str, sku: str, qty: int) -> tuple[str, str, int]:
+        """Post one marketplace's order webhook for `qty` x `sku`: (order id, line status, available)."""
+        n = next(_ids)
+        secrets = self.box.webhook_secrets
+        if channel == "shopify":
+            order_id = f"#{n}"
+            body = orjson.dumps({"id": 5_000_000 + n, "name": order_id, "line_items": [
+                {"id": 9_000_000 + n, "sku": sku, "quantity": qty, "gift_card": False}]})
+            headers = {"X-Shopify-Topic": "orders/create", "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+                       "X-Shopify-Hmac-Sha256": shopify_signature(body, secrets["shopify"])}
+        elif channel == "amazon":
+            order_id = f"114-{n:07d}-0000001"
+            body = orjson.dumps({
+                "NotificationType": "ORDER_CHANGE", "NotificationVersion": "1.0",
+                "NotificationMetadata": {"NotificationId": str(uuid.uuid4())},
+                "Payload": {"OrderChangeNotification": {
+                    "AmazonOrderId": order_id, "OrderChangeType": "OrderStatusChange",
+                    "Summary": {"OrderStatus": "Unshipped", "FulfillmentType": "MFN", "OrderItems": [
+                        {"OrderItemId": f"{n:014d}", "SellerSKU": sku, "Quantity": qty}]}}}})
+            headers = {"x-stocksync-token": secrets["amazon"]}
+        else:
+            order_id = f"OD{n:018d}"
+            body = orjson.dumps({"eventType": "shipment_created", "source": "flipkart", "version": "v3",
+                                 "shipmentId": f"s-{n}", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+                                 "attributes": {"orderItems": [{"orderItemId": f"{n:016d}", "orderId": order_id,
+                                                                "sku": sku, "quantity": qty, "status": "APPROVED"}]}})
+            date = email.utils.formatdate(usegmt=True)
+            auth = flipkart_authorization(secrets["flipkart_app_id"], secrets["flipkart_app_secret"], date,
+                                          f"{self.url}/webhooks/flipkart")
+            headers = {"X_Date": date, "X_Authorization": auth}
+        headers["Content-Type"] = "application/json"
+        async with self.http.post(f"{self.url}/webhooks/{channel}", data=body, headers=headers) as r:
+            if r.status != 200:
+                raise SandboxError(f"{channel} webhook answered {r.status}: {await r.text()}")
+            line = (await r.json())["lines"][0]
+        return order_id, line["status"], line.get("available", 0)
+
+
+# ----- what the simulators were told -----------------------------------------------------------------------
+
+
+def applied(sim: Simulator, sku: str) -> list[tuple[int, int]]:
+    """(wall ms, quantity) of every update of `sku` that `sim` applied, in order."""
+    return [(c.wall_ms, item["quantity"]) for c in sim.calls for item in c.items
+            if item.get("sku") == sku and item.get("result") in APPLIED]
+
+
+def listed_after(sim: Simulator, sku: str, qty: int, since_ms: int) -> int | None:
+    """Ms after since_ms when `sim` first applied `qty` for `sku` (at or after since_ms), None if never."""
+    return next((ms - since_ms for ms, q in applied(sim, sku) if ms >= since_ms and q == qty), None)
+
+
+def settled_at(sim: Simulator, sku: str, final: int) -> int | None:
+    """Wall ms of the update from which `sim` has listed `final` ever since; None if it does not now."""
+    at = None
+    for ms, q in applied(sim, sku):
+        at = (at or ms) if q == final else None
+    return at
+
+
+async def wait_listed(box: Sandbox, sku: str, qty: int, seconds: float = CONVERGE_S) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if all(sim.quantities.get(sku) == qty and applied(sim, sku) for sim in box.sims.values()):
+            return True
+        await asyncio.sleep(0.005)
+    return False
+
+
+class Storefront:
+    """What a marketplace shows a buyer: the quantity stocksync last pushed, minus what it sold since."""
+
+    def __init__(self, sim: Simulator, sku: str) -> None:
+        self.sim, self.sku = sim, sku
+        self.pushes, self.sold_since = 0, 0
+
+    def shows(self) -> int:
+        history = self.sim.history(self.sku)
+        if len(history) != self.pushes:
+            self.pushes, self.sold_since = len(history), 0
+        return (history[-1] if history else 0) - self.sold_since
+
+    def sell(self, qty: int) -> bool:
+        if self.shows() < qty:
+            return False
+        self.sold_since += qty
+        return True
+
+
+# ----- the two replays ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    sold: int = 0
+    flagged_orders: int = 0
+    flagged_units: int = 0
+    oversold: int = 0
+    converged_ms: int | None = None  # last sale -> every simulator listing the final quantity
+    per_channel: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.oversold == 0 and self.converged_ms is not None
+
+
+def clock(minute: float) -> str:
+    sign = "-" if minute < 0 else " "
+    m = abs(minute)
+    return f"{sign}{int(m)}:{round((m % 1) * 60):02d}"
+
+
+def lags(box: Sandbox, sku: str, qty: int, since_ms: int) -> str:
+    parts = []
+    for name, sim in box.sims.items():
+        ms = listed_after(sim, sku, qty, since_ms)
+        parts.append(f"{name} {ms} ms" if ms is not None else f"{name} not yet")
+    return ", ".join(parts)
+
+
+async def finish(api: Api, box: Sandbox, sku: str, stock: int, out: Outcome, last_sale_ms: int) -> int:
+    """Check the stock, wait for every channel to list it, and measure how long that took."""
+    available = await api.available(sku)
+    out.oversold = max(out.sold - stock, 0) + max(-available, 0)
+    if available != stock - out.sold:
+        say(f"  !! stock is {available}, expected {stock - out.sold}")
+        out.oversold = max(out.oversold, 1)
+    if await wait_listed(box, sku, available):
+        times = {name: max(settled_at(sim, sku, available) - last_sale_ms, 0) for name, sim in box.sims.items()}
+        out.converged_ms = max(times.values())
+        out.per_channel = ", ".join(f"{name} {ms} ms" for name, ms in times.items())
+    return available
+
+
+async def article(api: Api, box: Sandbox) -> bool:
+    sku, stock = ARTICLE_SKU, ARTICLE_STOCK
+    say(f"\n== 1. The article's scenario: {stock} units of {sku}; Amazon sells 10, then Shopify 3, then Flipkart 2 ==")
+    say(f"   Orders arrive as signed marketplace webhooks; the clock is compressed (1 minute = {MINUTE_S} s).\n")
+    started_ms = now_ms()
+    await api.set_stock(sku, stock)
+    if not await wait_listed(box, sku, stock):
+        say("  !! the channels did not list the initial stock")
+        return False
+    say(f"  {clock(-1)}  warehouse sets {sku} to {stock} (PUT /v1/skus/{sku})")
+    say(f"         listed {stock}: {lags(box, sku, stock, started_ms)}")
+    out, last_sale_ms, start = Outcome(), started_ms, time.monotonic()
+    for minute, channel, qty in ARTICLE_ORDERS:
+        await asyncio.sleep(max(0.0, start + minute * MINUTE_S - time.monotonic()))
+        sent_ms = now_ms()
+        order_id, status, available = await api.order(channel, sku, qty)
+        if status == "ok":
+            out.sold += qty
+            last_sale_ms = sent_ms
+            say(f"  {clock(minute)}  {channel:8} order {order_id}: {qty} x {sku} -> sold, {available} left")
+            await wait_listed(box, sku, available)
+            say(f"         listed {available}: {lags(box, sku, available, sent_ms)} after the webhook")
+        else:
+            out.flagged_orders += 1
+            out.flagged_units += qty
+            say(f"  {clock(minute)}  {channel:8} order {order_id}: {qty} x {sku} -> REFUSED ({status}): "
+                f"flagged for cancellation at once")
+    await finish(api, box, sku, stock, out, last_sale_ms)
+    say("\n  Shopify and Flipkart listed 0 within milliseconds of Amazon's sale, so their buyers would have seen")
+    say("  'sold out'; the demo sends the article's two orders anyway, to show what happens to an order that")
+    say("  cannot be covered: it is answered 200 (the marketplace took it), refused, and flagged.")
+    buyers = [Buyer(minute * 60.0, channel, qty, f"{channel}-{minute}") for minute, channel, qty in ARTICLE_ORDERS]
+    report(out, stock, buyers)
+    return out.ok
+
+
+async def flash_sale(api: Api, box: Sandbox) -> bool:
+    sku, stock = FLASH_SKU, FLASH_STOCK
+    say(f"\n== 2. Flash sale: {BUYERS} buyers on three channels within {FLASH_WINDOW_S:g} s for {stock} units of {sku} ==")
+    say("   A buyer orders only if their channel still shows stock; real time, no compression.\n")
+    rng = random.Random(42)
+    buyers = sorted((Buyer(rng.uniform(0, FLASH_WINDOW_S), rng.choice(CHANNELS), 2 if rng.random() < 0.1 else 1,
+                           f"b{i}") for i in range(BUYERS)), key=lambda b: b.t)
+    await api.set_stock(sku, stock)
+    if not await wait_listed(box, sku, stock):
+        say("  !! the channels did not list the initial stock")
+        return False
+    fronts = {name: Storefront(sim, sku) for name, sim in box.sims.items()}
+    out, state = Outcome(), {"left": stock, "last_sale_ms": now_ms(), "orders": 0, "sold_out": 0}
+
+    async def buy(b: Buyer, sent_ms: int) -> None:
+        _, status, available = await api.order(b.channel, sku, b.qty)
+        state["left"] = min(state["left"], available)
+        if status == "ok":
+            out.sold += b.qty
+            state["last_sale_ms"] = max(state["last_sale_ms"], sent_ms)
+        else:
+            out.flagged_orders += 1
+            out.flagged_units += b.qty
+
+    say("   time   buyers  orders  sold  flagged  stock   channels show: " + "  ".join(f"{c:>8}" for c in CHANNELS))
+    tasks, start, step, seen = [], time.monotonic(), 0.1, 0
+    last_row: list = []
+
+    def row(t: float, always: bool = False) -> None:
+        shows = "  ".join(f"{max(f.shows(), 0):>8}" for f in fronts.values())
+        now = [state["orders"], state["left"], out.flagged_orders, shows]
+        if now == last_row and not always:  # nothing moved: sold out everywhere
+            return
+        last_row[:] = now
+        say(f"  {t:4.2f} s  {seen:6}  {state['orders']:6}  {stock - state['left']:4}  {out.flagged_orders:7}  {state['left']:5}"
+            f"   {'':14} {shows}")
+
+    next_row = step
+    for b in buyers:
+        while b.t >= next_row:
+            row(next_row)
+            next_row += step
+        await asyncio.sleep(max(0.0, start + b.t - time.monotonic()))
+        seen += 1
+        if fronts[b.channel].sell(b.qty):
+            state["orders"] += 1
+            tasks.append(asyncio.create_task(buy(b, now_ms())))
+        else:
+            state["sold_out"] += 1
+    await asyncio.gather(*tasks)
+    row(FLASH_WINDOW_S, always=True)
+    await finish(api, box, sku, stock, out, state["last_sale_ms"])
+    say(f"\n  {state['orders']} orders were taken by the marketplaces; {state['sold_out']} buyers saw 'sold out'.")
+    say(f"  API: GET /v1/rejections lists {await api.rejections()} orders to cancel (both scenarios).")
+    report(out, stock, buyers)
+    return out.ok
+
+
+def report(out: Outcome, stock: int, buyers: list[Buyer]) -> None:
+    poll = simulate(stock, buyers, CHANNELS)
+    converged = f"{out.converged_ms} ms" if out.converged_ms is not None else "NOT within 15 s"
+    say(f"\n  stocksync: sold {out.sold} of {stock}, {out.flagged_orders} orders ({out.flagged_units} units) "
+        f"flagged for cancellation, oversold {out.oversold}")
+    say(f"             every channel listed the final quantity {converged} after the last sale ({out.per_channel})")
+    found = f"found at the sync at {clock(poll.found_at / 60).strip()}" if poll.found_at is not None else "nothing to find"
+    say(f"  15-minute polling (last sync 1 minute before): sold {poll.sold} of {stock}, oversold {poll.oversold} "
+        f"({len(poll.cancel)} orders to cancel), {found}")
+
+
+# ----- the command --------------------------------------------------------------------------------------
+
+
+async def replay(box: Sandbox) -> bool:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        api = Api(box, http)
+        first = await article(api, box)
+        second = await flash_sale(api, box)
+    return first and second
+
+
+def try_this(box: Sandbox) -> None:
+    p = box.keys.partition(ARTICLE_SKU)
+    events, sku_key = box.keys.events(p), box.keys.sku(ARTICLE_SKU)
+    cli = f"redis-cli -u {box.redis_url}"
+    auth = f"-H {shlex.quote('Authorization: Bearer ' + box.token)}"
+    env = (f"REDIS_URL={box.redis_url} STOCKSYNC_PREFIX={box.settings.prefix} "
+           f"STOCKSYNC_CONFIG={box.config_path}")
+    say(f"""
+The system stays up. Things to try (Ctrl-C stops everything):
+
+  Redis (every change is one entry in the events stream; each channel is a consumer group on it)
+    {cli} XRANGE {shlex.quote(events)} - + COUNT 5
+    {cli} XREAD BLOCK 0 STREAMS {shlex.quote(events)} '$'        # tail: waits for the next change
+    {cli} XINFO GROUPS {shlex.quote(events)}                     # per channel: lag, pending
+    {cli} XPENDING {shlex.quote(events)} amazon
+    {cli} HGETALL {shlex.quote(sku_key)}
+    {cli} FCALL_RO stocksync_get 1 {shlex.quote(sku_key)}
+
+  The API (token {box.token})
+    curl -s {auth} {box.api_url}/v1/skus/{ARTICLE_SKU}
+    curl -s -X POST {auth} -H 'Idempotency-Key: try-1' -H 'Content-Type: application/json' -d '{{"delta": 5}}' {box.api_url}/v1/skus/{ARTICLE_SKU}/adjust
+    curl -s {auth} {box.api_url}/v1/rejections
+    curl -s {box.api_url}/metrics | grep stocksync_
+
+  The marketplace simulators (what each channel lists, and every call it received)
+""" + "\n".join(f"    curl -s {url}/_sim/state      # {name}" for name, url in box.sim_urls.items()) + f"""
+
+  The CLI
+    {env} stocksync status
+    {env} stocksync tail --from 0
+""")
+
+
+def main(settings: Settings, keep: bool = False) -> int:
+    say("stocksync demo: Redis, three marketplace simulators, the API and a worker per channel, on this machine\n")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C: cleanly
+    box = Sandbox(settings, say)
+    started = time.monotonic()
+    ok = False
     try:
-        return await _scenes(store)
+        box.start()
+        ok = asyncio.run(replay(box))
+        say(f"\n{'OK' if ok else 'FAILED'}: stocksync oversold 0 units and every channel converged"
+            if ok else "\nFAILED: stocksync oversold, or a channel did not converge (see above)")
+        say(f"(replays done in {time.monotonic() - started:.1f} s)")
+        if keep:
+            try_this(box)
+            while True:
+                time.sleep(3600)
+        return 0 if ok else 1
+    except KeyboardInterrupt:  # with --keep, Ctrl-C is how it ends
+        return (0 if ok else 1) if keep and ok is not None and box.procs else 130
+    except SandboxError as e:
+        say(f"\nstocksync demo: {e}")
+        return 1
     finally:
-        await _cleanup(store)
-        await store.close()
-
-
-async def _scenes(store: StockStore) -> int:
-    say("1. The article's scenario: 10 units, Amazon sells 10, then Shopify 3, then Flipkart 2")
-    await store.set("MUG-BLUE", 10, source="warehouse", ref="demo-import-1")
-    for channel, qty, order in (("amazon", 10, "A-1001"), ("shopify", 3, "S-2001"), ("flipkart", 2, "F-3001")):
-        o = await store.decrement("MUG-BLUE", qty, ref=f"{channel}:{order}:1", source=channel)
-        verdict = "sold" if o.ok else "REFUSED, flagged for cancellation"
-        say(f"   {channel:<9} order {order} wants {qty:>2}: {o.status:<12} -> available {o.available} ({verdict})")
-
-    say("\n2. The same Amazon notification delivered again: replayed, nothing changes")
-    o = await store.decrement("MUG-BLUE", 10, ref="amazon:A-1001:1", source="amazon")
-    say(f"   {o.status}, available {o.available}, version {o.version}, replayed={o.replayed}")
-
-    say("\n3. A two-line Shopify order, all or nothing")
-    await store.set("TEE-M", 5, source="warehouse", ref="demo-import-2")
-    await store.set("TEE-L", 1, source="warehouse", ref="demo-import-3")
-    o = await store.order({"TEE-M": 2, "TEE-L": 2}, ref="shopify:S-2002", source="shopify")
-    say(f"   TEE-M x2 + TEE-L x2: {o.status}; short lines: {[line.sku for line in o.short_lines]}")
-    o = await store.order({"TEE-M": 2, "TEE-L": 1}, ref="shopify:S-2003", source="shopify")
-    say(f"   TEE-M x2 + TEE-L x1: {o.status}; now {[(line.sku, line.available) for line in o.lines]}")
-
-    say("\n4. Flash sale: 300 buyers on three channels at once for 25 units")
-    await store.set("SNEAKER-42", 25, source="warehouse", ref="demo-import-4")
-    started = time.perf_counter()
-    channels = ("amazon", "shopify", "flipkart")
-    outcomes = await asyncio.gather(*(
-        store.decrement("SNEAKER-42", 1, ref=f"flash-{i}", source=channels[i % 3]) for i in range(300)
-    ))
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    sold = sum(o.ok for o in outcomes)
-    stock = await store.get("SNEAKER-42")
-    say(f"   sold {sold}, refused {300 - sold}, left {stock.available}, oversold {max(0, sold - 25)} "
-        f"({elapsed_ms:.0f} ms for 300 orders)")
-
-    p = store.keys.partition("MUG-BLUE")
-    events = await read_range(store.redis, store.keys, p)
-    say(f"\n5. The events stream ({store.keys.events(p)}), first 8 of {len(events)}:")
-    for e in events[:8]:
-        say("   " + e.line())
-    say("\nEvery change above was one FCALL: check, change, version + 1 and event in one atomic step.")
-    return 0 if sold == 25 and stock.available == 0 else 1
-
-
-async def _cleanup(store: StockStore) -> None:
-    keys = [store.keys.meta]
-    async for key in store.redis.scan_iter(match=f"\\{{{store.keys.prefix}:*", count=1000):
-        keys.append(key)
-    for i in range(0, len(keys), 500):
-        await store.redis.delete(*keys[i : i + 500])
-
-
-def main(settings: Settings) -> int:
-    # A private prefix: the demo may run against a real Redis named by REDIS_URL.
-    settings = settings.with_(prefix=f"demo-{uuid.uuid4().hex[:8]}")
-    with contextlib.ExitStack() as stack:
-        if not os.environ.get("REDIS_URL"):
-            from .embedded import EmbeddedRedis
-
-            say("starting an embedded Redis ...")
-            server = stack.enter_context(EmbeddedRedis())
-            settings = settings.with_(redis_url=server.url)
-            say(f"   {server.binary} on {server.url}\n")
-        return asyncio.run(_walkthrough(settings))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        say("stopping: workers, API, simulators, Redis ...")
+        box.stop()
+        say("stopped; nothing left running.")

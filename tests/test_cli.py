@@ -72,14 +72,6 @@ def test_tail_prints_one_line_per_event(settings):
     assert "MUG +5 -> 5 v1" in lines[0] and "MUG -2 -> 3 v2" in lines[1] and "ref=r2" in lines[1]
 
 
-def test_demo_runs_and_leaves_nothing_behind(settings):
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    out = subprocess.run([sys.executable, "-m", "stocksync", "demo"], capture_output=True, text=True, env=env,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "oversold 0" in out.stdout
-
-
 def test_redis_command_serves_until_stopped():
     proc = subprocess.Popen([sys.executable, "-m", "stocksync", "redis"], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)

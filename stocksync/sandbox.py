@@ -1,0 +1,247 @@
+"""The whole system on one machine, for `stocksync demo`: Redis, the marketplace simulators, the API, workers.
+
+    with Sandbox(settings, say) as box:      # everything up and ready, or an exception
+        box.api_url, box.token, box.sims["amazon"], box.pids, ...
+    # everything stopped: child processes ended, simulator threads joined, the embedded Redis removed
+
+Redis is the embedded one (stocksync.embedded) unless REDIS_URL is set; the simulators run in this
+process (threads, so their recorded calls can be read directly); the API (`stocksync serve`) and one
+`stocksync worker -c <channel>` per channel are child processes in their own sessions, configured through
+a TOML file and environment variables in a temporary folder, their logs in that folder. Children are
+stopped with SIGTERM (SIGKILL after a grace period) in reverse order of start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from .embedded import EmbeddedRedis, free_port
+from .keys import Keys
+from .settings import Settings
+from .simulators import AmazonSim, FlipkartSim, ShopifySim, Simulator, serve
+
+CHANNELS = ("shopify", "amazon", "flipkart")
+SIM_CLASSES: dict[str, type[Simulator]] = {"shopify": ShopifySim, "amazon": AmazonSim, "flipkart": FlipkartSim}
+STOP_GRACE_S = 10.0
+
+
+class SandboxError(RuntimeError):
+    pass
+
+
+class Sandbox:
+    def __init__(self, settings: Settings, say: Callable[[str], None], *, private_prefix: bool | None = None) -> None:
+        external = bool(os.environ.get("REDIS_URL"))
+        if private_prefix is None:  # never write into a real deployment's keys
+            private_prefix = external
+        if private_prefix:
+            settings = settings.with_(prefix=f"demo-{secrets.token_hex(4)}")
+        self.settings = settings.with_(sections={})
+        self.external = external
+        self.say = say
+        self.keys = Keys(self.settings.prefix, self.settings.partitions)
+        self.dir = Path(tempfile.mkdtemp(prefix="stocksync-demo-"))
+        self.token = "demo-" + secrets.token_urlsafe(12)
+        self.env = {
+            "STOCKSYNC_DEMO_TOKEN": self.token,
+            "DEMO_SHOPIFY_TOKEN": "shpat_stocksync_simulator",
+            "DEMO_SHOPIFY_WEBHOOK_SECRET": "shpss_" + secrets.token_hex(8),
+            "DEMO_AMAZON_TOKEN": "Atza|stocksync-simulator",
+            "DEMO_AMAZON_WEBHOOK_TOKEN": secrets.token_hex(12),
+            "DEMO_FLIPKART_TOKEN": "flipkart-stocksync-simulator",
+            "DEMO_FLIPKART_APP_ID": "demo-app",
+            "DEMO_FLIPKART_APP_SECRET": secrets.token_hex(12),
+        }
+        self.sims: dict[str, Simulator] = {}
+        self.sim_urls: dict[str, str] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.redis_server: EmbeddedRedis | None = None
+        self.api_url = ""
+        self._stack = contextlib.ExitStack()
+
+    # ----- what the demo reads ---------------------------------------------------------------------
+
+    @property
+    def redis_url(self) -> str:
+        return self.settings.redis_url
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "stocksync.toml"
+
+    @property
+    def pids(self) -> dict[str, int]:
+        out = {"redis": self.redis_server.proc.pid} if self.redis_server and self.redis_server.proc else {}
+        out.update({name: p.pid for name, p in self.procs.items()})
+        return out
+
+    @property
+    def webhook_secrets(self) -> dict[str, str]:
+        e = self.env
+        return {"shopify": e["DEMO_SHOPIFY_WEBHOOK_SECRET"], "amazon": e["DEMO_AMAZON_WEBHOOK_TOKEN"],
+                "flipkart_app_id": e["DEMO_FLIPKART_APP_ID"], "flipkart_app_secret": e["DEMO_FLIPKART_APP_SECRET"]}
+
+    # ----- start and stop --------------------------------------------------------------------------
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> Sandbox:
+        """Start everything and wait until the API answers /readyz and every worker has written its
+        heartbeat; on any failure, stop what was started and raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        started = time.monotonic()
+        if self.external:
+            self.say(f"  Redis       {self.redis_url} (REDIS_URL), key prefix {self.settings.prefix}")
+        else:
+            self.redis_server = EmbeddedRedis(directory=str(self.dir / "redis"))
+            (self.dir / "redis").mkdir()
+            self.redis_server.start()
+            self.settings = self.settings.with_(redis_url=self.redis_server.url)
+            name = os.path.basename(self.redis_server.binary)
+            self.say(f"  Redis       {name} on {self.redis_url} (embedded, pid {self.redis_server.proc.pid})")
+        with redis.Redis.from_url(self.redis_url) as r:
+            r.ping()
+
+        for name in CHANNELS:
+            cls = SIM_CLASSES[name]
+            sim = cls(cls.realistic_faults())
+            self.sims[name] = sim
+            self.sim_urls[name] = self._stack.enter_context(serve(sim))
+        limits = "20-30 ms per call; Amazon 5 requests/s, Shopify 100 cost points/s"
+        self.say("  simulators  " + ", ".join(f"{n} {u}" for n, u in self.sim_urls.items()) + f"\n              ({limits})")
+
+        port = free_port()
+        self.api_url = f"http://127.0.0.1:{port}"
+        self.config_path.write_text(self._toml())
+        self.procs["api"] = self._spawn("api", "serve", "--host", "127.0.0.1", "--port", str(port))
+        for name in CHANNELS:
+            self.procs[f"worker-{name}"] = self._spawn(f"worker-{name}", "worker", "--channel", name)
+        self._wait_ready(deadline=time.monotonic() + 30)
+        self.say(f"  API         stocksync serve on {self.api_url} (pid {self.procs['api'].pid})")
+        self.say("  workers     " + ", ".join(f"stocksync worker -c {n} (pid {self.procs['worker-' + n].pid})"
+                                            for n in CHANNELS))
+        self.say(f"  child pids: {' '.join(str(p) for p in self.pids.values())}")
+        self.say(f"  ready in {time.monotonic() - started:.1f} s (logs in {self.dir})")
+
+    def child_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
+        env.update(self.env, REDIS_URL=self.redis_url, STOCKSYNC_PREFIX=self.settings.prefix,
+                   STOCKSYNC_PARTITIONS=str(self.settings.partitions), STOCKSYNC_CONFIG=str(self.config_path))
+        if self.settings.cluster:
+            env["STOCKSYNC_CLUSTER"] = "1"
+        return env
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - closed once the process is stopped
+        self._stack.callback(log.close)
+        return subprocess.Popen([sys.executable, "-m", "stocksync", *args], env=self.child_env(),
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # Ctrl-C reaches us only; we stop them in order
+
+    def _wait_ready(self, deadline: float) -> None:
+        api_ready = False
+        with redis.Redis.from_url(self.redis_url) as r:
+            while True:
+                for name, proc in self.procs.items():
+                    if proc.poll() is not None:
+                        raise SandboxError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+                if not api_ready:
+                    with contextlib.suppress(OSError, urllib.error.URLError):
+                        with urllib.request.urlopen(self.api_url + "/readyz", timeout=1) as reply:
+                            api_ready = reply.status == 200
+                beating = all(r.hlen(self.keys.channel_status(n)) for n in CHANNELS)
+                if api_ready and beating:
+                    return
+                if time.monotonic() > deadline:
+                    raise SandboxError("the API or a worker did not become ready in 30 s; logs in " + str(self.dir))
+                time.sleep(0.05)
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.dir / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """Stop everything; safe to call twice. Children first (newest first), then simulators, then Redis."""
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in reversed(list(self.procs.values())):
+            try:
+                proc.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        self._stack.close()
+        if self.external:
+            with contextlib.suppress(redis.RedisError):
+                self._delete_keys()
+        if self.redis_server is not None:
+            self.redis_server.stop()
+            self.redis_server = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _delete_keys(self) -> None:
+        prefix = self.settings.prefix
+        with redis.Redis.from_url(self.redis_url) as r:
+            keys = [k for pattern in (f"\\{{{prefix}:*", f"{prefix}:*") for k in r.scan_iter(match=pattern, count=1000)]
+            for i in range(0, len(keys), 500):
+                r.delete(*keys[i : i + 500])
+
+    # ----- the configuration file ------------------------------------------------------------------
+
+    def _toml(self) -> str:
+        s, a, f = self.sim_urls["shopify"], self.sim_urls["amazon"], self.sim_urls["flipkart"]
+        shop, amazon, flipkart = self.sims["shopify"], self.sims["amazon"], self.sims["flipkart"]
+        return f"""# Written by `stocksync demo`: the simulators stand in for the marketplaces.
+[api.tokens.demo]
+env = "STOCKSYNC_DEMO_TOKEN"
+scopes = ["*"]
+
+[worker]
+block_ms = 500
+heartbeat_ms = 500
+
+[channels.shopify]
+kind = "shopify"
+url = "{s}"
+credentials = {{ token = "DEMO_SHOPIFY_TOKEN", webhook_secret = "DEMO_SHOPIFY_WEBHOOK_SECRET" }}
+options = {{ location_id = "{shop.location_id}" }}
+
+[channels.amazon]
+kind = "amazon"
+url = "{a}"
+credentials = {{ access_token = "DEMO_AMAZON_TOKEN", webhook_token = "DEMO_AMAZON_WEBHOOK_TOKEN" }}
+options = {{ seller_id = "{amazon.seller_id}", marketplace_id = "{amazon.marketplace_id}" }}
+
+[channels.flipkart]
+kind = "flipkart"
+url = "{f}"
+credentials = {{ access_token = "DEMO_FLIPKART_TOKEN", app_id = "DEMO_FLIPKART_APP_ID", app_secret = "DEMO_FLIPKART_APP_SECRET" }}
+options = {{ location_id = "{flipkart.location_id}", product_id_format = "{{sha}}", notification_url = "{self.api_url}/webhooks/flipkart" }}
+"""

@@ -1,0 +1,128 @@
+"""`make demo` and `stocksync demo --keep`, run as a user runs them: a real process, no REDIS_URL.
+
+The demo prints the pids of the processes it starts ("child pids: ..."); after it ends, none of them may
+still be running. Waits are for conditions (a line printed, a process ended) with deadlines, never sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def demo_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("STOCKSYNC_")}
+
+
+def child_pids(output: str) -> list[int]:
+    match = re.search(r"child pids: ([\d ]+)", output)
+    assert match, output
+    pids = [int(p) for p in match.group(1).split()]
+    assert len(pids) == 5, pids  # Redis, the API, three workers
+    return pids
+
+
+def running(pid: int) -> bool:
+    """Still running as one of the demo's processes (a reused pid or a zombie does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state != "Z" and (b"stocksync" in cmdline or b"redis" in cmdline or b"valkey" in cmdline)
+
+
+def section(output: str, title: str) -> str:
+    start = output.index(title)
+    end = output.find("\n== ", start + 1)
+    return output[start : end if end != -1 else len(output)]
+
+
+def test_demo_runs_under_a_minute_and_leaves_nothing_behind():
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "stocksync", "demo"], capture_output=True, text=True,
+                         env=demo_env(), cwd=ROOT, timeout=120)
+    elapsed = time.monotonic() - started
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert elapsed < 60, elapsed
+
+    article = section(out.stdout, "== 1. The article's scenario")
+    assert "stocksync: sold 10 of 10, 2 orders (5 units) flagged for cancellation, oversold 0" in article
+    polled = re.search(r"15-minute polling .*: sold (\d+) of 10, oversold (\d+)", article)
+    assert polled and int(polled.group(2)) > 0, article
+    flash = section(out.stdout, "== 2. Flash sale")
+    assert re.search(r"stocksync: sold 50 of 50, \d+ orders \(\d+ units\) flagged for cancellation, oversold 0", flash)
+    assert re.search(r"15-minute polling .*oversold [1-9]", flash), flash
+    # every channel converged, in both scenarios, with a time measured from the simulators' calls
+    assert len(re.findall(r"every channel listed the final quantity \d+ ms after the last sale", out.stdout)) == 2
+    assert "OK: stocksync oversold 0 units and every channel converged" in out.stdout
+
+    assert not [pid for pid in child_pids(out.stdout) if running(pid)]
+
+
+class Lines:
+    """A process's stdout, line by line, read on a thread so that waits can have deadlines."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, pattern: str, seconds: float) -> str:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} within {seconds} s:\n" + "\n".join(self.seen)) from None
+            if line is None:
+                raise AssertionError(f"the demo ended before printing {pattern!r}:\n" + "\n".join(self.seen))
+            self.seen.append(line)
+            if re.search(pattern, line):
+                return line
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_keep_stays_up_its_curl_works_and_ctrl_c_stops_everything():
+    proc = subprocess.Popen([sys.executable, "-m", "stocksync", "demo", "--keep"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=demo_env(), cwd=ROOT)
+    try:
+        lines = Lines(proc)
+        pids = child_pids(lines.wait_for(r"child pids:", 60))
+        curl = lines.wait_for(r"^\s*curl -s -H 'Authorization: Bearer [^']+' http://\S+/v1/skus/MUG-BLUE$", 90)
+        lines.wait_for(r"stocksync status", 10)
+        assert all(running(pid) for pid in pids)
+
+        reply = subprocess.run(shlex.split(curl), capture_output=True, timeout=30)
+        assert reply.returncode == 0, reply.stderr
+        doc = orjson.loads(reply.stdout)
+        assert doc["sku"] == "MUG-BLUE" and doc["available"] == 0, doc
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, "\n".join(lines.seen)
+        lines.wait_for(r"nothing left running", 5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not [pid for pid in pids if running(pid)]
