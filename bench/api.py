@@ -89,21 +89,24 @@ def order_request(n: int, rng: random.Random) -> tuple[bytes, dict[str, str]]:
     return body, headers
 
 
-def _lua_string(b: bytes | str) -> str:
-    text = b.decode() if isinstance(b, bytes) else b
-    return "[==[" + text + "]==]"
-
-
 def wrk_script(path: Path, start: int, count: int, rng: random.Random) -> None:
-    """A wrk script that sends `count` distinct signed requests, each thread its own slice."""
-    lines = ["local reqs = {"]
-    for n in range(start, start + count):
-        body, h = order_request(n, rng)
-        lines.append("{" + ",".join(_lua_string(x) for x in (body, h["X-Shopify-Hmac-Sha256"], h["X-Shopify-Webhook-Id"])) + "},")
-    lines.append("}")
-    lines.append("""
+    """A wrk script that sends `count` distinct signed requests in order, read from a data file beside it
+    (a Lua table literal of that size exceeds LuaJIT's 65,536 constants and wrk would fall back to GET /)."""
+    data = path.with_suffix(".tsv")
+    with data.open("w") as f:
+        for n in range(start, start + count):
+            body, h = order_request(n, rng)
+            f.write(f"{h['X-Shopify-Hmac-Sha256']}\t{h['X-Shopify-Webhook-Id']}\t{body.decode()}\n")
+    path.write_text("""
 -- wrk runs with -t1 (one thread): the requests are taken in order, each one once.
+local reqs = {}
 local i = 0
+function init(args)
+  for line in io.lines("@DATA@") do
+    local sig, id, body = line:match("^([^\t]+)\t([^\t]+)\t(.*)$")
+    reqs[#reqs + 1] = {body, sig, id}
+  end
+end
 function request()
   local r = reqs[(i % #reqs) + 1]
   i = i + 1
@@ -111,15 +114,17 @@ function request()
     ["Content-Type"] = "application/json", ["X-Shopify-Topic"] = "orders/create",
     ["X-Shopify-Hmac-Sha256"] = r[2], ["X-Shopify-Webhook-Id"] = r[3]}, r[1])
 end
-""")
-    path.write_text("\n".join(lines))
+""".replace("@DATA@", str(data)))
 
 
 def run_wrk(port: int, script: Path | None, seconds: int, connections: int) -> dict:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script:
         argv += ["-s", str(script)]
-    out = subprocess.run(argv + [f"http://127.0.0.1:{port}/webhooks/shopify"], capture_output=True, text=True).stdout
+    done = subprocess.run(argv + [f"http://127.0.0.1:{port}/webhooks/shopify"], capture_output=True, text=True)
+    out = done.stdout
+    if done.returncode or done.stderr.strip():  # a script error makes wrk send plain GETs: not a result
+        raise RuntimeError(f"wrk failed: {done.stderr.strip()[:500]}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "non_2xx": int(non2xx.group(1)) if non2xx else 0}
@@ -213,8 +218,10 @@ def main() -> int:
                         log(f"round {r + 1} {name}: {res['rps']:,.0f} req/s, non-2xx {res['non_2xx']}"
                             + (f", events {applied:,}" if name == "stocksync" else ""))
                         throughput[name].append(res["rps"])
+                        if res["non_2xx"]:
+                            raise RuntimeError(f"{res['non_2xx']} responses were not 200: not a valid result")
                         if name == "stocksync" and applied < 0.95 * res["rps"] * args.seconds:
-                            log("warning: fewer events than requests (replays?)")
+                            raise RuntimeError(f"{applied} events for {res['rps'] * args.seconds:.0f} requests")
                 results["throughput"] = {k: {"rounds": v, "median_rps": median(v)} for k, v in throughput.items()}
                 bare_rps, api_rps = median(throughput["bare"]), median(throughput["stocksync"])
                 results["ratio"] = ratio(api_rps, bare_rps)
