@@ -285,18 +285,23 @@ async def flash_sale(api: Api, box: Sandbox) -> bool:
             f"   {'':14} {shows}")
 
     next_row = step
-    for b in buyers:
-        while b.t >= next_row:
-            row(next_row)
-            next_row += step
-        await asyncio.sleep(max(0.0, start + b.t - time.monotonic()))
-        seen += 1
-        if fronts[b.channel].sell(b.qty):
-            state["orders"] += 1
-            tasks.append(asyncio.create_task(buy(b, now_ms())))
-        else:
-            state["sold_out"] += 1
-    await asyncio.gather(*tasks)
+    try:
+        for b in buyers:
+            while b.t >= next_row:
+                row(next_row)
+                next_row += step
+            await asyncio.sleep(max(0.0, start + b.t - time.monotonic()))
+            seen += 1
+            if fronts[b.channel].sell(b.qty):
+                state["orders"] += 1
+                tasks.append(asyncio.create_task(buy(b, now_ms())))
+            else:
+                state["sold_out"] += 1
+        await asyncio.gather(*tasks)
+    finally:  # interrupted: no order left in flight
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     row(FLASH_WINDOW_S, always=True)
     await finish(api, box, sku, stock, out, state["last_sale_ms"])
     say(f"\n  {state['orders']} orders were taken by the marketplaces; {state['sold_out']} buyers saw 'sold out'.")
