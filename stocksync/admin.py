@@ -42,6 +42,7 @@ from .httputil import (
     want_list,
     want_object,
     want_sku,
+    want_str,
 )
 from .intake import _bounded
 from .settings import SettingsError
@@ -399,6 +400,53 @@ async def delete_sku_map(request: Request) -> Response:
     return Response(status_code=204)
 
 
+# Channels: the workers' status and dead letters (consumers.status, consumers.dlq) -----------------------
+
+
+async def list_channels(request: Request) -> Response:
+    from consumers.status import channel_status
+
+    ctx = _ctx(request)
+    ctx.auth.require(request, "channels:read")
+    status = await channel_status(ctx.store.redis, ctx.store.keys, sorted(ctx.channels))
+    return json_response({"channels": status})
+
+
+async def list_dead_letters(request: Request) -> Response:
+    from consumers.dlq import list_dead_letters as dead_letters
+
+    ctx = _ctx(request)
+    ctx.auth.require(request, "channels:read")
+    channel = _channel(request, ctx)
+    limit = request.query_params.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise invalid("limit", "must be a whole number from 1 to 1000")
+    letters = await dead_letters(ctx.store.redis, ctx.store.keys, channel.name, int(limit))
+    return json_response({"channel": channel.name, "dead_letters": [
+        {"id": d.id, "partition": d.partition, "sku": d.sku, "version": d.version, "reason": d.reason,
+         "attempts": d.attempts, "error": d.error, "ts_ms": d.ts_ms} for d in letters]})
+
+
+async def replay_dead_letters(request: Request) -> Response:
+    """Push the current quantity of the dead-lettered SKUs (all, or those named) to the channel again."""
+    from consumers.dlq import replay
+
+    ctx = _ctx(request)
+    ctx.auth.require(request, "channels:write")
+    _idempotency_key(request)  # a replay pushes current quantities: repeating it is harmless
+    channel = _channel(request, ctx)
+    doc = want_object(await read_json(request, ctx.max_body), "body")
+    check_keys(doc, {"skus", "ids"})
+    skus = {want_sku(x, f"skus[{i}]") for i, x in enumerate(want_list(doc["skus"], "skus", 1000))} if "skus" in doc else None
+    ids = {want_str(x, f"ids[{i}]", 64) for i, x in enumerate(want_list(doc["ids"], "ids", 1000))} if "ids" in doc else None
+    try:
+        report = await replay(ctx.store.redis, ctx.store.keys, channel, skus=skus, ids=ids)
+    except SettingsError as e:
+        raise HTTPError(503, "not_configured", f"channel {channel.name!r} cannot push: {e}") from None
+    return json_response({"channel": channel.name, "resolved": report.resolved, "failed": report.failed},
+                         200 if report.ok else 502)
+
+
 def routes() -> list[Route]:
     return [
         Route("/v1/skus:batch", batch_set, methods=["POST"]),
@@ -409,6 +457,9 @@ def routes() -> list[Route]:
         Route("/v1/events", events, methods=["GET"]),
         Route("/v1/rejections", list_rejections, methods=["GET"]),
         Route("/v1/rejections/{channel}/{order_id}", resolve_rejection, methods=["DELETE"]),
+        Route("/v1/channels", list_channels, methods=["GET"]),
+        Route("/v1/channels/{channel}/dead-letters", list_dead_letters, methods=["GET"]),
+        Route("/v1/channels/{channel}/dead-letters:replay", replay_dead_letters, methods=["POST"]),
         Route("/v1/channels/{channel}/sku-map", get_sku_map, methods=["GET"]),
         Route("/v1/channels/{channel}/sku-map/{channel_sku}", put_sku_map, methods=["PUT"]),
         Route("/v1/channels/{channel}/sku-map/{channel_sku}", delete_sku_map, methods=["DELETE"]),

@@ -152,6 +152,26 @@ PATHS = {
         "Mark a rejected order as handled", "orders:write", {"204": {"description": "removed"}, "400": ERR, "404": ERR},
         parameters=[CHANNEL_PARAM, {"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"}},
                     IDEM])},
+    "/v1/channels": {"get": _op(
+        "Per channel: lag, pending, dead letters, circuit state (from the workers' heartbeats)", "channels:read",
+        {"200": _json({"type": "object", "properties": {"channels": {"type": "object"}}})})},
+    "/v1/channels/{channel}/dead-letters": {"get": _op(
+        "A channel's dead letters, oldest first", "channels:read",
+        {"200": _json({"type": "object", "properties": {"channel": {"type": "string"},
+                                                        "dead_letters": {"type": "array", "items": {"type": "object"}}}}),
+         "404": ERR, "422": ERR},
+        parameters=[CHANNEL_PARAM, {"name": "limit", "in": "query",
+                                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}])},
+    "/v1/channels/{channel}/dead-letters:replay": {"post": _op(
+        "Push the dead-lettered SKUs' current quantity again (all, or the SKUs / dead-letter ids given)",
+        "channels:write",
+        {"200": _json({"type": "object"}), "502": _json({"type": "object"}, "Some pushes failed"), "404": ERR,
+         "503": ERR, **BODY_ERRORS},
+        parameters=[CHANNEL_PARAM, IDEM],
+        requestBody=_body({"type": "object", "additionalProperties": False, "properties": {
+            "skus": {"type": "array", "minItems": 1, "maxItems": 1000, "items": SKU},
+            "ids": {"type": "array", "minItems": 1, "maxItems": 1000,
+                    "items": {"type": "string", "minLength": 1, "maxLength": 64}}}}))},
     "/v1/channels/{channel}/sku-map": {"get": _op(
         "A channel's SKU map (config and edits)", "channels:read",
         {"200": _json({"type": "object", "properties": {"channel": {"type": "string"}, "map": {"type": "object"},

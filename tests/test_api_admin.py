@@ -155,3 +155,13 @@ async def test_health_ready_metrics_openapi(settings, store, monkeypatch):
         monkeypatch.setattr(functions, "library_version", lambda: "99.0.0")
         r = await client.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] == "wrong_library"
+
+
+async def test_channels_and_dead_letters(settings, store):
+    async with running(api_settings(settings)) as client:
+        r = await client.get("/v1/channels", headers=auth(key=False))
+        assert r.status_code == 200 and {"shopify", "amazon", "flipkart", "ebay"} <= set(r.json()["channels"])
+        r = await client.get("/v1/channels/shopify/dead-letters", headers=auth(key=False))
+        assert r.status_code == 200 and r.json()["dead_letters"] == []
+        assert (await client.get("/v1/channels/nope/dead-letters", headers=auth(key=False))).status_code == 404
+        assert (await client.get("/v1/channels", headers=auth(READER, key=False))).status_code == 403
