@@ -126,3 +126,41 @@ def test_keep_stays_up_its_curl_works_and_ctrl_c_stops_everything():
             proc.kill()
             proc.wait()
     assert not [pid for pid in pids if running(pid)]
+
+
+def test_compose_file_is_consistent():
+    """compose.yaml (no Docker Compose here to run it): its inline config loads, every worker's channel is
+    configured with an adapter that can be built, every webhook verifies, every credential is provided."""
+    import tomllib
+
+    from consumers.adapters import make_adapter
+    from stocksync.channels import load_channels
+    from stocksync.settings import Settings
+    from stocksync.webhooks import build
+
+    yaml = pytest.importorskip("yaml")  # PyYAML: not a dev dependency of its own (schemathesis brings it)
+    doc = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = doc["services"]
+    content = doc["configs"]["stocksync"]["content"]
+    data = tomllib.loads(content)
+    settings = Settings(sections={k: v for k, v in data.items() if isinstance(v, dict)})
+    channels = load_channels(settings)
+    workers = {name: s for name, s in services.items() if name.startswith("worker-")}
+    assert {s["command"][-1] for s in workers.values()} == set(channels) == {"shopify", "amazon", "flipkart"}
+    env = services["api"]["environment"]
+    for service in [services["api"], *workers.values()]:
+        assert service["environment"] == env and service["build"] == "."
+        assert service["configs"][0]["target"] == env["STOCKSYNC_CONFIG"]
+    needed = {var for c in channels.values() for var in c.credentials.values()}
+    needed |= {t["env"] for t in data["api"]["tokens"].values()}
+    assert needed <= set(env), needed - set(env)
+    defaults = {k: v.split(":-", 1)[1].rstrip("}") for k, v in env.items() if ":-" in v}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in defaults.items():
+            mp.setenv(k, v)
+        hooks, disabled = build(channels)
+        assert not disabled and set(hooks) == set(channels)
+        for c in channels.values():
+            make_adapter(c)  # required options present
+    assert env["REDIS_URL"].startswith("redis://redis:")
+    assert "--appendonly" in services["redis"]["command"]
