@@ -119,19 +119,16 @@ class Intake:
         self.metrics = metrics
         self.settings = settings or IntakeSettings()
         self.batcher = Batcher(store.redis)
-        prefix = store.keys.prefix
-        self.rejections_key = f"{prefix}:rejections"
-        self.rejections_index = f"{prefix}:rejections:index"
-        self._seen = f"{prefix}:wh:seen:"
-        self._line = f"{prefix}:wh:line:"
+        self.rejections_key = store.keys.rejections
+        self.rejections_index = store.keys.rejections_index
 
     # Keys and references ----------------------------------------------------------------------------------
 
     def seen_key(self, channel: str, delivery_id: str) -> str:
-        return self._seen + channel + ":" + _bounded(delivery_id, 200, "h")
+        return self.keys.webhook_seen(channel) + ":" + _bounded(delivery_id, 200, "h")
 
     def line_key(self, channel: str, line: Line) -> str:
-        return self._line + channel + ":" + line.key
+        return self.keys.webhook_line(channel) + ":" + line.key
 
     @staticmethod
     def take_ref(channel: str, line: Line) -> str:
@@ -228,7 +225,7 @@ class Intake:
             self.metrics.outcome("decrement", outcome.status, outcome.replayed)
             _merge(result, outcome)
             state = {"ok": "t", "insufficient": "r"}.get(outcome.status, "u")
-            writes.append(("SET", self._line + channel + ":" + result["line"], f"{state}|{qty}|{sku}",
+            writes.append(("SET", self.keys.webhook_line(channel) + ":" + result["line"], f"{state}|{qty}|{sku}",
                            "EX", self.settings.line_ttl_s))
         return results
 

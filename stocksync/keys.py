@@ -78,6 +78,26 @@ class Keys:
         """hash: consumer name -> JSON heartbeat of that worker (last push, circuit state, ...)."""
         return f"{self.prefix}:status:{channel}"
 
+    # The webhook intake (stocksync/intake.py): shortcuts and bookkeeping around the library's references.
+
+    def webhook_seen(self, channel: str) -> str:
+        """string per delivery: <this>:<delivery id>, a delivery already processed (TTL)."""
+        return f"{self.prefix}:wh:seen:{channel}"
+
+    def webhook_line(self, channel: str) -> str:
+        """string per order line: <this>:<line key>, what was taken or refused, for capped restocks."""
+        return f"{self.prefix}:wh:line:{channel}"
+
+    @property
+    def rejections(self) -> str:
+        """hash "<channel>|<order id>" -> JSON of the order lines that could not be covered."""
+        return f"{self.prefix}:rejections"
+
+    @property
+    def rejections_index(self) -> str:
+        """sorted set of the same members by first rejection time (ms)."""
+        return f"{self.prefix}:rejections:index"
+
     def all_events(self) -> list[str]:
         return [self.events(p) for p in range(self.partitions)]
 
