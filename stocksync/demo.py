@@ -20,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import itertools
+import os
 import random
 import shlex
 import signal
+import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -337,8 +340,11 @@ def try_this(box: Sandbox) -> None:
     events, sku_key = box.keys.events(p), box.keys.sku(ARTICLE_SKU)
     cli = f"redis-cli -u {box.redis_url}"
     auth = f"-H {shlex.quote('Authorization: Bearer ' + box.token)}"
+    script = Path(sys.executable).with_name("stocksync")  # the venv's, whether or not it is on PATH
+    command = os.path.relpath(script) if script.exists() and not os.path.relpath(script).startswith("..") else (
+        str(script) if script.exists() else f"{sys.executable} -m stocksync")
     env = (f"REDIS_URL={box.redis_url} STOCKSYNC_PREFIX={box.settings.prefix} "
-           f"STOCKSYNC_CONFIG={box.config_path}")
+           f"STOCKSYNC_CONFIG={box.config_path} {command}")
     say(f"""
 The system stays up. Things to try (Ctrl-C stops everything):
 
@@ -360,8 +366,9 @@ The system stays up. Things to try (Ctrl-C stops everything):
 """ + "\n".join(f"    curl -s {url}/_sim/state      # {name}" for name, url in box.sim_urls.items()) + f"""
 
   The CLI
-    {env} stocksync status
-    {env} stocksync tail --from 0
+    {env} status
+    {env} tail --from 0
+    {env} dlq list amazon
 """)
 
 
