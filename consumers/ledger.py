@@ -10,8 +10,7 @@ from stocksync.keys import Keys
 
 
 def lease_key(keys: Keys, partition: int, channel: str, sku: str) -> str:
-    """<tag>:lease:<channel>:<sku>: held by the consumer pushing that SKU to that channel right now."""
-    return f"{keys.tag(partition)}:lease:{channel}:{sku}"
+    return keys.lease(partition, channel, sku)
 
 
 @dataclass(frozen=True, slots=True)

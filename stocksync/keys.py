@@ -67,6 +67,10 @@ class Keys:
     def pushed(self, partition: int, channel: str) -> str:
         return f"{self.tag(partition)}:pushed:{channel}"
 
+    def lease(self, partition: int, channel: str, sku: str) -> str:
+        """string: the consumer pushing that SKU to that channel right now (a short TTL)."""
+        return f"{self.tag(partition)}:lease:{channel}:{sku}"
+
     def dlq(self, partition: int, channel: str) -> str:
         return f"{self.tag(partition)}:dlq:{channel}"
 
