@@ -343,8 +343,7 @@ def try_this(box: Sandbox) -> None:
     script = Path(sys.executable).with_name("stocksync")  # the venv's, whether or not it is on PATH
     command = os.path.relpath(script) if script.exists() and not os.path.relpath(script).startswith("..") else (
         str(script) if script.exists() else f"{sys.executable} -m stocksync")
-    env = (f"REDIS_URL={box.redis_url} STOCKSYNC_PREFIX={box.settings.prefix} "
-           f"STOCKSYNC_CONFIG={box.config_path} {command}")
+    env = command
     say(f"""
 The system stays up. Things to try (Ctrl-C stops everything):
 
@@ -365,10 +364,12 @@ The system stays up. Things to try (Ctrl-C stops everything):
   The marketplace simulators (what each channel lists, and every call it received)
 """ + "\n".join(f"    curl -s {url}/_sim/state      # {name}" for name, url in box.sim_urls.items()) + f"""
 
-  The CLI
+  The CLI (load the demo's settings and simulator credentials into your shell first)
+    set -a; . {box.env_path}; set +a
     {env} status
     {env} tail --from 0
     {env} dlq list amazon
+    {env} dlq replay amazon
 """)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -83,6 +84,11 @@ class Sandbox:
         return self.dir / "stocksync.toml"
 
     @property
+    def env_path(self) -> Path:
+        """The settings and credentials the children run with, for a shell: `set -a; . <this>; set +a`."""
+        return self.dir / "demo.env"
+
+    @property
     def pids(self) -> dict[str, int]:
         out = {"redis": self.redis_server.proc.pid} if self.redis_server and self.redis_server.proc else {}
         out.update({name: p.pid for name, p in self.procs.items()})
@@ -137,6 +143,8 @@ class Sandbox:
         port = free_port()
         self.api_url = f"http://127.0.0.1:{port}"
         self.config_path.write_text(self._toml())
+        settings_env = {k: v for k, v in self.child_env().items() if k in self.env or k.startswith(("REDIS_URL", "STOCKSYNC_"))}
+        self.env_path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(settings_env.items())))
         self.procs["api"] = self._spawn("api", "serve", "--host", "127.0.0.1", "--port", str(port))
         for name in CHANNELS:
             self.procs[f"worker-{name}"] = self._spawn(f"worker-{name}", "worker", "--channel", name)

@@ -110,11 +110,13 @@ def test_keep_stays_up_its_curl_works_and_ctrl_c_stops_everything():
         lines = Lines(proc)
         pids = child_pids(lines.wait_for(r"child pids:", 60))
         curl = lines.wait_for(r"^\s*curl -s -H 'Authorization: Bearer [^']+' http://\S+/v1/skus/MUG-BLUE$", 90)
+        load = lines.wait_for(r"^\s*set -a; \. \S+; set \+a$", 10)
         status = lines.wait_for(r"stocksync status$", 10)
-        lines.wait_for(r"dlq list amazon$", 10)
+        lines.wait_for(r"dlq replay amazon$", 10)
         assert all(running(pid) for pid in pids)
 
-        table = subprocess.run(status.strip(), shell=True, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        table = subprocess.run(f"{load.strip()}\n{status.strip()}", shell=True, capture_output=True, text=True,
+                               cwd=ROOT, timeout=60, env=demo_env())
         assert table.returncode == 0, table.stderr
         assert [line.split()[0] for line in table.stdout.splitlines()[1:]] == ["shopify", "amazon", "flipkart"]
 
