@@ -274,7 +274,8 @@ async def flash_sale(api: Api, box: Sandbox) -> bool:
             out.flagged_orders += 1
             out.flagged_units += b.qty
 
-    say("   time   buyers  orders  sold  flagged  stock   channels show: " + "  ".join(f"{c:>8}" for c in CHANNELS))
+    say(f"{'':50}what each channel shows")
+    say("   time   buyers  orders  sold  flagged  stock   " + "  ".join(f"{c:>8}" for c in CHANNELS))
     tasks, start, step, seen = [], time.monotonic(), 0.1, 0
     last_row: list = []
 
@@ -285,7 +286,7 @@ async def flash_sale(api: Api, box: Sandbox) -> bool:
             return
         last_row[:] = now
         say(f"  {t:4.2f} s  {seen:6}  {state['orders']:6}  {stock - state['left']:4}  {out.flagged_orders:7}  {state['left']:5}"
-            f"   {'':14} {shows}")
+            f"   {shows}")
 
     next_row = step
     try:
@@ -308,6 +309,8 @@ async def flash_sale(api: Api, box: Sandbox) -> bool:
     row(FLASH_WINDOW_S, always=True)
     await finish(api, box, sku, stock, out, state["last_sale_ms"])
     say(f"\n  {state['orders']} orders were taken by the marketplaces; {state['sold_out']} buyers saw 'sold out'.")
+    say("  Amazon takes one SKU a call at about 5 calls a second, so under a burst its listing trails the others;")
+    say("  the workers push first the SKUs that are about to run out.")
     say(f"  API: GET /v1/rejections lists {await api.rejections()} orders to cancel (both scenarios).")
     report(out, stock, buyers)
     return out.ok
@@ -320,7 +323,7 @@ def report(out: Outcome, stock: int, buyers: list[Buyer]) -> None:
         f"flagged for cancellation, oversold {out.oversold}")
     say(f"             every channel listed the final quantity {converged} after the last sale ({out.per_channel})")
     found = f"found at the sync at {clock(poll.found_at / 60).strip()}" if poll.found_at is not None else "nothing to find"
-    say(f"  15-minute polling (last sync 1 minute before): sold {poll.sold} of {stock}, oversold {poll.oversold} "
+    say(f"  15-minute polling (each channel sells from its own count; last sync 1 minute before): sold {poll.sold} of {stock}, oversold {poll.oversold} "
         f"({len(poll.cancel)} orders to cancel), {found}")
 
 
