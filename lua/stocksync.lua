@@ -20,6 +20,7 @@ local VERSION = '0.2.0'
 -- How long a reference is remembered (seconds). A property of the deployment, not of a call: the
 -- Python loader rewrites this line from STOCKSYNC_IDEM_TTL when it loads the library.
 local IDEM_TTL_S = 172800
+local IDEM_TTL_ARG = IDEM_TTL_S .. ''  -- formatted once: every number redis.call formats costs time
 
 local MAX_QTY = 2147483647
 local MAX_SKU_LEN = 255
@@ -124,7 +125,7 @@ local CODE_STATUS = {o = 'ok', i = 'insufficient', c = 'conflict', u = 'unknown_
 -- Stores the outcome under the reference unless one is there already; returns the stored one if so.
 -- SET NX then GET on the rare replay is cheaper than SET NX GET on every call.
 local function remember(idem_key, record)
-  if redis.call('SET', idem_key, record, 'NX', 'EX', IDEM_TTL_S) then
+  if redis.call('SET', idem_key, record, 'NX', 'EX', IDEM_TTL_ARG) then
     return nil
   end
   return redis.call('GET', idem_key)
@@ -178,14 +179,16 @@ local function change_by(keys, sku, delta, source, ref)
     version = version + 1
     available = after
   end
-  local first = remember(idem_key, STATUS_CODE[status] .. '|' .. available .. '|' .. version)
+  -- Numbers as strings once, for the record, the event and the hash alike.
+  local a, v = tostring(available), tostring(version)
+  local first = remember(idem_key, STATUS_CODE[status] .. '|' .. a .. '|' .. v)
   if first then
     return replay_single(first, ref)
   end
   if status == 'ok' then
-    apply(sku_key, events_key, sku, available, version, delta, source, ref)
+    apply(sku_key, events_key, sku, a, v, tostring(delta), source, ref)
   else
-    flag(events_key, sku, available, version, delta, source, ref, 'insufficient')
+    flag(events_key, sku, a, v, tostring(delta), source, ref, 'insufficient')
   end
   return {status, available, version, 0}
 end
