@@ -884,6 +884,11 @@ def describe(result: dict) -> str:
             f"{result['rounds']} rounds{' (quick)' if result['quick'] else ''}")
 
 
+def markdown(result: dict) -> str:
+    """The generated part of BENCHMARKS.md's section (rewritten by bench/report.py after `make bench`)."""
+    return f"Run: {describe(result)}.\n\n" + render(result, markdown=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="stocksync decrement benchmark (issue 2)")
     parser.add_argument("--quick", action="store_true", help="one short round: a smoke run, not figures")
