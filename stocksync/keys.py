@@ -55,8 +55,10 @@ class Keys:
     def tag(self, partition: int) -> str:
         return f"{{{self.prefix}:{partition}}}"
 
-    def sku(self, sku: str) -> str:
-        return f"{self.tag(self.partition(sku))}:sku:{sku}"
+    def sku(self, sku: str, partition: int | None = None) -> str:
+        """The SKU's hash; pass its partition when already computed (saves hashing the SKU twice)."""
+        p = self.partition(sku) if partition is None else partition
+        return f"{self.tag(p)}:sku:{sku}"
 
     def events(self, partition: int) -> str:
         return f"{self.tag(partition)}:events"

@@ -139,8 +139,7 @@ class StockStore:
         if not isinstance(sku, str):
             raise InvalidArgument(f"SKU must be a string, got {type(sku).__name__}")
         p = self.keys.partition(sku)
-        tag = self.keys.tag(p)
-        return [3, f"{tag}:sku:{sku}", f"{tag}:events", f"{tag}:idem:{ref}", amount, source, ref]
+        return [3, self.keys.sku(sku, p), self.keys.events(p), self.keys.idem(p, ref), amount, source, ref]
 
     async def _call(self, function: str, sku: str, args: list) -> Outcome:
         return _outcome(sku, await self._exec("FCALL", function, *args))
