@@ -11,6 +11,9 @@ private Redis holds 1,000 SKUs with stock that never runs out, so every webhook 
    --seconds to each server and measures each request from the time it was due (so a stall counts for
    every request it delays); p50/p99/max.
 
+Both servers get the same --loop and --http (uvicorn's; `auto` takes uvloop and httptools when they are
+installed, as `pip install 'uvicorn[standard]'` does); the results name what was used.
+
 Needs wrk on PATH for part 1 (`apt-get install wrk`); without it part 1 is skipped. Results go to
 bench/results/api.json.
 """
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 import orjson
@@ -36,7 +40,19 @@ import redis
 from stocksync.embedded import EmbeddedRedis
 from stocksync.webhooks import shopify_signature
 
-from .common import fmt, log, machine, median, python_versions, ratio, table, today, tool_version, write_json
+from .common import (
+    fmt,
+    log,
+    machine,
+    median,
+    python_versions,
+    ratio,
+    redis_server_version,
+    table,
+    today,
+    tool_version,
+    write_json,
+)
 
 SECRET = "bench-shopify-secret"
 SKUS = [f"SKU-{i:04d}" for i in range(1000)]
@@ -78,6 +94,12 @@ def _wait_up(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"server on port {port} did not start")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def order_request(n: int, rng: random.Random) -> tuple[bytes, dict[str, str]]:
@@ -167,30 +189,38 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=8, help="per throughput round and per latency run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--rate", type=int, default=500, help="requests/s of the fixed-load latency run")
+    parser.add_argument("--rate", type=int, default=300, help="requests/s of the fixed-load latency run")
+    parser.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="uvicorn --loop, both servers")
+    parser.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"], help="uvicorn --http, both servers")
     parser.add_argument("--quick", action="store_true", help="2 s rounds, 1 round (a smoke run)")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 2, 1
     rng = random.Random(7)
     procs: list[subprocess.Popen] = []
+    wrk_version = tool_version("wrk", "--version")
+    uvicorn_opts = {"loop": args.loop if args.loop != "auto" else ("uvloop" if find_spec("uvloop") else "asyncio"),
+              "http": args.http if args.http != "auto" else ("httptools" if find_spec("httptools") else "h11")}
     results: dict = {"date": today(), "machine": machine(),
-                     "versions": {**python_versions("starlette", "uvicorn", "redis", "orjson"),
-                                  "wrk": tool_version("wrk", "--version")},
-                     "params": vars(args)}
+                     "versions": {**python_versions("starlette", "uvicorn", "redis", "hiredis", "orjson", "h11",
+                                                    "httptools", "uvloop", "prometheus-client"),
+                                  "wrk": wrk_version.splitlines()[0] if wrk_version else None},
+                     "server": uvicorn_opts, "params": vars(args)}
+    log(f"both servers: uvicorn --loop {uvicorn_opts['loop']} --http {uvicorn_opts['http']}, one process, no access log")
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as tmp:
         client = redis.Redis.from_url(server.url, decode_responses=True)
+        results["versions"]["redis_server"] = redis_server_version(client.info("server"))
         config = Path(tmp) / "stocksync.toml"
         config.write_text(CONFIG)
         env = {**os.environ, "REDIS_URL": server.url, "STOCKSYNC_CONFIG": str(config), "STOCKSYNC_PREFIX": PREFIX,
                "BENCH_SHOPIFY_SECRET": SECRET}
         api_port, bare_port = _free_port(), _free_port()
         try:
-            procs.append(subprocess.Popen([sys.executable, "-m", "stocksync.serve", "--port", str(api_port),
-                                           "--log-level", "warning"], env=env))
-            procs.append(subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.api:bare_app", "--factory",
-                                           "--port", str(bare_port), "--log-level", "warning", "--no-access-log"],
+            same = ["--loop", uvicorn_opts["loop"], "--http", uvicorn_opts["http"], "--log-level", "warning"]
+            procs.append(subprocess.Popen([sys.executable, "-m", "stocksync.serve", "--port", str(api_port), *same],
                                           env=env))
+            procs.append(subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.api:bare_app", "--factory",
+                                           "--port", str(bare_port), "--no-access-log", *same], env=env))
             for port, proc in zip((api_port, bare_port), procs, strict=True):
                 _wait_up(port, proc)
             from stocksync.functions import library_version
@@ -207,28 +237,44 @@ def main() -> int:
             if tool_version("wrk", "--version") is not None or os.path.exists("/usr/bin/wrk"):
                 per_round = 40_000 * max(1, args.seconds // 2)
                 throughput: dict[str, list[float]] = {k: [] for k in targets}
+                # Server CPU per request: on a shared 2-core machine, req/s moves with what else runs, while
+                # the CPU time the server process spends on each request moves much less.
+                cpu_us: dict[str, list[float]] = {k: [] for k in targets}
+                pids = {"stocksync": procs[0].pid, "bare": procs[1].pid}
                 for r in range(args.rounds):
                     for name in (list(targets) if r % 2 == 0 else list(reversed(targets))):
                         script = Path(tmp) / f"wrk-{name}-{r}.lua"
                         wrk_script(script, next_order, per_round, rng)
                         next_order += per_round
-                        before = client.xlen(f"{{{PREFIX}:0}}:events")
+                        before, cpu0 = client.xlen(f"{{{PREFIX}:0}}:events"), cpu_seconds(pids[name])
                         res = run_wrk(targets[name], script, args.seconds, args.connections)
+                        cpu = cpu_seconds(pids[name]) - cpu0
                         applied = client.xlen(f"{{{PREFIX}:0}}:events") - before
-                        log(f"round {r + 1} {name}: {res['rps']:,.0f} req/s, non-2xx {res['non_2xx']}"
-                            + (f", events {applied:,}" if name == "stocksync" else ""))
+                        cpu_us[name].append(cpu / (res["rps"] * args.seconds) * 1e6)
+                        log(f"round {r + 1} {name}: {res['rps']:,.0f} req/s, {cpu_us[name][-1]:,.0f} us CPU/request, "
+                            f"non-2xx {res['non_2xx']}" + (f", events {applied:,}" if name == "stocksync" else ""))
                         throughput[name].append(res["rps"])
                         if res["non_2xx"]:
                             raise RuntimeError(f"{res['non_2xx']} responses were not 200: not a valid result")
                         if name == "stocksync" and applied < 0.95 * res["rps"] * args.seconds:
                             raise RuntimeError(f"{applied} events for {res['rps'] * args.seconds:.0f} requests")
-                results["throughput"] = {k: {"rounds": v, "median_rps": median(v)} for k, v in throughput.items()}
+                results["throughput"] = {k: {"rounds": v, "median_rps": median(v), "cpu_us_per_request": cpu_us[k],
+                                             "median_cpu_us_per_request": median(cpu_us[k])}
+                                         for k, v in throughput.items()}
                 bare_rps, api_rps = median(throughput["bare"]), median(throughput["stocksync"])
                 results["ratio"] = ratio(api_rps, bare_rps)
-                print(table(["endpoint", "req/s (median)", "rounds", "ratio to bare"],
-                            [["bare Starlette 200", bare_rps, ", ".join(fmt(x) for x in throughput["bare"]), "1.00"],
+                # Each round runs both servers back to back, under much the same outside load.
+                paired = [a / b for a, b in zip(throughput["stocksync"], throughput["bare"], strict=True)]
+                results["ratio_median_of_rounds"] = median(paired)
+                results["cpu_ratio"] = ratio(median(cpu_us["bare"]), median(cpu_us["stocksync"]))
+                print(table(["endpoint", "req/s (median)", "rounds", "ratio to bare", "CPU us/request"],
+                            [["bare Starlette 200", bare_rps, ", ".join(fmt(x) for x in throughput["bare"]), "1.00",
+                              fmt(median(cpu_us["bare"]))],
                              ["stocksync /webhooks/shopify", api_rps,
-                              ", ".join(fmt(x) for x in throughput["stocksync"]), fmt(results["ratio"], 2)]]))
+                              ", ".join(fmt(x) for x in throughput["stocksync"]), fmt(results["ratio"], 2),
+                              fmt(median(cpu_us["stocksync"]))]]))
+                log(f"ratio of medians {results['ratio']:.2f}; median of per-round ratios "
+                    f"{results['ratio_median_of_rounds']:.2f}; CPU per request bare/stocksync {results['cpu_ratio']:.2f}")
             else:
                 log("wrk not found: throughput part skipped")
 

@@ -23,12 +23,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connection import is_cluster
 from .errors import InvalidArgument
 from .httputil import MAX_SKU_BYTES
 from .metrics import Metrics
@@ -63,6 +68,10 @@ class Batcher:
         self.redis, self.max_batch = redis, max_batch
         self._queue: list[tuple[list[tuple], asyncio.Future]] = []
         self._busy = False
+        # A single Redis: the batch is packed here and written on one pooled connection (redis-py's
+        # Pipeline packs and parses each command through several layers of Python, most of the batch's
+        # cost). A cluster routes each command to its node: RedisCluster's pipeline does that.
+        self._pool = None if is_cluster(redis) else redis.connection_pool
 
     async def call(self, commands: list[tuple]) -> list:
         """The replies of `commands` (errors as ResponseError values, not raised)."""
@@ -87,12 +96,17 @@ class Batcher:
             self._busy = False
 
     async def _send(self, batch: list[tuple[list[tuple], asyncio.Future]]) -> None:
+        commands = [command for each, _ in batch for command in each]
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for commands, _ in batch:
-                    for command in commands:
-                        pipe.execute_command(*command)
-                replies = await pipe.execute(raise_on_error=False)
+            if self._pool is None:
+                replies = await self._pipeline(commands)
+            else:
+                try:
+                    replies = await self._direct(commands)
+                except (RedisConnectionError, RedisTimeoutError):
+                    # Every command the intake batches is idempotent (reads, FCALLs with their reference,
+                    # SETs of the same value): sent again through redis-py, with its retries.
+                    replies = await self._pipeline(commands)
         except BaseException as e:  # noqa: BLE001 - every waiter gets the failure
             for _, future in batch:
                 if not future.done():
@@ -101,10 +115,53 @@ class Batcher:
                 raise
             return
         i = 0
-        for commands, future in batch:
+        for each, future in batch:
             if not future.done():
-                future.set_result(replies[i: i + len(commands)])
-            i += len(commands)
+                future.set_result(replies[i: i + len(each)])
+            i += len(each)
+
+    async def _pipeline(self, commands: list[tuple]) -> list:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute(raise_on_error=False)
+
+    async def _direct(self, commands: list[tuple]) -> list:
+        packed = b"".join([_pack(command) for command in commands])
+        conn = await self._pool.get_connection()
+        try:
+            await conn.send_packed_command(packed)
+            replies: list = []
+            # One deadline for the whole batch (the connection's socket_timeout), not a timer per reply.
+            try:
+                async with asyncio.timeout(conn.socket_timeout):
+                    for _ in commands:
+                        try:
+                            replies.append(await conn.read_response(timeout=math.inf))
+                        except ResponseError as e:  # that command's error; the connection is still in step
+                            replies.append(e)
+            except TimeoutError:
+                raise RedisTimeoutError(f"Timeout reading {len(commands)} replies from Redis") from None
+            return replies
+        except BaseException:
+            await conn.disconnect(nowait=True)  # replies may be left unread: never reuse it as it is
+            raise
+        finally:
+            await self._pool.release(conn)
+
+
+def _pack(command: tuple) -> bytes:
+    """One command in RESP, the wire format (arguments are str, int or bytes)."""
+    out = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        elif not isinstance(arg, bytes):
+            arg = str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
 
 
 def _bounded(text: str, limit: int, head: str) -> str:
@@ -144,7 +201,7 @@ class Intake:
         """Three round trips for an order: read (seen? SKU map, line records), take, record."""
         channel = hook.name
         if delivery.ignored:
-            self.metrics.deliveries.labels(channel, "ignored").inc()
+            self.metrics.child(self.metrics.deliveries, channel, "ignored").inc()
             return {"status": "ignored", "event": delivery.kind, "reason": delivery.ignored}
         seen = self.seen_key(channel, delivery.delivery_id) if delivery.delivery_id else None
         # Take lines are looked up only where a cancellation can come first (Amazon's c state).
@@ -162,7 +219,7 @@ class Intake:
             if isinstance(reply, Exception):
                 raise reply
         if seen and replies.pop(0):
-            self.metrics.deliveries.labels(channel, "duplicate").inc()
+            self.metrics.child(self.metrics.deliveries, channel, "duplicate").inc()
             return {"status": "duplicate", "event": delivery.kind}
         mapped = dict(zip(skus, replies.pop(0), strict=True)) if skus else {}
         records = {line.key: _record(replies[2 * i], replies[2 * i + 1]) for i, line in enumerate(looked_up)}
@@ -182,7 +239,7 @@ class Intake:
         for reply in await self.batcher.call(writes):
             if isinstance(reply, Exception):
                 raise reply
-        self.metrics.deliveries.labels(channel, "applied").inc()
+        self.metrics.child(self.metrics.deliveries, channel, "applied").inc()
         return {"status": "applied", "event": delivery.kind, "lines": results}
 
     async def _take(self, channel: str, takes: list[Line], records: dict, canonical, writes: list) -> list[dict]:

@@ -48,8 +48,19 @@ class Metrics:
         self.rejections = Counter("stocksync_rejections", "Order lines that could not be covered, by reason",
                                   ["channel", "reason"], registry=r)
 
+        self._children: dict[tuple, Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once: labels() validates and locks on every call, and the
+        hot path (every webhook, every request) asks for the same few children again and again."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def outcome(self, op: str, status: str, replayed: bool) -> None:
-        self.stock_changes.labels(op, "replayed" if replayed else status).inc()
+        self.child(self.stock_changes, op, "replayed" if replayed else status).inc()
 
     def exposition(self) -> bytes:
         if self.multiprocess:
@@ -67,6 +78,7 @@ class MetricsMiddleware:
 
     def __init__(self, app: Any, metrics: Metrics, routes: dict[Any, str]) -> None:
         self.app, self.metrics, self.routes = app, metrics, routes
+        self._counted: dict[tuple, tuple[Any, Any]] = {}  # (endpoint, method, status) -> the two children
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -83,6 +95,12 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = self.routes.get(scope.get("endpoint"), "unmatched")
-            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+            key = (scope.get("endpoint"), scope["method"], status[0])
+            children = self._counted.get(key)
+            if children is None:
+                route = self.routes.get(key[0], "unmatched")
+                m = self.metrics
+                children = self._counted[key] = (m.requests.labels(route, key[1], str(key[2])),
+                                                 m.latency.labels(route))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)

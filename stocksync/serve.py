@@ -1,6 +1,10 @@
 """`stocksync serve`: the API under uvicorn, with JSON logs and a graceful shutdown.
 
     stocksync serve [--host 127.0.0.1] [--port 8080] [--workers 1] [--access-log] [--graceful-timeout 10]
+                    [--loop auto|asyncio|uvloop] [--http auto|h11|httptools]
+
+--loop and --http are uvicorn's: `auto` (the default) takes uvloop and httptools when they are installed
+(`pip install 'uvicorn[standard]'`), else asyncio and h11.
 
 SIGTERM or SIGINT: uvicorn stops accepting, lets requests in flight finish (server-sent event streams are
 cut after --graceful-timeout seconds), then the app closes its Redis connections. Logs are one JSON object
@@ -63,10 +67,11 @@ def log_config(level: str = "info") -> dict:
 
 
 def run(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, *,
-        access_log: bool = False, graceful_timeout: float = 10.0, log_level: str = "info") -> None:
+        access_log: bool = False, graceful_timeout: float = 10.0, log_level: str = "info",
+        loop: str = "auto", http: str = "auto") -> None:
     common = dict(host=host, port=port, log_config=log_config(log_level), access_log=access_log,
                   timeout_graceful_shutdown=graceful_timeout, proxy_headers=True, server_header=False,
-                  lifespan="on")
+                  lifespan="on", loop=loop, http=http)
     logging.config.dictConfig(common["log_config"])
     logging.getLogger(__name__).info("starting: %s on %s:%d, %d worker(s)", settings, host, port, workers)
     if workers > 1:
@@ -86,6 +91,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graceful-timeout", type=float, default=10.0,
                         help="seconds to let requests in flight finish on shutdown (default 10)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
+                        help="event loop (default auto: uvloop when installed)")
+    parser.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"],
+                        help="HTTP parser (default auto: httptools when installed)")
 
 
 def _serve(args) -> int:
@@ -95,7 +104,7 @@ def _serve(args) -> int:
     if getattr(args, "config", None):  # the workers of a multi-process server load it themselves
         os.environ["STOCKSYNC_CONFIG"] = os.path.abspath(args.config)
     run(args.settings, args.host, args.port, args.workers, access_log=args.access_log,
-        graceful_timeout=args.graceful_timeout, log_level=args.log_level)
+        graceful_timeout=args.graceful_timeout, log_level=args.log_level, loop=args.loop, http=args.http)
     return 0
 
 

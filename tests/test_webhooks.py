@@ -276,3 +276,43 @@ async def test_flipkart_signature_events_and_cancellation(settings, store):
         # A correct signature with an old X_Date is refused: the signature does not cover the body.
         stale = email.utils.formatdate(time.time() - 3600, usegmt=True)
         assert (await post_flipkart(client, created, flipkart_headers(date=stale))).status_code == 401
+
+
+# The intake's batching of Redis commands -----------------------------------------------------------------
+
+
+async def test_batcher_keeps_replies_in_order_and_survives_errors_and_dropped_connections(settings, store, sync_redis):
+    from stocksync.intake import Batcher, _pack
+
+    assert _pack(("SET", "k", 12, b"\x00v", "é")) == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$2\r\n\x00v\r\n$2\r\n\xc3\xa9\r\n"
+    batcher = Batcher(store.redis)
+    key = f"{settings.prefix}:batcher-test"
+    # Concurrent callers share a batch; an error reply is that command's value and the rest stay in step.
+    replies = await asyncio.gather(
+        batcher.call([("SET", key, "abc"), ("INCR", key)]),
+        batcher.call([("GET", key), ("EXISTS", key + ":none"), ("HMGET", key + ":h", "a", "b")]),
+    )
+    assert replies[0][0] in ("OK", True) and "not an integer" in str(replies[0][1])
+    assert isinstance(replies[0][1], Exception)
+    assert replies[1] == ["abc", 0, [None, None]]
+    # A killed connection: the next batch reconnects (or goes through redis-py's retrying pipeline).
+    sync_redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert await batcher.call([("GET", key)]) == ["abc"]
+    sync_redis.delete(key)
+
+
+async def test_webhook_requests_are_counted_by_route_and_status(settings, store):
+    await store.set("A", 10, source="test")
+    async with running(api_settings(settings)) as client:
+        assert (await post_shopify(client, shopify_order(9001, [(1, "A", 1)]))).status_code == 200
+        body = b'{"id": 9002, "line_items": []}'
+        bad = {**shopify_headers(body, "orders/create"), "X-Shopify-Hmac-Sha256": "AAAA"}
+        assert (await client.post("/webhooks/shopify", content=body, headers=bad)).status_code == 401
+        assert (await client.get("/webhooks/shopify")).status_code == 405
+        metrics = (await client.get("/metrics")).text
+    for line in ('stocksync_http_requests_total{method="POST",route="/webhooks/{channel}",status="200"} 1.0',
+                 'stocksync_http_requests_total{method="POST",route="/webhooks/{channel}",status="401"} 1.0',
+                 'stocksync_webhook_verification_failures_total{channel="shopify"} 1.0',
+                 'stocksync_webhook_deliveries_total{channel="shopify",result="applied"} 1.0',
+                 'stocksync_stock_changes_total{op="decrement",outcome="ok"} 1.0'):
+        assert line in metrics, line
