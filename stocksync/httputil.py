@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 MAX_QTY = 2**31 - 1  # the library's bound on quantities and deltas
@@ -56,16 +56,22 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise HTTPError(400, "bad_request", "Content-Length is not a number") from None
         if size > limit:
             raise HTTPError(413, "too_large", f"the body is {size} bytes; the limit is {limit}")
-    chunks, total = [], 0
-    try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise HTTPError(413, "too_large", f"the body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise HTTPError(400, "bad_request", "the client went away before the body was complete") from None
-    return b"".join(chunks)
+    # Straight from ASGI receive (Request.stream() adds an async generator and its bookkeeping per request).
+    chunks, total, receive = [], 0, request.receive
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise HTTPError(400, "bad_request", "the client went away before the body was complete")
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if total > limit:
+            raise HTTPError(413, "too_large", f"the body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request._body = body  # request.body() and request.json() still work afterwards
+    return body
 
 
 def parse_json(body: bytes) -> Any:
