@@ -42,8 +42,9 @@ CHANNELS = ("shopify", "amazon", "flipkart")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_sim(name: str, faults: dict, realistic: bool) -> tuple[subprocess.Popen, str]:
-    argv = [sys.executable, "-m", "stocksync.simulators", name, "--port", "0", "--json", "--faults", orjson.dumps(faults).decode()]
+def start_sim(name: str, faults: dict, realistic: bool, server: str) -> tuple[subprocess.Popen, str]:
+    argv = [sys.executable, "-m", "stocksync.simulators", name, "--port", "0", "--json", "--server", server,
+            "--faults", orjson.dumps(faults).decode()]
     if realistic:
         argv.append("--realistic")
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -106,7 +107,7 @@ async def scenario(name: str, redis_url: str, args, realistic: bool) -> dict:
     prefix = f"bench{int(time.time())}{name[:4]}"
     settings = Settings(redis_url=redis_url, prefix=prefix)
     faults = {} if realistic else {"latency_ms": 20, "jitter_ms": 0, "rate_limit": None}
-    sims = {ch: start_sim(ch, faults, realistic) for ch in CHANNELS}
+    sims = {ch: start_sim(ch, faults, realistic, args.sim_server) for ch in CHANNELS}
     workdir = Path(tempfile.mkdtemp(prefix="stocksync-bench-"))
     lines = [f'redis_url = "{redis_url}"', f'prefix = "{prefix}"', "", "[worker]", "trim_interval_ms = 0", ""]
     for ch, (_, url) in sims.items():
@@ -187,6 +188,8 @@ def main() -> int:
     parser.add_argument("--skus", type=int, default=10_000)
     parser.add_argument("--settle", type=float, default=20.0, help="seconds to let the rate-limited run catch up")
     parser.add_argument("--only", choices=["nolimits", "limits"])
+    parser.add_argument("--sim-server", choices=["aiohttp", "uvicorn"], default="aiohttp",
+                        help="the simulators' HTTP server (same apps and shapes; see stocksync/simulators/fastserve.py)")
     args = parser.parse_args()
     result = {"date": today(), "machine": machine(), "versions": python_versions("redis", "aiohttp", "hiredis"),
               "args": vars(args), "scenarios": {}}

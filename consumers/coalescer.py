@@ -116,6 +116,16 @@ class Coalescer:
             out.append(w)
         return out
 
+    def linger_until(self, n: int, linger_s: float) -> float | None:
+        """For a channel taking n SKUs a call: None when a call should start now (n ready SKUs, or an
+        urgent one, or the oldest ready one has waited linger_s), else the time to look again."""
+        if not self._ready or len(self._ready) >= n:  # (stale heap items make this an upper bound)
+            return None
+        urgency, since, _, _ = self._ready[0]
+        if urgency == URGENT or time.monotonic() >= since + linger_s:
+            return None
+        return since + linger_s
+
     def has_ready(self) -> bool:
         now = time.monotonic()
         return bool(self._ready) or bool(self._later and self._later[0][0] <= now)

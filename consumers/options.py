@@ -18,6 +18,8 @@
     reap_idle_ms = 3600000      # consumers idle this long with nothing pending are removed
     heartbeat_ms = 1000         # status written to <prefix>:status:<channel>
     low_stock = 5               # a listed quantity at or below this is pushed first
+    linger_ms = 5               # batch channels: while a call is in flight, a partial batch waits
+                                # up to this long to fill (urgent SKUs never wait); 0: never
     start_id = "0"              # where a new group starts ("0": the whole stream, "$": new entries)
 """
 
@@ -56,6 +58,7 @@ class WorkerOptions:
     reap_idle_ms: int = 3_600_000
     heartbeat_ms: int = 1000
     low_stock: int = 5
+    linger_ms: int = 5
     start_id: str = "0"
 
     def __post_init__(self) -> None:

@@ -11,7 +11,8 @@ streams as consumers of the same group). Tasks of a ChannelWorker:
   max_in_flight at once, so reads keep flowing while pushes are in flight;
 * a push (stocksync_push_claim, the adapter call, stocksync_push_done): lease the SKUs, read the current
   quantity and the version the channel has; skip (acknowledge) what the channel already has; push the
-  rest; record the accepted versions and XACK the entries they cover in one call. Transient failures
+  rest; record the accepted versions and XACK the entries they cover in one call. The claims and dones
+  of concurrent pushes are merged into one call per partition (ledger.LedgerBatcher, group commit). Transient failures
   back off with full jitter (Retry-After honoured) and feed the circuit breaker; permanent ones and
   SKUs past max_attempts go to the dead-letter stream with their XACK (stocksync_dead_letter);
 * housekeeping: XAUTOCLAIM of entries idle past reclaim_idle_ms (a dead consumer's), removal of
@@ -74,12 +75,15 @@ class ChannelWorker:
         o = self.options
         self.breaker = CircuitBreaker(o.breaker_threshold, o.breaker_open_ms / 1000, o.breaker_max_open_ms / 1000)
         self.coalescer = Coalescer(self._urgent)
+        self.ledger = ledger.LedgerBatcher(redis, keys, self.channel, self.consumer, self.options.lease_ms)
         self.paused_until = 0.0  # a 429's Retry-After, channel-wide
         self.in_flight = 0
         self.stats = collections.Counter()
         self.last_push_ms = 0
         self.last_error = ""
         self._kick = asyncio.Event()
+        self._wake_at = 0.0  # when the sleeping dispatcher wakes on its own (0: it is awake)
+        self._linger_until: float | None = None  # a partial batch waits until then to fill up
         self._pull_ok = asyncio.Event()
         self._stopping = asyncio.Event()
         self._pushes: set[asyncio.Task] = set()
@@ -182,28 +186,56 @@ class ChannelWorker:
         if junk:
             await self.redis.xack(self.keys.events(p), self.channel, *junk)
         self._update_gates()
-        self._kick.set()
+        self._launch()
 
     # ----- dispatching -------------------------------------------------------------------------------
 
     async def _dispatcher(self) -> None:
         while not self._stopping.is_set():
             self._kick.clear()
-            self._launch()
+            self._start_pushes()
             now = time.monotonic()
-            waits = [1.0]
-            if self.paused_until > now:
-                waits.append(self.paused_until - now)
+            wake = self._next_timer()
             if self.breaker.state != CLOSED and self.breaker.wait_s() > 0:
-                waits.append(self.breaker.wait_s())
-            due = self.coalescer.next_due()
-            if due is not None:
-                waits.append(max(due - now, 0.001))
-            await self._wait(self._kick, min(waits))
+                wake = min(wake, now + self.breaker.wait_s())
+            self._wake_at = wake
+            await self._wait(self._kick, wake - now)
+            self._wake_at = 0.0  # awake: nothing needs to kick
 
     def _launch(self) -> None:
+        """Start pushes while there is room and ready work. Called directly where work or room appears
+        (entries taken in, a push ended), which is cheaper than waking the dispatcher each time (a
+        wait_for per wake-up: a task and a timer); the dispatcher is woken only when a timer it sleeps
+        on may have changed (a delayed SKU, a channel-wide pause, the circuit)."""
+        if self._stopping.is_set():
+            return
+        self._start_pushes()
+        if self.breaker.state != CLOSED or self._next_timer() < self._wake_at:
+            self._kick.set()
+
+    def _next_timer(self) -> float:
+        """The earliest time the dispatcher must look again (a delayed SKU due, a pause ending)."""
+        now = time.monotonic()
+        at = now + 1.0
+        if self.paused_until > now:
+            at = min(at, self.paused_until)
+        due = self.coalescer.next_due()
+        if due is not None:
+            at = min(at, max(due, now + 0.001))
+        if self._linger_until is not None:
+            at = min(at, max(self._linger_until, now + 0.001))
+        return at
+
+    def _start_pushes(self) -> None:
+        linger = self.options.linger_ms / 1000 if self.adapter.batch_size > 1 else 0.0
+        self._linger_until = None
         while (self.in_flight < self.adapter.max_in_flight and time.monotonic() >= self.paused_until
                and self.coalescer.has_ready()):
+            if linger and self.in_flight and self.breaker.state == CLOSED:
+                # a call is already under way: let a partial batch fill up for a moment (fewer calls)
+                self._linger_until = self.coalescer.linger_until(self.adapter.batch_size, linger)
+                if self._linger_until is not None:
+                    break
             if not self.breaker.allow():
                 break
             probe = self.breaker.probe
@@ -232,7 +264,7 @@ class ChannelWorker:
         finally:
             self.in_flight -= 1
             self._update_gates()
-            self._kick.set()
+            self._launch()
 
     async def _push_batch(self, batch: list[SkuWork], probe: bool) -> None:
         o = self.options
@@ -242,8 +274,11 @@ class ChannelWorker:
         parts: dict[int, list[str]] = collections.defaultdict(list)
         for w in batch:
             parts[w.partition].append(w.sku)
-        claims = await asyncio.gather(*(ledger.claim(self.redis, self.keys, p, self.channel, self.consumer, skus,
-                                                     o.lease_ms) for p, skus in parts.items()))
+        if len(parts) == 1:
+            ((p, skus),) = parts.items()
+            claims = [await self.ledger.claim(p, skus)]
+        else:
+            claims = await asyncio.gather(*(self.ledger.claim(p, skus) for p, skus in parts.items()))
         release: dict[int, list[str]] = collections.defaultdict(list)
         accepted: dict[int, dict[str, int]] = collections.defaultdict(dict)
         acks: dict[int, list[str]] = collections.defaultdict(list)
@@ -318,9 +353,12 @@ class ChannelWorker:
                 delay = backoff_s(max(w.attempts, 1), o.backoff_base_ms / 1000, o.backoff_cap_ms / 1000, r.retry_after)
                 settle.append((w, None, time.monotonic() + delay, None))
 
-        await asyncio.gather(*(ledger.done(self.redis, self.keys, p, self.channel, self.consumer, accepted[p],
-                                           acks[p], release[p])
-                               for p in set(release) | set(acks)))
+        touched = set(release) | set(acks)
+        if len(touched) == 1:
+            (p,) = touched
+            await self.ledger.done(p, accepted[p], acks[p], release[p])
+        elif touched:
+            await asyncio.gather(*(self.ledger.done(p, accepted[p], acks[p], release[p]) for p in touched))
         if updates:
             self.last_push_ms = int(time.time() * 1000)
         elif probe:  # nothing was called: the probe has not told us anything

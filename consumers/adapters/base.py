@@ -223,9 +223,10 @@ class Adapter:
             if timeout < MIN_CALL_S:
                 raise TransientError(f"{self.name}: the lease would expire before the call could end")
         self.calls += 1
+        # the session's own timeout unless the lease leaves less (saves building one per call)
+        extra = {"timeout": aiohttp.ClientTimeout(total=timeout)} if timeout < self.timeout_s else {}
         try:
-            async with self.session.request(method, url, data=body, headers=headers,
-                                            timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            async with self.session.request(method, url, data=body, headers=headers, **extra) as response:
                 raw = await response.read()
                 status = response.status
                 retry = retry_after_s(response.headers.get("Retry-After"))

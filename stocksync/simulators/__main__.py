@@ -5,7 +5,8 @@
     python -m stocksync.simulators shopify --faults '{"latency_ms": 50, "error_rate": 0.1}' --json
 
 ``all`` serves the four on consecutive ports from ``--port`` (shopify, amazon, flipkart, webhook;
-``--port 0`` picks free ports). Prints each simulator's URL, API endpoint and credentials (one JSON
+``--port 0`` picks free ports; ``--server aiohttp`` serves the same apps with aiohttp's
+HTTP server instead of uvicorn's, see ``fastserve``). Prints each simulator's URL, API endpoint and credentials (one JSON
 line with ``--json``), then serves until interrupted. Faults can be changed while it runs with
 ``POST <url>/_sim/faults``; ``GET <url>/_sim/state`` shows the listed quantities.
 """
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 
 from . import SIMULATORS, AmazonSim, FlipkartSim, ShopifySim, Simulator, WebhookSim, serve
+from .fastserve import serve_aiohttp
 from .flipkart import INVENTORY_PATH
 
 
@@ -54,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--realistic", action="store_true", help="the APIs' latency and rate limits")
     parser.add_argument("--faults", default="{}", help="JSON of Faults fields, applied after --realistic")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
+    parser.add_argument(
+        "--server",
+        choices=["uvicorn", "aiohttp"],
+        default="uvicorn",
+        help="HTTP server: uvicorn (default) or aiohttp (same app and shapes, cheaper HTTP; for benchmarks)",
+    )
     args = parser.parse_args(argv)
 
     names = list(SIMULATORS) if args.which == "all" else [args.which]
@@ -65,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             cls = SIMULATORS[name]
             sim = cls(cls.realistic_faults() if args.realistic else None)
             sim.set_faults(**orjson.loads(args.faults))
-            url = stack.enter_context(serve(sim, host=args.host, port=args.port + i if args.port else 0))
+            run = serve_aiohttp if args.server == "aiohttp" else serve
+            url = stack.enter_context(run(sim, host=args.host, port=args.port + i if args.port else 0))
             described[name] = describe(sim, url)
         if args.json:
             print(orjson.dumps(described).decode(), flush=True)
