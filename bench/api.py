@@ -184,6 +184,39 @@ async def fixed_rate(port: int, rate: int, seconds: float, start: int, rng: rand
             "sent": total}
 
 
+def render(results: dict, markdown: bool = False, part: str | None = None) -> str:
+    """The result tables: throughput beside the bare endpoint, and latency at the fixed rate."""
+    out = []
+    t = results.get("throughput")
+    if t and part in (None, "throughput"):
+        rows = [[label, t[key]["median_rps"], ", ".join(fmt(x) for x in t[key]["rounds"]),
+                 "1.00" if key == "bare" else fmt(results["ratio"], 2), fmt(t[key]["median_cpu_us_per_request"])]
+                for key, label in (("bare", "bare Starlette 200"), ("stocksync", "stocksync /webhooks/shopify"))]
+        out.append(table(["endpoint", "req/s (median)", "rounds", "ratio to bare", "server CPU us/request"], rows,
+                         markdown))
+        if markdown:
+            out.append(f"Median of per-round ratios {fmt(results['ratio_median_of_rounds'], 2)}; CPU per request "
+                       f"bare/stocksync {fmt(results['cpu_ratio'], 2)}; target >= 0.5.")
+    lat = results.get("latency")
+    if lat and part in (None, "latency"):
+        rate = results["params"]["rate"]
+        out.append(table([f"at {rate} req/s", "p50 ms", "p99 ms", "max ms", "errors"],
+                         [[k, fmt(v["p50_ms"], 2), fmt(v["p99_ms"], 2), fmt(v["max_ms"], 1), v["errors"]]
+                          for k, v in lat.items()], markdown))
+    return "\n\n".join(out)
+
+
+def markdown(results: dict) -> str:
+    """The generated part of BENCHMARKS.md's section (rewritten by bench/report.py after `make bench`)."""
+    m, v, srv, prm = results["machine"], results["versions"], results["server"], results["params"]
+    head = (f"Run: {results['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, load "
+            f"{m['load_avg_at_start']}; Python {v['python']}, uvicorn {v['uvicorn']} (--loop {srv['loop']} --http "
+            f"{srv['http']}, both servers), starlette {v['starlette']}, redis-py {v['redis']} + hiredis {v['hiredis']}, "
+            f"{v.get('redis_server')}, {v.get('wrk')}; --seconds {prm['seconds']} --rounds {prm['rounds']} "
+            f"--rate {prm['rate']}.")
+    return head + "\n\n" + render(results, markdown=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8, help="per throughput round and per latency run")
@@ -267,12 +300,7 @@ def main() -> int:
                 paired = [a / b for a, b in zip(throughput["stocksync"], throughput["bare"], strict=True)]
                 results["ratio_median_of_rounds"] = median(paired)
                 results["cpu_ratio"] = ratio(median(cpu_us["bare"]), median(cpu_us["stocksync"]))
-                print(table(["endpoint", "req/s (median)", "rounds", "ratio to bare", "CPU us/request"],
-                            [["bare Starlette 200", bare_rps, ", ".join(fmt(x) for x in throughput["bare"]), "1.00",
-                              fmt(median(cpu_us["bare"]))],
-                             ["stocksync /webhooks/shopify", api_rps,
-                              ", ".join(fmt(x) for x in throughput["stocksync"]), fmt(results["ratio"], 2),
-                              fmt(median(cpu_us["stocksync"]))]]))
+                print(render(results, part="throughput"))
                 log(f"ratio of medians {results['ratio']:.2f}; median of per-round ratios "
                     f"{results['ratio_median_of_rounds']:.2f}; CPU per request bare/stocksync {results['cpu_ratio']:.2f}")
             else:
@@ -285,9 +313,7 @@ def main() -> int:
                 log(f"latency {name} at {args.rate}/s: {latency[name]}")
             results["latency"] = latency
             print()
-            print(table([f"at {args.rate} req/s", "p50 ms", "p99 ms", "max ms", "errors"],
-                        [[k, fmt(v["p50_ms"], 2), fmt(v["p99_ms"], 2), fmt(v["max_ms"], 1), v["errors"]]
-                         for k, v in latency.items()]))
+            print(render(results, part="latency"))
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
