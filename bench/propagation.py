@@ -9,7 +9,9 @@ accepted that version or a newer one, per change, p50/p99/max per channel.
 2. "real limits": the same load against the simulators' realistic faults (Shopify 100 cost points/s,
    Amazon 5 requests/s burst 10, 20 +- 10 ms) and the adapters' default limits: calls per change, the
    longest time any change stayed unaccepted (changes still unaccepted when the run ends count up to
-   the end), and the same for the urgent ones (low stock, sharp drops) that the worker pushes first.
+   the end), and the same for the urgent ones (low stock, sharp drops) that the worker pushes first:
+   one SKU in 20 is seeded at 9 units, so about 5% of the SKUs reach the low-stock mark and then 0
+   during a run (decrements past 0 are rejected and change nothing).
 
 Every part runs in its own process: an embedded Redis, one simulator per channel, one worker per
 channel (`python -m consumers worker`), and this process as the load generator. Writes
@@ -39,6 +41,7 @@ from stocksync.settings import Settings
 from stocksync.store import StockStore
 
 CHANNELS = ("shopify", "amazon", "flipkart")
+LOW_SEED = 9  # 1 SKU in 20 starts here: its listed quantity falls to the low-stock mark (5), then to 0
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -123,9 +126,10 @@ async def scenario(name: str, redis_url: str, args, realistic: bool) -> dict:
     await store.redis.execute_command("CONFIG", "SET", "save", "")
     log(f"[{name}] seeding {args.skus} SKUs")
     async with store.redis.pipeline(transaction=False) as pipe:
-        for i in range(args.skus):
+        for i in range(args.skus):  # every 20th SKU nearly sold out: its changes are the urgent ones
+            qty = LOW_SEED if i % 20 == 0 else 1_000_000
             pipe.execute_command("FCALL", "stocksync_set", 3, store.keys.sku(f"B{i}"), store.keys.events(0),
-                                 store.keys.idem(0, f"seed{i}"), 1_000_000, "seed", f"seed{i}")
+                                 store.keys.idem(0, f"seed{i}"), qty, "seed", f"seed{i}")
         await pipe.execute()
     for ch in CHANNELS:  # the groups exist before the workers, so the seeding counts as backlog
         await ensure_groups(store.redis, store.keys, ch)
