@@ -33,7 +33,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import log, machine, python_versions, table, today, write_json
+from bench.common import fmt, log, machine, python_versions, table, today, write_json
 from consumers.groups import ensure_groups
 from consumers.testing import SIMULATOR_ENV, config, toml_channel
 from stocksync.embedded import EmbeddedRedis
@@ -185,6 +185,30 @@ async def scenario(name: str, redis_url: str, args, realistic: bool) -> dict:
     return out
 
 
+def render(result: dict, markdown: bool = False) -> str:
+    rows = []
+    for name, s in result["scenarios"].items():
+        for ch, c in s["channels"].items():
+            rows.append([name, ch, s["changes"], c["accepted_changes"], c["p50_ms"], c["p99_ms"], c["max_ms"],
+                         c["urgent_changes"], c["urgent_p99_ms"], c["longest_stale_ms"], c["calls"],
+                         fmt(c["calls_per_change"], 3)])
+    return table(["scenario", "channel", "changes", "accepted", "p50 ms", "p99 ms", "max ms", "urgent changes",
+                  "urgent p99 ms", "longest stale ms", "calls", "calls/change"], rows, markdown)
+
+
+def markdown(result: dict) -> str:
+    """The generated part of BENCHMARKS.md's section (rewritten by bench/report.py after `make bench`)."""
+    m, v = result["machine"], result["versions"]
+    a = result.get("args") or next(iter(result.get("runs", {}).values()), {}).get("args", {})
+    head = (f"Run: {result['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, load "
+            f"{m['load_avg_at_start']}; Python {v['python']}, redis-py {v['redis']} + hiredis {v['hiredis']}, "
+            f"aiohttp {v['aiohttp']}; {a.get('rate', '?')} changes/s for {a.get('seconds', '?')} s over "
+            f"{a.get('skus', '?')} SKUs; simulators on {a.get('sim_server', '?')}.")
+    if result.get("note"):
+        head += f" Note: {result['note']}."
+    return head + "\n\n" + render(result, markdown=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.propagation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -202,13 +226,7 @@ def main() -> int:
             if args.only and args.only != name:
                 continue
             result["scenarios"][name] = asyncio.run(scenario(name, server.url, args, realistic))
-    rows = []
-    for name, s in result["scenarios"].items():
-        for ch, c in s["channels"].items():
-            rows.append([name, ch, s["changes"], c["accepted_changes"], c["p50_ms"], c["p99_ms"], c["max_ms"],
-                         c["urgent_p99_ms"], c["longest_stale_ms"], c["calls"], c["calls_per_change"]])
-    print(table(["scenario", "channel", "changes", "accepted", "p50 ms", "p99 ms", "max ms", "urgent p99",
-                 "longest stale ms", "calls", "calls/change"], rows))
+    print(render(result))
     path = write_json("propagation", result)
     log(f"wrote {path}")
     return 0
