@@ -16,7 +16,7 @@
   reference was already there, SET changes nothing and hands back the first outcome, which is replayed.
 ]]
 
-local VERSION = '0.2.0'
+local VERSION = '0.3.0'
 -- How long a reference is remembered (seconds). A property of the deployment, not of a call: the
 -- Python loader rewrites this line from STOCKSYNC_IDEM_TTL when it loads the library.
 local IDEM_TTL_S = 172800
@@ -727,3 +727,73 @@ redis.register_function('stocksync_dead_letter', guarded(dead_letter))
 redis.register_function('stocksync_dlq_resolve', guarded(dlq_resolve))
 redis.register_function('stocksync_trim', guarded(trim))
 redis.register_function('stocksync_reap_consumers', guarded(reap_consumers))
+
+-- Webhook intake (issue 4) ------------------------------------------------------------------------------
+--[[
+  The webhook intake restocks an order line (a cancellation, a return, a partial cancellation) never
+  beyond what was taken, however many distinct restocks of that line arrive at once or from several API
+  processes. Before applying a restock with stocksync_adjust under the restock's own reference, it
+  reserves the units here, in one key per line. That key lives outside the partitions (a Flipkart
+  cancellation names only the line; its SKU is known from the intake's line record), so this function
+  touches that one key and nothing else.
+
+    <prefix>:wh:line:<channel>:<line key>:restocks   hash: restock id -> p<units> (reserved) or
+                                                     d<units> (applied: the intake HSETs it after the adjust)
+]]
+
+local MAX_RESTOCK_ID_LEN = 200
+local MAX_LINE_TTL_S = 315360000  -- 10 years
+
+--[[
+  stocksync_restock_claim: reserve the units of one restock of an order line, capped at what was taken.
+    KEYS[1] <prefix>:wh:line:<channel>:<line key>:restocks
+    ARGV[1] restock id (distinct per restock of the line: cancel, r<refund line id>, x<shipment>@<time>)
+    ARGV[2] units wanted (1 .. 2^31-1)
+    ARGV[3] units taken (0 .. 2^31-1)
+    ARGV[4] TTL of the key in seconds (1 .. 10 years), renewed by every new reservation
+    ARGV[5] units restocked before this key existed (optional, default 0; the intake's old :restocked
+            counter, read-only since)
+  Reply: {status, units, replayed}
+    reserved: units (>= 1) are reserved for this restock: apply them (stocksync_adjust with the restock's
+              reference), then mark the restock applied (HSET <key> <id> d<units>)
+    done:     this restock was applied before (units as applied): apply nothing
+    none:     nothing left to restock (units 0), nothing recorded
+    replayed 1 when the restock id was recorded before: its first reservation is returned. A replayed
+    reservation may not have been applied yet (the caller stopped in between): apply it again under the
+    same reference, which the library makes a no-op if it was.
+]]
+local function restock_claim(keys, args)
+  if #keys ~= 1 or not string.find(keys[1] or '', ':restocks$') then
+    fail('expected 1 key (<prefix>:wh:line:<channel>:<line key>:restocks)')
+  end
+  if #args < 4 or #args > 5 then
+    fail('expected 4 or 5 arguments (id, units, taken, ttl, [restocked before]), got ' .. #args)
+  end
+  local id = text(args[1], 'restock id', MAX_RESTOCK_ID_LEN)
+  local wanted = integer(args[2], 'units', 1, MAX_QTY)
+  local taken = integer(args[3], 'taken', 0, MAX_QTY)
+  local ttl = integer(args[4], 'ttl', 1, MAX_LINE_TTL_S)
+  local reserved = args[5] and integer(args[5], 'restocked before', 0, MAX_QTY) or 0
+  local key = keys[1]
+  local flat = redis.call('HGETALL', key)
+  for i = 1, #flat, 2 do
+    local state, units = string.match(flat[i + 1], '^([pd])(%d+)$')
+    if not state then
+      fail('restock record ' .. string.format('%q', flat[i + 1]) .. ' of ' .. string.format('%q', flat[i])
+        .. ' is not p<units> or d<units>')
+    end
+    if flat[i] == id then
+      return {state == 'p' and 'reserved' or 'done', tonumber(units), 1}
+    end
+    reserved = reserved + tonumber(units)
+  end
+  local units = math.min(wanted, taken - reserved)
+  if units <= 0 then
+    return {'none', 0, 0}
+  end
+  redis.call('HSET', key, id, 'p' .. units)
+  redis.call('EXPIRE', key, ttl)
+  return {'reserved', units, 0}
+end
+
+redis.register_function('stocksync_restock_claim', guarded(restock_claim))

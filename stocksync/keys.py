@@ -94,10 +94,19 @@ class Keys:
         """string per order line: <this>:<line key>, what was taken or refused, for capped restocks."""
         return f"{self.prefix}:wh:line:{channel}"
 
+    def webhook_line_restocks(self, channel: str, line_key: str) -> str:
+        """hash per order line: restock id -> p<units> reserved / d<units> applied (stocksync_restock_claim)."""
+        return f"{self.prefix}:wh:line:{channel}:{line_key}:restocks"
+
     @property
     def rejections(self) -> str:
-        """hash "<channel>|<order id>" -> JSON of the order lines that could not be covered."""
+        """hash "<channel>|<order id>" -> JSON of the order lines that could not be covered (before 0.3:
+        read and resolved still, no longer written; see rejection_lines)."""
         return f"{self.prefix}:rejections"
+
+    def rejection_lines(self, member: str) -> str:
+        """hash per order ("<channel>|<order id>"): line id -> JSON of that line, one field per line."""
+        return f"{self.prefix}:rejections:order:{member}"
 
     @property
     def rejections_index(self) -> str:

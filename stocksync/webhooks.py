@@ -107,6 +107,9 @@ class Webhook:
 class ShopifyWebhook(Webhook):
     """Topics orders/create (take each line), orders/cancelled and refunds/create (restock by policy).
 
+    orders/cancelled also marks the order's lines that were not taken yet (it can arrive first), so that
+    a late orders/create takes none of them.
+
     Restock policy (options.restock):
       refund  (default) restock what the merchant restocked in Shopify: every refund line item whose
               restock_type is cancel, return or legacy_restock, from refunds/create and from the refunds
@@ -140,8 +143,14 @@ class ShopifyWebhook(Webhook):
             delivery.takes = [line for line in self._lines(doc, order_id) if line]
         elif topic == "orders/cancelled":
             order_id = _id(doc, "id")
+            # Webhooks are not ordered: lines not taken yet are marked cancelled, and a late orders/create
+            # takes nothing of them (restock policy never: the merchant restocks by hand, so a late take
+            # must still take what they will put back).
+            lines = [line for line in self._lines(doc, order_id, "line_items" in doc or self.policy == "cancel")
+                     if line]
+            delivery.cancels = lines
             if self.policy == "cancel":
-                delivery.restocks = [Restock(line, "cancel") for line in self._lines(doc, order_id) if line]
+                delivery.restocks = [Restock(line, "cancel") for line in lines]
             elif self.policy == "refund":
                 refunds = want_list(doc.get("refunds", []), "refunds", 1000, 0)
                 for i, refund in enumerate(refunds):
@@ -155,7 +164,9 @@ class ShopifyWebhook(Webhook):
             delivery.ignored = "restock policy is never"
         return delivery
 
-    def _lines(self, doc: dict, order_id: str) -> list[Line | None]:
+    def _lines(self, doc: dict, order_id: str, required: bool = True) -> list[Line | None]:
+        if not required:
+            return []
         items = want_list(doc.get("line_items"), "line_items", MAX_LINES, 0)
         out: list[Line | None] = []
         for i, item in enumerate(items):

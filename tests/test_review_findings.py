@@ -176,9 +176,6 @@ async def test_two_replays_cannot_both_hold_a_sku(store):
 # ----- Intake: exactly once per order line (G2) ---------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="_take ignores a line record in state 't': once the library's reference "
-                                       "expired (48 h) a later ORDER_CHANGE of the same order (Shipped, days "
-                                       "later) decrements the line again, though the record (120 days) says taken")
 async def test_amazon_later_status_change_does_not_take_again(settings, store):
     await store.set("A", 10, source="test")
     async with running(api_settings(settings)) as client:
@@ -192,9 +189,6 @@ async def test_amazon_later_status_change_does_not_take_again(settings, store):
     assert await _available(store, "A") == 8, "the line was taken twice"
 
 
-@pytest.mark.xfail(strict=True, reason="a Shopify cancellation that arrives before its orders/create leaves no "
-                                       "marker (only Amazon's parser fills Delivery.cancels, and only Amazon "
-                                       "looks take lines up), so the late create takes stock of a cancelled order")
 async def test_shopify_cancel_before_create_takes_nothing(settings, store):
     await store.set("A", 10, source="test")
     async with running(api_settings(settings, restock="cancel")) as client:
@@ -206,9 +200,6 @@ async def test_shopify_cancel_before_create_takes_nothing(settings, store):
     assert await _available(store, "A") == 10, "a cancelled order keeps its stock taken"
 
 
-@pytest.mark.xfail(strict=True, reason="the restock cap reads :restocked, adjusts, then INCRBYs in separate "
-                                       "round trips: two distinct restocks of one line (a cancel and a return) "
-                                       "processed at once both see 0 restocked and put back twice what was taken")
 async def test_concurrent_restocks_never_exceed_what_was_taken(settings, store):
     orders = range(4001, 4006)
     for o in orders:
@@ -241,9 +232,6 @@ def _fk_created(shipment: str, order: str, items: list[tuple[str, str, int]]) ->
                 for oid, sku, qty in items]}}
 
 
-@pytest.mark.xfail(strict=True, reason="_reject HSETs one JSON document per (channel, order): a second delivery "
-                                       "of the same order (another shipment) replaces the lines the first one "
-                                       "recorded, so an uncovered line disappears from /v1/rejections")
 async def test_rejections_of_two_shipments_of_one_order_are_both_listed(settings, store):
     await store.set("X", 0, source="test")
     await store.set("Y", 0, source="test")

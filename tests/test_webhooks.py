@@ -8,6 +8,7 @@ import time
 
 import orjson
 import pytest
+import redis.exceptions
 
 from .apihelp import ENV as API_ENV
 from .apihelp import (
@@ -316,3 +317,108 @@ async def test_webhook_requests_are_counted_by_route_and_status(settings, store)
                  'stocksync_webhook_deliveries_total{channel="shopify",result="applied"} 1.0',
                  'stocksync_stock_changes_total{op="decrement",outcome="ok"} 1.0'):
         assert line in metrics, line
+
+
+# A cancellation racing its order, and quantities that change between notifications -----------------------
+
+
+def _hold(intake, when):
+    """Stop the first of the intake's batches for which when(commands) holds, until the gate opens."""
+    held, gate = asyncio.Event(), asyncio.Event()
+    call = intake.batcher.call
+
+    async def hold(commands):
+        if not held.is_set() and when(commands):
+            held.set()
+            await gate.wait()
+        return await call(commands)
+
+    intake.batcher.call = hold
+    return held, gate
+
+
+def _takes(commands) -> bool:
+    return any(c[:2] == ("FCALL", "stocksync_decrement") for c in commands)
+
+
+def _records_a_take(commands) -> bool:
+    return any(c[0] == "SET" and ":wh:line:" in c[1] and c[2].startswith("t|") for c in commands)
+
+
+@pytest.mark.parametrize("stop", [_takes, _records_a_take], ids=["before-the-take", "before-its-record"])
+async def test_amazon_cancel_racing_its_order_leaves_nothing_taken(settings, store, stop):
+    await store.set("A", 10, source="test")
+    async with running(api_settings(settings)) as client:
+        held, gate = _hold(client.app.state.ctx.intake, stop)
+        # The take has read no line record; it stops before it decrements, or before it records the line.
+        take = asyncio.create_task(post_amazon(client, amazon_notification("115-1", "Unshipped", [("I1", "A", 2)])))
+        await asyncio.wait_for(held.wait(), 5)
+        # Meanwhile the cancellation runs to the end: it marks the line, and restocks only what it finds taken.
+        r = await post_amazon(client, amazon_notification("115-1", "Canceled", [("I1", "A", 2)]))
+        assert r.status_code == 200
+        gate.set()
+        r = await take
+        assert r.status_code == 200 and r.json()["lines"][0]["status"] == "cancelled", r.json()
+        assert await _available(store, "A") == 10
+        # The cancellation again, and another status change: restocked once, taken once.
+        for status in ("Canceled", "Unshipped", "Canceled"):
+            assert (await post_amazon(client, amazon_notification("115-1", status, [("I1", "A", 2)]))).status_code == 200
+    assert await _available(store, "A") == 10
+
+
+async def test_a_later_notification_with_another_quantity_does_not_change_what_was_taken(settings, store):
+    await store.set("A", 10, source="test")
+    async with running(api_settings(settings)) as client:
+        await post_amazon(client, amazon_notification("116-1", "Unshipped", [("I1", "A", 2)]))
+        r = await post_amazon(client, amazon_notification("116-1", "Shipped", [("I1", "A", 5)]))
+        [line] = r.json()["lines"]
+        assert (line["status"], line["qty"], line["replayed"]) == ("ok", 2, True)
+        # Two notifications of a new line at once, with different quantities: one takes, the record is its.
+        await asyncio.gather(post_amazon(client, amazon_notification("116-2", "Pending", [("I1", "A", 1)])),
+                             post_amazon(client, amazon_notification("116-2", "Unshipped", [("I1", "A", 4)])))
+        assert await _available(store, "A") in (7, 4)
+        # Cancelled with the larger quantities: restocks what was taken, not what the last notification said.
+        for order in ("116-1", "116-2"):
+            r = await post_amazon(client, amazon_notification(order, "Canceled", [("I1", "A", 5)]))
+            assert r.status_code == 200
+    assert await _available(store, "A") == 10
+
+
+async def test_restock_claim_reserves_once_per_restock_and_never_beyond_what_was_taken(store, sync_redis):
+    key = store.keys.webhook_line_restocks("shopify", "1:1")
+
+    def claim(*args):
+        return sync_redis.fcall("stocksync_restock_claim", 1, key, *args)
+
+    assert claim("cancel", 3, 5, 60) == ["reserved", 3, 0]
+    assert claim("cancel", 3, 5, 60) == ["reserved", 3, 1]  # not marked applied yet: apply it again, same ref
+    assert claim("r1", 4, 5, 60) == ["reserved", 2, 0]  # capped at what is left
+    assert claim("r2", 1, 5, 60) == ["none", 0, 0]
+    sync_redis.hset(key, "cancel", "d3")
+    assert claim("cancel", 3, 5, 60) == ["done", 3, 1]
+    assert 0 < sync_redis.ttl(key) <= 60
+    # Units restocked before the hash existed (the old :restocked counter) count too.
+    other = store.keys.webhook_line_restocks("shopify", "1:2")
+    assert sync_redis.fcall("stocksync_restock_claim", 1, other, "x", 5, 5, 60, 4) == ["reserved", 1, 0]
+    before = sync_redis.hgetall(key)
+    for args, message in (((key, "a", 0, 5, 60), "units"), ((key, "a", 1, -1, 60), "taken"),
+                          ((key, "", 1, 5, 60), "restock id"), ((key, "a", 1, 5), "expected 4 or 5"),
+                          ((store.keys.webhook_line("shopify") + ":1:1", "a", 1, 5, 60), "expected 1 key")):
+        with pytest.raises(redis.exceptions.ResponseError, match=f"^stocksync: .*{message}"):
+            sync_redis.fcall("stocksync_restock_claim", 1, *args)
+    assert sync_redis.hgetall(key) == before
+
+
+async def test_rejections_written_before_per_line_fields_are_still_listed_and_resolved(settings, store, sync_redis):
+    await store.set("A", 0, source="test")
+    member = "shopify|8008"
+    old = {"channel": "shopify", "order_id": "8008", "ts_ms": 1, "lines": [
+        {"line_id": "1", "channel_sku": "A", "sku": "A", "qty": 1, "reason": "insufficient", "available": 0}]}
+    sync_redis.hset(store.keys.rejections, member, orjson.dumps(old))
+    sync_redis.zadd(store.keys.rejections_index, {member: 1})
+    async with running(api_settings(settings)) as client:
+        await post_shopify(client, shopify_order(8008, [(2, "A", 1)]))
+        [rejection] = (await client.get("/v1/rejections", headers=auth(key=False))).json()["rejections"]
+        assert [line["line_id"] for line in rejection["lines"]] == ["1", "2"] and rejection["ts_ms"] == 1
+        assert (await client.delete("/v1/rejections/shopify/8008", headers=auth())).status_code == 204
+        assert (await client.get("/v1/rejections", headers=auth(key=False))).json()["rejections"] == []
