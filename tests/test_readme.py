@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shlex
 import shutil
@@ -43,3 +44,15 @@ def test_readme_redis_cli_examples_run_verbatim():
             run = subprocess.run([argv[0], "-p", str(server.port), "--no-raw", *argv[1:]],
                                  capture_output=True, text=True, timeout=10)
             assert run.stdout.rstrip("\n") == expected, command
+
+
+def test_readme_python_example_runs(redis_url, prefix, monkeypatch):
+    [block] = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("STOCKSYNC_PREFIX", prefix)
+    monkeypatch.delenv("STOCKSYNC_CONFIG", raising=False)
+    body = "\n".join("    " + line for line in block.splitlines())
+    namespace: dict = {}
+    exec(f"async def example():\n{body}\n    await store.close()\n    return outcome\n", namespace)  # the README's lines
+    outcome = asyncio.run(namespace["example"]())
+    assert (outcome.status, outcome.available, outcome.version) == ("ok", 7, 2)
