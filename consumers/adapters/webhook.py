@@ -4,7 +4,9 @@
 `X-Stocksync-Signature: sha256=<hex HMAC-SHA256 of the raw body with the shared secret>`. The receiver
 answers 200 with `{"results": [{"sku", "status": applied | stale | rejected, "reason"}]}`: stale means
 it already has that version or a newer one (delivered, as far as stocksync is concerned); rejected is
-permanent. A 2xx without results counts as every item applied.
+permanent. A 2xx without results (no body, or no `results` list) counts as every item applied; when
+`results` lists some items, an item it leaves out was not answered for and is retried (a transient
+failure), never counted as applied.
 
 Options: path (default /webhook), batch_size (default 100, at most 500). Credential: secret.
 """
@@ -39,11 +41,16 @@ class WebhookAdapter(Adapter):
                                     for u in updates]})
         headers = {SIGNATURE_HEADER: signature(body, self.config.secret("secret")), "Content-Type": "application/json"}
         _, data = await self.request("POST", self.url, body=body, headers=headers, deadline=deadline)
-        answers = {r.get("sku"): r for r in (data or {}).get("results") or [] if isinstance(r, dict)}
+        listed = (data or {}).get("results") if isinstance(data, dict) else None
+        if not listed:  # no per-item answers at all: the 2xx covers every item
+            return [Result.accepted(u.sku) for u in updates]
+        answers = {r.get("sku"): r for r in listed if isinstance(r, dict)}
         results = []
         for u in updates:
             r = answers.get(u.channel_sku)
-            if r is None or r.get("status") in ("applied", "stale"):
+            if r is None:  # the receiver answered for other items but not this one: not accepted
+                results.append(Result.failed(u.sku, "no result for this item in the reply", permanent=False))
+            elif r.get("status") in ("applied", "stale"):
                 results.append(Result.accepted(u.sku))
             elif r.get("status") == "rejected":
                 results.append(Result.failed(u.sku, f"rejected: {r.get('reason')}", permanent=True))
