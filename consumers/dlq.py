@@ -10,7 +10,10 @@ accepted it removes the dead letters (stocksync_dlq_resolve, which also records 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -64,10 +67,18 @@ class ReplayReport:
         return not self.failed
 
 
+def replay_owner() -> str:
+    """A lease owner of its own for one replay run (dlq-replay-host-pid-uuid): two replays at once (two
+    operators, a cron) never share a SKU's lease, since the library renews a lease for its own owner."""
+    return f"dlq-replay-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
 async def replay(redis: AnyRedis, keys: Keys, config: ChannelConfig, *, skus: set[str] | None = None,
-                 ids: set[str] | None = None, adapter: Adapter | None = None, owner: str = "dlq-replay",
+                 ids: set[str] | None = None, adapter: Adapter | None = None, owner: str | None = None,
                  lease_ms: int = 15000) -> ReplayReport:
-    """Push the current quantity of the dead-lettered SKUs (all, or those of `skus` / dead-letter `ids`)."""
+    """Push the current quantity of the dead-lettered SKUs (all, or those of `skus` / dead-letter `ids`).
+    `owner`: the lease owner, by default one drawn for this run (replay_owner())."""
+    owner = owner or replay_owner()
     report = ReplayReport()
     own_adapter = adapter is None
     adapter = adapter or make_adapter(config)

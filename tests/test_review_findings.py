@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from consumers import ledger
+from consumers import dlq, ledger
 from consumers.adapters import Update, make_adapter
 from consumers.options import WorkerOptions
 from consumers.testing import config, use_simulator_credentials, wait_for
@@ -159,14 +159,14 @@ async def test_worker_pushes_under_the_edited_channel_sku(store):
 # ----- dlq replay: a constant lease owner (G4) ----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="dlq replay leases SKUs as the constant owner 'dlq-replay': a second "
-                                       "replay (another operator, a cron) gets the same lease and pushes "
-                                       "the same SKU concurrently")
 async def test_two_replays_cannot_both_hold_a_sku(store):
+    # Fixed: each replay run leases as an owner of its own (dlq.replay_owner(), host-pid-uuid), not the
+    # constant "dlq-replay" the library would renew for whoever presents it.
     await store.set("A", 1, source="test")
     p = store.keys.partition("A")
-    (first,) = await ledger.claim(store.redis, store.keys, p, "amazon", "dlq-replay", ["A"], 15000)
-    (second,) = await ledger.claim(store.redis, store.keys, p, "amazon", "dlq-replay", ["A"], 15000)
+    one, two = dlq.replay_owner(), dlq.replay_owner()
+    (first,) = await ledger.claim(store.redis, store.keys, p, "amazon", one, ["A"], 15000)
+    (second,) = await ledger.claim(store.redis, store.keys, p, "amazon", two, ["A"], 15000)
     assert first.leased and not second.leased
 
 
