@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Run channel workers until SIGTERM/SIGINT. Several processes of a "
                               "channel share its work.")
     w.add_argument("--channel", "-c", action="append", help="a channel to run (repeatable; default: all)")
-    w.add_argument("--consumer", help="consumer name (default: <host>-<pid>)")
+    w.add_argument("--consumer", help="consumer name (default: <host>-<pid>-<random suffix>, fixed for the process)")
     w.add_argument("--lag-file", help="at exit, write commit-to-acceptance times per channel here (JSON)")
     for name in OPTION_FLAGS:
         w.add_argument("--" + name.replace("_", "-"), type=int, dest=name, help=f"worker.{name}")

@@ -27,15 +27,20 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from stocksync.settings import Settings, SettingsError
 
+_SUFFIX = uuid.uuid4().hex[:8]  # drawn once per process
+
 
 def default_consumer() -> str:
-    """Stable for the life of the process, unique across hosts."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """Stable for the life of the process, unique across hosts and containers: two containers can share a
+    hostname pattern and both run as pid 1 or 7, so the name ends in a random suffix drawn once per
+    process (hostname-pid-suffix)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{_SUFFIX}"
 
 
 @dataclass(frozen=True)
