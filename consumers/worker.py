@@ -165,28 +165,52 @@ class ChannelWorker:
                     last = ">"
                     continue
                 last = entries[-1][0]
-            await self._take_in(p, entries)
+            try:
+                await self._take_in(p, entries)
+            except Exception as e:  # noqa: BLE001 - a reader that dies stops the whole worker
+                # What was not taken in stays pending under our name: reclaim() picks it up once idle.
+                failures += 1
+                log.exception("%s: taking in %d entries of %s failed; going on", self.channel, len(entries), stream)
+                self.last_error = f"{type(e).__name__}: {e}"[:300]
+                await self._wait(self._stopping, min(0.1 * 2 ** failures, 5))
 
     async def _take_in(self, p: int, entries: list, deliveries: dict[str, int] | None = None) -> None:
+        """Hold the entries for pushing. A Redis error while dead-lettering one entry or acknowledging the
+        deleted ones is logged and skipped: those entries stay pending (reclaim() takes them again once
+        idle), and the rest of the batch is still taken in."""
         junk = []
         for entry_id, fields in entries:
             e = groups.parse(p, entry_id, fields)
             if e is None:
                 if fields:  # not a stock event: keep it for an operator
-                    await ledger.dead_letter(self.redis, self.keys, p, self.channel, fields.get("sku") or "?", 0,
-                                             "malformed", 0, f"fields {sorted(fields)}", [entry_id])
+                    try:
+                        await ledger.dead_letter(self.redis, self.keys, p, self.channel, fields.get("sku") or "?", 0,
+                                                 "malformed", 0, f"fields {sorted(fields)}", [entry_id])
+                    except RedisError as err:
+                        self._take_in_failed("dead-lettering malformed entry " + entry_id, err)
                 else:  # deleted from the stream: nothing to push
                     junk.append(entry_id)
                 continue
             if deliveries and deliveries.get(entry_id, 1) > self.options.max_deliveries:
-                await self._dead_letter(e.sku, p, [e], "max_deliveries", deliveries[entry_id],
-                                        "delivered too often (consumers died handling it?)")
+                try:
+                    await self._dead_letter(e.sku, p, [e], "max_deliveries", deliveries[entry_id],
+                                            "delivered too often (consumers died handling it?)")
+                except RedisError as err:
+                    self._take_in_failed("dead-lettering entry " + entry_id, err)
                 continue
             self.coalescer.add(e)
         if junk:
-            await self.redis.xack(self.keys.events(p), self.channel, *junk)
+            try:
+                await self.redis.xack(self.keys.events(p), self.channel, *junk)
+            except RedisError as err:
+                self._take_in_failed(f"acknowledging {len(junk)} deleted entries", err)
         self._update_gates()
         self._launch()
+
+    def _take_in_failed(self, what: str, error: RedisError) -> None:
+        self.stats["take_in_errors"] += 1
+        self.last_error = f"{self.channel}: {what} failed: {error}"[:300]
+        log.warning("%s: %s failed (%s); it stays pending and is reclaimed later", self.channel, what, error)
 
     # ----- dispatching -------------------------------------------------------------------------------
 
