@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
@@ -68,6 +69,30 @@ async def test_shopify_batches_up_to_250_and_reports_throttling(sim_of):
         with pytest.raises(TransientError) as e:
             await adapter.push([up("S1", 4, 3)])
         assert e.value.throttled and e.value.retry_after > 0
+
+
+async def test_shopify_retry_after_a_timeout_reuses_the_key_and_a_failed_attempt_gets_a_fresh_one(sim_of):
+    sim, adapter = sim_of("shopify", timeout_s=0.3)
+    sim.seed({"K": 1})
+    async with adapter:
+        assert (await adapter.push([up("K", 1, 1)]))[0].ok
+        sim.set_faults(latency_ms=600)
+        with pytest.raises(TransientError) as e:  # sent, no answer: Shopify applies it meanwhile
+            await adapter.push([up("K", 0, 2)])
+        assert e.value.ambiguous
+        await asyncio.sleep(0.5)
+        sim.set_faults(latency_ms=0)
+        assert (await adapter.push([up("K", 0, 2)]))[0].ok  # the retry: same input, same key
+        assert sim.calls[-1].items[0]["result"] == "replayed" and sim.quantities["K"] == 0
+        # an attempt that failed under its key: the retry hears IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED and sends
+        # again under a fresh key instead of dead-lettering the batch
+        sim.set_faults(latency_ms=600, reject_skus={"K"})
+        with pytest.raises(TransientError):
+            await adapter.push([up("K", 5, 3)])
+        await asyncio.sleep(0.5)
+        sim.set_faults(latency_ms=0, reject_skus=set())
+        [res] = await adapter.push([up("K", 5, 3)])
+        assert res.ok and sim.quantities["K"] == 5
 
 
 async def test_amazon_patches_fulfillment_availability_one_sku_a_call(sim_of):

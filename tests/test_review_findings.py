@@ -67,9 +67,6 @@ async def test_a_sku_key_in_the_wrong_partition_is_refused(store):
 # ----- Shopify: the idempotency key is a hash of the payload (G4) ---------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="ShopifyAdapter derives @idempotent(key) from the payload, so a later, "
-                                       "distinct set with the same (item, quantity, changeFromQuantity) is "
-                                       "answered from Shopify's idempotency record and not applied")
 async def test_shopify_oscillating_quantity_is_applied_every_time():
     sim = ShopifySim()
     with serve(sim) as url:

@@ -36,32 +36,39 @@ class Update:
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """The channel's answer for one SKU: accepted, or failed for good (permanent) or for now."""
+    """The channel's answer for one SKU: accepted, or failed for good (permanent) or for now.
+    `ambiguous`: the request was sent and no answer came back (a timeout, a dropped connection), so the
+    channel may still apply it later."""
 
     sku: str
     ok: bool
     permanent: bool = False
     error: str = ""
     retry_after: float | None = None
+    ambiguous: bool = False
 
     @classmethod
     def accepted(cls, sku: str) -> Result:
         return cls(sku, True)
 
     @classmethod
-    def failed(cls, sku: str, error: str, *, permanent: bool, retry_after: float | None = None) -> Result:
-        return cls(sku, False, permanent, error[:500], retry_after)
+    def failed(cls, sku: str, error: str, *, permanent: bool, retry_after: float | None = None,
+               ambiguous: bool = False) -> Result:
+        return cls(sku, False, permanent, error[:500], retry_after, ambiguous)
 
 
 class PushError(Exception):
-    """The whole call failed (every SKU in it)."""
+    """The whole call failed (every SKU in it). `ambiguous`: the request may have reached the channel
+    (timed out, or the connection dropped after it was sent), which may still apply it later."""
 
     permanent = False
 
-    def __init__(self, message: str, *, retry_after: float | None = None, status: int = 0) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, status: int = 0,
+                 ambiguous: bool = False) -> None:
         super().__init__(message[:500])
         self.retry_after = retry_after
         self.status = status
+        self.ambiguous = ambiguous
 
 
 class TransientError(PushError):
@@ -214,7 +221,7 @@ class Adapter:
     ) -> tuple[int, Any]:
         """Send one request and answer (status, parsed JSON or None) for a 2xx; raise PushError for
         anything else (TransientError: timeout, connection, 429, 5xx, 401/403; PermanentError: other
-        4xx)."""
+        4xx). A timeout or a connection lost after connecting raises an `ambiguous` TransientError."""
         if self.limiter is not None:
             await self.limiter.acquire(cost)
         timeout = self.timeout_s
@@ -231,9 +238,11 @@ class Adapter:
                 status = response.status
                 retry = retry_after_s(response.headers.get("Retry-After"))
         except TimeoutError:
-            raise TransientError(f"{self.name}: {method} timed out after {timeout:.3g} s") from None
-        except aiohttp.ClientError as e:
+            raise TransientError(f"{self.name}: {method} timed out after {timeout:.3g} s", ambiguous=True) from None
+        except aiohttp.ClientConnectorError as e:  # no connection: the request was never sent
             raise TransientError(f"{self.name}: {method} failed: {type(e).__name__}: {e}") from None
+        except aiohttp.ClientError as e:  # the connection dropped: the request may have been sent
+            raise TransientError(f"{self.name}: {method} failed: {type(e).__name__}: {e}", ambiguous=True) from None
         try:
             data = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:

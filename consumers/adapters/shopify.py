@@ -8,12 +8,21 @@ applied). The sale itself reaches stocksync as an order, and its event pushes ag
 Options: location_id (required, a Location gid), api_version (default 2026-04), reason (default
 correction). Credential: token (the Admin API access token, sent as X-Shopify-Access-Token).
 Inventory item gids are looked up by SKU (inventoryItems(query: "sku:...")) and cached.
+
+Idempotency: each mutation call carries a fresh @idempotent key (a UUID), except the retry of a request
+that ended without an answer (a timeout, a dropped connection): the same input is sent again under the
+same key, so Shopify applies it at most once. A key is never derived from the input: a later, distinct
+set with the same input (a quantity oscillating 1 -> 0 -> 1 -> 0) would be answered from Shopify's
+idempotency record and not applied. IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED (the earlier attempt under that
+key failed, nothing applied) and IDEMPOTENCY_KEY_PARAMETER_MISMATCH drop the key: the items are re-read
+and sent again under a fresh key.
 """
 
 from __future__ import annotations
 
-import hashlib
+import collections
 import logging
+import uuid
 from typing import Any
 
 from .base import Adapter, PermanentError, Result, TransientError, Update, json_body
@@ -36,6 +45,8 @@ READ_ITEMS = """query stocksyncItems($q: String!, $n: Int!, $loc: ID!) {
 READ_CHUNK = 50
 MAX_ROUNDS = 3
 RETRYABLE_CODES = {"THROTTLED", "INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TIMEOUT"}
+IDEMPOTENCY_CODES = {"IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED", "IDEMPOTENCY_KEY_PARAMETER_MISMATCH"}
+MAX_UNANSWERED = 1000  # inputs sent without an answer whose key a retry reuses
 
 
 class ShopifyAdapter(Adapter):
@@ -54,6 +65,22 @@ class ShopifyAdapter(Adapter):
         self.endpoint = f"{config.url}/admin/api/{self.api_version}/graphql.json"
         self.items: dict[str, str] = {}  # channel SKU -> inventory item gid
         self.known: dict[str, int | None] = {}  # channel SKU -> quantity we believe Shopify lists
+        # input (serialized) -> its idempotency key, for inputs sent without an answer (a retry reuses it)
+        self.unanswered: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+
+    def _key_for(self, payload_json: bytes) -> str:
+        """The @idempotent key of one call: the key of the same input sent before without an answer (this
+        is a retry of that request), otherwise a fresh one."""
+        return self.unanswered.get(payload_json) or uuid.uuid4().hex
+
+    def _answered(self, payload_json: bytes, item_ids: list[str]) -> None:
+        """A call got an answer: forget its key, and those of unanswered inputs about the same items
+        (a later identical input is a new logical push, not a retry of those)."""
+        self.unanswered.pop(payload_json, None)
+        if self.unanswered:
+            needles = [json_body(i) for i in item_ids]  # '"gid://..."', as they appear in an input
+            for old in [k for k in self.unanswered if any(n in k for n in needles)]:
+                self.unanswered.pop(old, None)
 
     async def _graphql(self, query: str, variables: dict[str, Any], deadline: float | None) -> dict[str, Any]:
         headers = {"X-Shopify-Access-Token": self.config.secret("token"), "Content-Type": "application/json"}
@@ -102,6 +129,10 @@ class ShopifyAdapter(Adapter):
                 results[u.sku] = Result.failed(u.sku, f"no inventory item with SKU {sku!r} stocked at "
                                                f"{self.location_id}", permanent=True)
         for _ in range(MAX_ROUNDS):
+            for sku in [s for s in todo if s not in self.items]:  # a re-read found it no longer stocked
+                u = todo.pop(sku)
+                results[u.sku] = Result.failed(u.sku, f"no inventory item with SKU {sku!r} stocked at "
+                                               f"{self.location_id}", permanent=True)
             if not todo:
                 break
             order = list(todo.values())
@@ -109,8 +140,18 @@ class ShopifyAdapter(Adapter):
                            "quantity": u.quantity, "changeFromQuantity": self.known.get(u.channel_sku)}
                           for u in order]
             payload = {"name": "available", "reason": self.reason, "quantities": quantities}
-            key = hashlib.sha256(json_body(payload)).hexdigest()[:32]
-            data = await self._graphql(SET_QUANTITIES, {"input": payload, "key": key}, deadline)
+            payload_json = json_body(payload)
+            key = self._key_for(payload_json)
+            try:
+                data = await self._graphql(SET_QUANTITIES, {"input": payload, "key": key}, deadline)
+            except TransientError as e:
+                if e.ambiguous:  # it may have been applied: a retry of this same input reuses the key
+                    self.unanswered[payload_json] = key
+                    self.unanswered.move_to_end(payload_json)
+                    while len(self.unanswered) > MAX_UNANSWERED:
+                        self.unanswered.popitem(last=False)
+                raise
+            self._answered(payload_json, [q["inventoryItemId"] for q in quantities])
             reply = data.get("inventorySetQuantities") or {}
             errors = reply.get("userErrors") or []
             if not errors:
@@ -119,6 +160,17 @@ class ShopifyAdapter(Adapter):
                     results[u.sku] = Result.accepted(u.sku)
                 todo = {}
                 break
+            if any(err.get("code") == "IDEMPOTENCY_CONCURRENT_REQUEST" for err in errors):
+                # the first attempt under this key is still being processed: ask again later, same key
+                self.unanswered[payload_json] = key
+                raise TransientError(f"{self.name}: IDEMPOTENCY_CONCURRENT_REQUEST", ambiguous=True)
+            if any(err.get("code") in IDEMPOTENCY_CODES for err in errors):
+                # the earlier attempt under this key failed (or differs): nothing was applied by this
+                # call; re-read what Shopify lists and send again under a fresh key
+                log.info("%s: %s; sending again under a fresh key", self.name,
+                         ", ".join(sorted({str(err.get("code")) for err in errors})))
+                await self._read(list(todo), deadline)
+                continue
             stale: list[str] = []
             for err in errors:
                 index = _quantity_index(err.get("field"))
@@ -133,7 +185,8 @@ class ShopifyAdapter(Adapter):
             if stale:
                 await self._read(stale, deadline)
         for u in todo.values():  # still stale after MAX_ROUNDS: Shopify is selling fast; retry later
-            results[u.sku] = Result.failed(u.sku, "CHANGE_FROM_QUANTITY_STALE after re-reads", permanent=False)
+            results[u.sku] = Result.failed(u.sku, f"not applied after {MAX_ROUNDS} rounds (CHANGE_FROM_QUANTITY_STALE "
+                                           "or an idempotency error) and re-reads", permanent=False)
         return list(results.values())
 
 
