@@ -43,8 +43,9 @@ async def channel_status(redis: AnyRedis, keys: Keys, channels: Iterable[str]) -
                 lag = None if lag is None or g.get("lag") is None else lag + int(g["lag"])
                 if int(g["pending"]):
                     first = (await redis.xpending(stream, channel))["min"]
-                    ms = int(str(first).split("-")[0])
-                    oldest = ms if oldest is None else min(oldest, ms)
+                    if first is not None:  # (acknowledged between XINFO and XPENDING)
+                        ms = int(str(first).split("-")[0])
+                        oldest = ms if oldest is None else min(oldest, ms)
             dead += await redis.xlen(keys.dlq(p, channel))
         workers = []
         for name, raw in (await redis.hgetall(keys.channel_status(channel))).items():
