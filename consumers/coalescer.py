@@ -4,6 +4,11 @@ Many changes to one SKU become one push of its current quantity. A SKU is handed
 at a time (pushes of one SKU never overlap within a process; the lease does it across processes), and
 the SKUs where an oversell can happen go first: a listed quantity at or below the low-stock mark (0
 included) or a sharp drop (at least half of what was there), then the rest, oldest first.
+
+A SKU can also be due for a recheck (recheck()): a push of its current quantity at a given time even if
+the channel already has that version (after a push that got no answer and may still land late, or when
+its channel SKU changed). Such a SKU is held, with or without entries, until a push started at or after
+that time succeeds (the worker clears recheck_at).
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ class SkuWork:
     not_before: float = 0.0
     busy: bool = False  # a push of this SKU is in flight
     last_error: str = ""
+    recheck_at: float = 0.0  # monotonic time a push of the current quantity is due whatever was pushed (0: none)
+    forced: bool = False  # the push in flight is such a recheck
+    started: float = 0.0  # monotonic time the push in flight was handed out
 
     @property
     def version(self) -> int:
@@ -86,7 +94,22 @@ class Coalescer:
             self._queue(w)
         return True
 
+    def recheck(self, sku: str, partition: int, at: float) -> None:
+        """Push sku's current quantity at `at` (monotonic) even if the channel has its version already."""
+        w = self.work.get(sku)
+        if w is None:
+            w = self.work[sku] = SkuWork(sku, partition, since=time.monotonic())
+        w.recheck_at = max(w.recheck_at, at)
+        if not w.busy:
+            self._queue(w)
+
+    def _due(self, w: SkuWork, now: float) -> bool:
+        return bool(w.entries) or 0 < w.recheck_at <= now
+
     def _queue(self, w: SkuWork) -> None:
+        if not w.entries:  # a recheck only
+            heapq.heappush(self._later, (max(w.recheck_at, w.not_before), next(self._seq), w.sku))
+            return
         if w.not_before > time.monotonic():
             heapq.heappush(self._later, (w.not_before, next(self._seq), w.sku))
         else:
@@ -102,17 +125,19 @@ class Coalescer:
         while self._later and self._later[0][0] <= now:
             _, _, sku = heapq.heappop(self._later)
             w = self.work.get(sku)
-            if w is not None and not w.busy and w.entries:
+            if w is not None and not w.busy and (w.entries or w.recheck_at):
                 heapq.heappush(self._ready, (w.urgency, w.since, next(self._seq), sku))
         out: list[SkuWork] = []
         seen: set[str] = set()
         while self._ready and len(out) < n:
             _, _, _, sku = heapq.heappop(self._ready)
             w = self.work.get(sku)
-            if w is None or w.busy or not w.entries or sku in seen or w.not_before > now:
+            if w is None or w.busy or not self._due(w, now) or sku in seen or w.not_before > now:
                 continue  # a stale heap item (the SKU was queued twice, settled or delayed since)
             seen.add(sku)
             w.busy = True
+            w.forced = 0 < w.recheck_at <= now
+            w.started = now
             out.append(w)
         return out
 
@@ -139,12 +164,12 @@ class Coalescer:
             if (covered is not None and e.version <= covered) or (drop and entry_id in drop):
                 gone.append(w.entries.pop(entry_id))
                 self.ids.discard(entry_id)
-        w.busy = False
+        w.busy = w.forced = False
         if covered is not None:
             w.attempts, w.last_error = 0, ""
         if retry_at is not None:
             w.not_before = retry_at
-        if not w.entries:
+        if not w.entries and not w.recheck_at:
             del self.work[w.sku]
         else:
             w.urgency = URGENT if any(self.urgent(e) for e in w.entries.values()) else NORMAL

@@ -23,6 +23,7 @@ from stocksync.keys import Keys
 
 from . import ledger
 from .adapters import Adapter, PushError, Update, make_adapter
+from .skumap import ChannelSkus
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +90,19 @@ async def replay(redis: AnyRedis, keys: Keys, config: ChannelConfig, *, skus: se
         for d in letters:
             by_sku[(d.partition, d.sku)].append(d.id)
         items = sorted(by_sku)
+        names = ChannelSkus(redis, keys, config)  # channel SKUs as the worker pushes them (edited map first)
+        if items:
+            await names.refresh()
         for i in range(0, len(items), adapter.batch_size):
             await _replay_batch(redis, keys, config, adapter, owner, lease_ms, items[i : i + adapter.batch_size],
-                                by_sku, report)
+                                by_sku, report, names)
     finally:
         if own_adapter:
             await adapter.close()
     return report
 
 
-async def _replay_batch(redis, keys, config, adapter, owner, lease_ms, items, by_sku, report) -> None:
+async def _replay_batch(redis, keys, config, adapter, owner, lease_ms, items, by_sku, report, names) -> None:
     deadline = time.monotonic() + lease_ms / 1000 - 0.25
     updates, versions, leased = [], {}, defaultdict(list)
     for p, sku in items:
@@ -115,7 +119,7 @@ async def _replay_batch(redis, keys, config, adapter, owner, lease_ms, items, by
             report.resolved.append(sku)
         else:
             versions[sku] = (p, c.version)
-            updates.append(Update(sku, config.channel_sku(sku), config.rules.listed(c.available), c.version))
+            updates.append(Update(sku, names.channel_sku(sku), config.rules.listed(c.available), c.version))
     try:
         if updates:
             try:

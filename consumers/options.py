@@ -21,6 +21,10 @@
     linger_ms = 5               # batch channels: while a call is in flight, a partial batch waits
                                 # up to this long to fill (urgent SKUs never wait); 0: never
     start_id = "0"              # where a new group starts ("0": the whole stream, "$": new entries)
+    recheck_ms = 0              # after a push that got no answer (timeout, dropped connection), push the
+                                # current quantity again this long after it, even if the channel has that
+                                # version (the abandoned request may land late); 0: 4 x the channel's timeout
+    sku_map_refresh_ms = 5000   # re-read the admin API's SKU map (<prefix>:skumap:<channel>) this often
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class WorkerOptions:
     low_stock: int = 5
     linger_ms: int = 5
     start_id: str = "0"
+    recheck_ms: int = 0
+    sku_map_refresh_ms: int = 5000
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -14,9 +14,14 @@ streams as consumers of the same group). Tasks of a ChannelWorker:
   rest; record the accepted versions and XACK the entries they cover in one call. The claims and dones
   of concurrent pushes are merged into one call per partition (ledger.LedgerBatcher, group commit). Transient failures
   back off with full jitter (Retry-After honoured) and feed the circuit breaker; permanent ones and
-  SKUs past max_attempts go to the dead-letter stream with their XACK (stocksync_dead_letter);
+  SKUs past max_attempts go to the dead-letter stream with their XACK (stocksync_dead_letter). A call
+  that got no answer (timeout, dropped connection) keeps its lease and schedules a recheck: the current
+  quantity is pushed again recheck_ms later even if the channel has that version, since the abandoned
+  request may land after a newer push. Channel SKU names come from ChannelSkus (the admin API's map,
+  then the config file's);
 * housekeeping: XAUTOCLAIM of entries idle past reclaim_idle_ms (a dead consumer's), removal of
-  consumers idle with nothing pending, the trimmer, and a heartbeat in <prefix>:status:<channel>.
+  consumers idle with nothing pending, the trimmer, a heartbeat in <prefix>:status:<channel>, and a
+  refresh of the SKU map (a SKU whose channel name changed is pushed again).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from .adapters import Adapter, PushError, Result, TransientError, Update, make_a
 from .coalescer import Coalescer, Entry, SkuWork
 from .options import WorkerOptions
 from .retry import CLOSED, CircuitBreaker, backoff_s
+from .skumap import ChannelSkus
 from .trimmer import trim_all
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,9 @@ class ChannelWorker:
         o = self.options
         self.breaker = CircuitBreaker(o.breaker_threshold, o.breaker_open_ms / 1000, o.breaker_max_open_ms / 1000)
         self.coalescer = Coalescer(self._urgent)
+        self.skus = ChannelSkus(redis, keys, config)
+        # an unanswered push may land this long after it ended: push the current quantity again then
+        self.recheck_s = (o.recheck_ms / 1000) if o.recheck_ms else 4 * self.adapter.timeout_s
         self.ledger = ledger.LedgerBatcher(redis, keys, self.channel, self.consumer, self.options.lease_ms)
         self.paused_until = 0.0  # a 429's Retry-After, channel-wide
         self.in_flight = 0
@@ -103,6 +112,7 @@ class ChannelWorker:
     async def run(self) -> None:
         """Run until stop() (or cancellation); in-flight pushes are allowed to finish."""
         await groups.ensure_groups(self.redis, self.keys, self.channel, self.options.start_id)
+        await self.skus.refresh()
         self._update_gates()
         tasks = [asyncio.create_task(self._reader(p), name=f"read-{self.channel}-{p}")
                  for p in range(self.keys.partitions)]
@@ -315,16 +325,17 @@ class ChannelWorker:
                 continue
             release[w.partition].append(c.sku)
             if c.version is None:  # the SKU is gone: nothing to list
+                w.recheck_at = 0.0
                 log.warning("%s: SKU %s no longer exists; acknowledging its entries", self.channel, c.sku)
                 acks[w.partition] += w.ids
                 settle.append((w, None, None, w.ids))
-            elif c.pushed >= w.version:  # the channel has this version or newer: no call
+            elif c.pushed >= w.version and not w.forced:  # the channel has this version or newer: no call
                 acks[w.partition] += [e.id for e in w.entries.values() if e.version <= c.pushed]
                 settle.append((w, c.pushed, None, None))
                 self.stats["skipped"] += 1
                 self._report(w, c.pushed, None)
-            else:
-                updates.append(Update(c.sku, self.config.channel_sku(c.sku), self.config.rules.listed(c.available),
+            else:  # (a recheck pushes the current quantity even when the channel has its version)
+                updates.append(Update(c.sku, self.skus.channel_sku(c.sku), self.config.rules.listed(c.available),
                                       c.version))
 
         results: dict[str, Result] = {}
@@ -341,7 +352,8 @@ class ChannelWorker:
             if error is not None:
                 self.last_error = str(error)
                 results = {u.sku: Result.failed(u.sku, str(error), permanent=error.permanent,
-                                                retry_after=error.retry_after) for u in updates}
+                                                retry_after=error.retry_after, ambiguous=error.ambiguous)
+                           for u in updates}
                 if isinstance(error, TransientError) and error.throttled:
                     self.stats["throttled"] += 1
                     self.paused_until = max(self.paused_until, time.monotonic() + (error.retry_after or 1.0))
@@ -358,6 +370,8 @@ class ChannelWorker:
             w = works[u.sku]
             r = results.get(u.sku) or Result.failed(u.sku, "the channel did not answer for this SKU", permanent=False)
             if r.ok:
+                if w.recheck_at and w.started >= w.recheck_at:  # this push is the channel's last word
+                    w.recheck_at = 0.0
                 accepted[w.partition][u.sku] = u.version
                 acks[w.partition] += [e.id for e in w.entries.values() if e.version <= u.version]
                 settle.append((w, u.version, None, None))
@@ -366,8 +380,26 @@ class ChannelWorker:
                 continue
             w.last_error = r.error
             self.last_error = r.error
+            if r.ambiguous:
+                # Sent without an answer: the channel may still apply it, after a newer push (Amazon and
+                # Flipkart have no compare-and-swap). Keep the lease (it covers the abandoned request until
+                # it expires; our own retries renew it), and push the current quantity again once that
+                # request can no longer land, so the channel's last word is the current quantity.
+                release[w.partition].remove(u.sku)
+                w.recheck_at = max(w.recheck_at, time.monotonic() + self.recheck_s)
+                self.stats["unanswered"] += 1
             if not r.permanent and closed and not probe:
                 w.attempts += 1
+            if not w.entries:  # a recheck alone: retried with backoff, given up after max_attempts
+                if r.permanent or w.attempts >= o.max_attempts:
+                    log.warning("%s: recheck of SKU %s given up: %s", self.channel, u.sku, r.error)
+                    w.recheck_at = 0.0
+                    settle.append((w, None, None, None))
+                else:
+                    delay = backoff_s(max(w.attempts, 1), o.backoff_base_ms / 1000, o.backoff_cap_ms / 1000,
+                                      r.retry_after)
+                    settle.append((w, None, time.monotonic() + delay, None))
+                continue
             if r.permanent or w.attempts >= o.max_attempts:
                 reason = "permanent" if r.permanent else "max_attempts"
                 await self._dead_letter(u.sku, w.partition, list(w.entries.values()), reason, w.attempts + r.permanent,
@@ -419,7 +451,8 @@ class ChannelWorker:
         now = time.monotonic()
         due = {"reclaim": now + o.reclaim_idle_ms / 2000, "heartbeat": now,
                "trim": now + o.trim_interval_ms / 1000 if o.trim_interval_ms else float("inf"),
-               "reap": now + min(o.reap_idle_ms / 4000, 60.0)}
+               "reap": now + min(o.reap_idle_ms / 4000, 60.0),
+               "skumap": now + o.sku_map_refresh_ms / 1000 if o.sku_map_refresh_ms else float("inf")}
         while not self._stopping.is_set():
             now = time.monotonic()
             try:
@@ -433,6 +466,14 @@ class ChannelWorker:
                 if now >= due["trim"]:
                     due["trim"] = now + o.trim_interval_ms / 1000
                     await trim_all(self.redis, self.keys, o.retention_ms)
+                if now >= due["skumap"]:
+                    due["skumap"] = now + o.sku_map_refresh_ms / 1000
+                    changed = await self.skus.refresh()
+                    for sku in changed:  # the listing under the new name gets the current quantity now
+                        self.coalescer.recheck(sku, self.keys.partition(sku), time.monotonic())
+                    if changed:
+                        log.info("%s: channel SKU changed for %d SKUs; pushing them again", self.channel, len(changed))
+                        self._launch()
                 if now >= due["reap"]:
                     due["reap"] = now + min(o.reap_idle_ms / 4000, 60.0)
                     for p in range(self.keys.partitions):

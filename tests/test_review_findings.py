@@ -104,9 +104,6 @@ async def test_webhook_item_without_a_result_is_not_accepted():
 # ----- Worker: a timed-out Amazon PATCH applied after a newer one (G4) ----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="after a timeout the worker releases the lease and pushes the newer "
-                                       "version at once; the abandoned request is applied later by the "
-                                       "marketplace and the channel is left at the older quantity for good")
 async def test_timed_out_push_applied_late_does_not_overwrite_newer(store):
     sim = AmazonSim()
     with serve(sim) as url:
@@ -135,9 +132,6 @@ async def test_timed_out_push_applied_late_does_not_overwrite_newer(store):
 # ----- Worker: SKU mappings edited through the admin API are not used outbound (G4) ---------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the admin API's sku-map hash is read by the webhook intake only; the "
-                                       "worker pushes ChannelConfig.channel_sku() (config file only), so a "
-                                       "mapped listing is never updated")
 async def test_worker_pushes_under_the_edited_channel_sku(store):
     sim = WebhookSim()
     with serve(sim) as url:

@@ -277,3 +277,16 @@ async def trimmed_down_to_flipkart(store) -> bool:
 def _id(entry_id: str) -> tuple[int, int]:
     ms, seq = entry_id.split("-")
     return int(ms), int(seq)
+
+
+async def test_a_sku_map_edited_while_running_is_pushed_under_the_new_name(store, fresh):
+    sim = fresh["webhook"][0]
+    options = WorkerOptions(trim_interval_ms=0, sku_map_refresh_ms=100)
+    async with Running(store, fresh, ["webhook"], options):
+        await store.set("M", 4, source="test")
+        await wait_for(lambda: sim.quantities.get("M") == 4, what="the push under the canonical name")
+        await store.redis.hset(store.keys.sku_map("webhook"), "CH-M", "M")  # PUT .../sku-map/CH-M
+        # no new event: the refresh pushes the current quantity under the new channel SKU by itself
+        await wait_for(lambda: sim.quantities.get("CH-M") == 4, what="the push under the edited name")
+        await store.decrement("M", 1, ref="o-m", source="test")
+        await wait_for(lambda: sim.quantities.get("CH-M") == 3, what="the next change under the edited name")

@@ -1,0 +1,48 @@
+"""Channel SKU names for the outbound side: the canonical SKU -> the SKU the channel lists it under.
+
+Two sources, as the webhook intake reads them: the channel's `sku_map` in the config file and the Redis
+hash <prefix>:skumap:<channel> (channel SKU -> canonical) that the admin API edits
+(PUT/DELETE /v1/channels/<channel>/sku-map/<channel SKU>). The hash wins over the file for a channel SKU
+it lists. Both map channel SKU -> canonical; the worker needs the reverse. If several channel SKUs map to
+one canonical SKU, an edited one wins over the file's, then the smallest name (so every worker picks the
+same). The worker loads the hash on start and again every worker.sku_map_refresh_ms; refresh() returns
+the canonical SKUs whose channel name changed, which the worker pushes again (the newly mapped listing
+must get the current quantity, not wait for the next sale).
+"""
+
+from __future__ import annotations
+
+from stocksync.channels import ChannelConfig
+from stocksync.connection import AnyRedis
+from stocksync.keys import Keys
+
+
+class ChannelSkus:
+    def __init__(self, redis: AnyRedis, keys: Keys, config: ChannelConfig) -> None:
+        self.redis, self.key, self.config = redis, keys.sku_map(config.name), config
+        self.edited: dict[str, str] = {}  # the hash as last read: channel SKU -> canonical
+        self.reverse: dict[str, str] = self._reverse({})
+        self.loaded = False
+
+    def channel_sku(self, canonical: str) -> str:
+        return self.reverse.get(canonical, canonical)
+
+    def _reverse(self, edited: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        merged = {**self.config.sku_map, **edited}
+        for theirs in sorted(merged, key=lambda t: (t not in edited, t)):
+            out.setdefault(merged[theirs], theirs)
+        return out
+
+    async def refresh(self) -> set[str]:
+        """Read the hash again; answer the canonical SKUs whose channel SKU changed (none on the first load)."""
+        raw = await self.redis.hgetall(self.key)
+        edited = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                  for k, v in raw.items()}
+        if edited == self.edited and self.loaded:
+            return set()
+        reverse = self._reverse(edited)
+        changed = set() if not self.loaded else {
+            sku for sku in set(reverse) | set(self.reverse) if reverse.get(sku, sku) != self.reverse.get(sku, sku)}
+        self.edited, self.reverse, self.loaded = edited, reverse, True
+        return changed
