@@ -74,3 +74,15 @@ async def wait_for(condition: Callable[[], object], seconds: float = 15.0, what:
 
 def versions_monotonic(history: list[int]) -> bool:
     return all(a <= b for a, b in zip(history, history[1:], strict=False))
+
+
+def in_version_order(history, sequence) -> bool:
+    """history (quantities a channel accepted) is a subsequence of sequence (the listed quantity at each
+    version, in version order): no push carried an older version after a newer one."""
+    i = 0
+    for q in history:
+        while i < len(sequence) and sequence[i] != q:
+            i += 1
+        if i == len(sequence):
+            return False
+    return True

@@ -11,7 +11,7 @@ import pytest
 from consumers.dlq import list_dead_letters, replay
 from consumers.options import WorkerOptions
 from consumers.status import channel_status
-from consumers.testing import SIM_CLASSES, config, use_simulator_credentials, wait_for
+from consumers.testing import SIM_CLASSES, config, in_version_order, use_simulator_credentials, wait_for
 from consumers.worker import ChannelWorker
 from stocksync.channels import Rules
 from stocksync.simulators import serve
@@ -93,18 +93,6 @@ def opts(**kw) -> WorkerOptions:
                 breaker_open_ms=200, breaker_max_open_ms=400, trim_interval_ms=0, heartbeat_ms=200)
     base.update(kw)
     return WorkerOptions(**base)
-
-
-def in_version_order(history, sequence) -> bool:
-    """history (quantities a channel accepted) is a subsequence of sequence (the listed quantity at each
-    version, in version order): no push carried an older version after a newer one."""
-    i = 0
-    for q in history:
-        while i < len(sequence) and sequence[i] != q:
-            i += 1
-        if i == len(sequence):
-            return False
-    return True
 
 
 async def listed_by_version(store, sku, rules):

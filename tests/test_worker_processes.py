@@ -13,7 +13,14 @@ import orjson
 import pytest
 
 from consumers.status import channel_status
-from consumers.testing import SIM_CLASSES, config, toml_channel, use_simulator_credentials, wait_for
+from consumers.testing import (
+    SIM_CLASSES,
+    config,
+    in_version_order,
+    toml_channel,
+    use_simulator_credentials,
+    wait_for,
+)
 from stocksync.simulators import serve
 
 CHANNELS = ("shopify", "amazon", "flipkart")
@@ -85,16 +92,6 @@ async def pending_of(store, consumer) -> dict[str, int]:
         consumers = await store.redis.xinfo_consumers(store.keys.events(0), name)
         out[name] = next((c["pending"] for c in consumers if c["name"] == consumer), 0)
     return out
-
-
-def in_version_order(history, sequence) -> bool:
-    i = 0
-    for q in history:
-        while i < len(sequence) and sequence[i] != q:
-            i += 1
-        if i == len(sequence):
-            return False
-    return True
 
 
 async def test_a_worker_killed_mid_batch_is_reclaimed_by_another_and_every_channel_converges(store, sims, cfg_file):
