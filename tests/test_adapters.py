@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 
@@ -10,7 +9,7 @@ import pytest
 
 from consumers.adapters import PermanentError, TransientError, Update, make_adapter
 from consumers.adapters.base import retry_after_s
-from consumers.testing import SIM_CLASSES, SIMULATOR_ENV, config, use_simulator_credentials
+from consumers.testing import SIM_CLASSES, SIMULATOR_ENV, config, use_simulator_credentials, wait_for
 from stocksync.simulators import serve
 
 
@@ -77,19 +76,21 @@ async def test_shopify_retry_after_a_timeout_reuses_the_key_and_a_failed_attempt
     async with adapter:
         assert (await adapter.push([up("K", 1, 1)]))[0].ok
         sim.set_faults(latency_ms=600)
+        answered = len(sim.calls)
         with pytest.raises(TransientError) as e:  # sent, no answer: Shopify applies it meanwhile
             await adapter.push([up("K", 0, 2)])
         assert e.value.ambiguous
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: len(sim.calls) > answered, what="the abandoned call to be applied")
         sim.set_faults(latency_ms=0)
         assert (await adapter.push([up("K", 0, 2)]))[0].ok  # the retry: same input, same key
         assert sim.calls[-1].items[0]["result"] == "replayed" and sim.quantities["K"] == 0
         # an attempt that failed under its key: the retry hears IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED and sends
         # again under a fresh key instead of dead-lettering the batch
         sim.set_faults(latency_ms=600, reject_skus={"K"})
+        answered = len(sim.calls)
         with pytest.raises(TransientError):
             await adapter.push([up("K", 5, 3)])
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: len(sim.calls) > answered, what="the abandoned call to fail")
         sim.set_faults(latency_ms=0, reject_skus=set())
         [res] = await adapter.push([up("K", 5, 3)])
         assert res.ok and sim.quantities["K"] == 5

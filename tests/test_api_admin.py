@@ -7,6 +7,7 @@ import asyncio
 import orjson
 import pytest
 
+from consumers.testing import wait_for
 from stocksync import functions
 
 from .apihelp import ENV as API_ENV
@@ -115,11 +116,17 @@ async def test_batch_import(settings, store):
     assert (await store.get("S299")).available == 299 and (await store.get("S1")).version == 1
 
 
+async def _blocked_in_xread(store) -> bool:
+    return any(c.get("cmd") in ("xread", "xreadgroup") for c in await store.redis.client_list())
+
+
 async def test_events_sse_and_resume(settings, store):
     await store.set("A", 10, source="test")
     async with running(api_settings(settings, sse_keepalive_s=0.2)) as client:
         task = asyncio.create_task(client.get("/v1/events?limit=2", headers=auth(key=False)))
-        await asyncio.sleep(0.3)  # the stream starts from now: the set above is not in it
+        # the stream starts from now (the set above is not in it): wait until it is reading
+        await wait_for(lambda: _blocked_in_xread(store), what="the SSE stream to start reading")
+        await asyncio.sleep(0.3)  # the behaviour under test: a quiet stream sends a keepalive every 0.2 s
         await store.adjust("A", -1, source="test")
         await store.adjust("A", -2, source="test")
         r = await task

@@ -117,13 +117,19 @@ async def test_timed_out_push_applied_late_does_not_overwrite_newer(store):
             sim.set_faults(latency_ms=1200)
             calls = worker.adapter.calls
             await store.decrement("L", 1, ref="o-1", source="amazon")  # v2: 9
+            arrived = sim.arrivals
             await wait_for(lambda: worker.adapter.calls > calls, what="the push of 9 to start")
-            await asyncio.sleep(0.1)  # the request reached the simulator (its delay is drawn on arrival)
+            # its delay is drawn on arrival: wait until it has arrived before lowering the latency
+            await wait_for(lambda: sim.arrivals > arrived, what="the push of 9 to reach the API")
             sim.set_faults(latency_ms=0)
             await store.decrement("L", 1, ref="o-2", source="amazon")  # v3: 8
             await wait_for(lambda: 8 in sim.history("L"), what="the push of 8")
-            await asyncio.sleep(1.5)  # traffic stopped; the abandoned request lands meanwhile
-            assert sim.history("L")[-1] == 8, f"channel history {sim.history('L')}: canonical is 8"
+            # traffic stopped; the abandoned 9 lands late, and the channel must hear the current 8 after it
+            def late_9_then_8():
+                h = sim.history("L")
+                return 9 in h and 8 in h[h.index(9) + 1:] and h[-1] == 8
+
+            await wait_for(late_9_then_8, seconds=15, what="the late 9, then 8 again")
         finally:
             worker.stop()
             await task

@@ -337,6 +337,7 @@ class Simulator:
 
         async def run(request: Request) -> Response:
             body = await request.body()
+            self.arrivals += 1
             delay = self._delay_s()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -413,6 +414,9 @@ class Simulator:
             self._latency_rng = random.Random(faults.seed + 1)
 
     def _clear(self) -> None:
+        # Requests whose body has arrived, answered or not yet (calls are recorded when answered): a test
+        # waits on this to know a slow request has reached the API.
+        self.arrivals = 0
         self._calls: list[Call] = []
         self._quantities: dict[str, int] = {}
         self._history: dict[str, list[int]] = {}
