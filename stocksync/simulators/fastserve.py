@@ -13,6 +13,14 @@ response shapes, the latency, the faults, the rate limit and the call record are
         ...
 
 ``python -m stocksync.simulators amazon --server aiohttp`` serves it by hand.
+
+The Amazon simulator's listing operations (PATCH and GET on ``/listings/2021-08-01/items/...``, one SKU
+a call, so about 1,000 calls/s in the benchmark) skip the ASGI bridge and Starlette's middleware and
+routing: a plain aiohttp handler hands a small request view to the very same pipeline
+(``Simulator.endpoint``: latency, outage, auth, rate limit, injected errors, parse, handler, call
+record, all under the simulator's lock) and the same parser and handler, and writes the Starlette
+response they return. Same shapes, same record; about 0.35 ms less CPU a call here. Every other
+request (control endpoints, other paths and methods) goes through the bridge as before.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 
 def _bridge(asgi: Any) -> Any:
@@ -78,11 +87,81 @@ def _bridge(asgi: Any) -> Any:
     return handle
 
 
+class _URL:
+    __slots__ = ("path", "query")
+
+    def __init__(self, path: str, query: str) -> None:
+        self.path, self.query = path, query
+
+
+class _Headers(CIMultiDictProxy):
+    """Starlette's Headers as the simulators use them: case-insensitive get, lower-case items()."""
+
+    def items(self):  # type: ignore[override]
+        return [(k.lower(), v) for k, v in super().items()]
+
+
+class _Request:
+    """What the simulators' parsers, handlers and pipeline read of a Starlette Request."""
+
+    __slots__ = ("_request", "method", "url", "headers", "query_params", "path_params", "_body")
+
+    def __init__(self, request: web.Request, path_params: dict[str, str]) -> None:
+        self._request = request
+        self.method = request.method
+        self.url = _URL(request.path, request.query_string)
+        self.headers = _Headers(CIMultiDict(request.headers))
+        self.query_params = dict(request.query.items())  # the last of repeated keys, as Starlette
+        self.path_params = path_params
+        self._body: bytes | None = None
+
+    async def body(self) -> bytes:
+        if self._body is None:
+            self._body = await self._request.read()
+        return self._body
+
+
+def _to_aiohttp(response: Any) -> web.Response:
+    """A Starlette Response (status, body, raw headers) as an aiohttp one."""
+    out = web.Response(status=response.status_code, body=response.body)
+    for k, v in response.raw_headers:
+        if k != b"content-length":
+            out.headers.add(k.decode("latin-1"), v.decode("latin-1"))
+    return out
+
+
+def _amazon_fast(sim: Any, bridge: Any) -> Any:
+    """The bridge, with the Amazon listing operations served straight from the simulator's pipeline."""
+    from .amazon import API_PREFIX
+
+    prefix = API_PREFIX + "/"
+    patch = sim.endpoint(sim._parse_patch, sim._handle_patch)
+    get = sim.endpoint(sim._parse_get, sim._handle_get)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        method = request.method
+        if path.startswith(prefix) and method in ("PATCH", "GET"):
+            # Starlette's route API_PREFIX/{seller_id}/{sku:path}: a non-empty seller id, then any SKU
+            seller_id, slash, sku = path[len(prefix):].partition("/")
+            if seller_id and slash:
+                run = patch if method == "PATCH" else get
+                return _to_aiohttp(await run(_Request(request, {"seller_id": seller_id, "sku": sku})))
+        return await bridge(request)
+
+    return handle
+
+
 @contextmanager
 def serve_aiohttp(app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout: float = 10.0) -> Iterator[str]:
     """Like ``base.serve()`` (an ASGI app or a simulator, a background thread with its own event
     loop, a free port with port 0), with aiohttp.web as the HTTP server."""
     asgi = getattr(app, "app", app)
+    handler = _bridge(asgi)
+    from .amazon import AmazonSim
+
+    if isinstance(app, AmazonSim):
+        handler = _amazon_fast(app, handler)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -93,7 +172,7 @@ def serve_aiohttp(app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout: 
     state: dict[str, Any] = {}
 
     async def start() -> None:
-        server = web.Server(_bridge(asgi), access_log=None)
+        server = web.Server(handler, access_log=None)
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         site = web.SockSite(runner, sock)
