@@ -34,19 +34,28 @@ class AmazonAdapter(Adapter):
         self.marketplace_id = str(opts.get("marketplace_id", "ATVPDKIKX0DER"))
         self.product_type = str(opts.get("product_type", "PRODUCT"))
         self.channel_code = str(opts.get("fulfillment_channel_code", "DEFAULT"))
+        # per call only the SKU and the quantity change: the rest of the URL and body is built once
+        self._url_head = f"{self.config.url}{API}/{quote(self.seller_id, safe='')}/"
+        self._url_tail = f"?marketplaceIds={self.marketplace_id}"
+        head = json_body({"productType": self.product_type, "patches": [{"op": "replace", "path": ATTRIBUTE,
+                          "value": [{"fulfillment_channel_code": self.channel_code, "quantity": 0}]}]})
+        self._body_head, self._body_tail = head.split(b'"quantity":0', 1)
+        self._body_head += b'"quantity":'
+        self._headers: dict[str, str] = {}
+
+    def headers(self) -> dict[str, str]:
+        """The call's headers; the token is read every call (it may be rotated) and the dict reused."""
+        token = self.config.secret("access_token")
+        if self._headers.get("x-amz-access-token") != token:
+            self._headers = {"x-amz-access-token": token, "Content-Type": "application/json"}
+        return self._headers
 
     async def push_batch(self, updates: list[Update], deadline: float | None) -> list[Result]:
         (u,) = updates
-        url = (f"{self.config.url}{API}/{quote(self.seller_id, safe='')}/{quote(u.channel_sku, safe='')}"
-               f"?marketplaceIds={self.marketplace_id}")
-        body = json_body({
-            "productType": self.product_type,
-            "patches": [{"op": "replace", "path": ATTRIBUTE,
-                         "value": [{"fulfillment_channel_code": self.channel_code, "quantity": u.quantity}]}],
-        })
-        headers = {"x-amz-access-token": self.config.secret("access_token"), "Content-Type": "application/json"}
+        url = self._url_head + quote(u.channel_sku, safe="") + self._url_tail
+        body = b"%s%d%s" % (self._body_head, int(u.quantity), self._body_tail)
         try:
-            _, data = await self.request("PATCH", url, body=body, headers=headers, deadline=deadline)
+            _, data = await self.request("PATCH", url, body=body, headers=self.headers(), deadline=deadline)
         except PermanentError as e:
             return [Result.failed(u.sku, str(e), permanent=True)]
         if not isinstance(data, dict):
