@@ -119,7 +119,7 @@ redis.register_function('bench_noop', noop)
 
 # Text substitutions on the real library that take one part out. If the library changes so that a
 # pattern no longer matches, that variant is skipped (and said so), the rest still runs.
-NO_RECORD = [("if redis.call('SET', idem_key, record, 'NX', 'EX', IDEM_TTL_S) then", "if true then")]
+NO_RECORD = [("if redis.call('SET', idem_key, record, 'NX', 'EX', IDEM_TTL_ARG) then", "if true then")]
 NO_VALIDATION = [
     ("local sku, source, ref = mutation(keys, args)\n  local qty = integer(args[1], 'qty', 1, MAX_QTY)",
      "local sku, source, ref = string.match(keys[1], ':sku:(.+)$'), args[2], args[3]\n"
