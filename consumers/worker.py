@@ -5,8 +5,12 @@ One ChannelWorker per channel (a process may run several; several processes of o
 streams as consumers of the same group). Tasks of a ChannelWorker:
 
 * a reader per partition: XREADGROUP (its own pending entries first, after a restart under the same
-  consumer name), into the Coalescer; it stops pulling while the circuit is not closed or the worker
-  holds max_pending entries;
+  consumer name), into the Coalescer; it stops pulling while the circuit is not closed. At max_pending
+  held entries it keeps reading new entries (an urgent change must not sit unread behind a backlog) but
+  holds only those of an urgent or already held SKU; the others stay pending under this consumer and
+  unacknowledged, and the reader reads them again from its pending list (history from a per-partition
+  cursor, count limited to the room left) once below max_pending. Past twice max_pending (entries of
+  held or urgent SKUs) it stops reading altogether, so memory stays bounded;
 * the dispatcher: hands the most urgent ready SKUs, batch_size at a time, to push tasks, at most
   max_in_flight at once, so reads keep flowing while pushes are in flight;
 * a push (stocksync_push_claim, the adapter call, stocksync_push_done): lease the SKUs, read the current
@@ -19,7 +23,9 @@ streams as consumers of the same group). Tasks of a ChannelWorker:
   quantity is pushed again recheck_ms later even if the channel has that version, since the abandoned
   request may land after a newer push. Channel SKU names come from ChannelSkus (the admin API's map,
   then the config file's);
-* housekeeping: XAUTOCLAIM of entries idle past reclaim_idle_ms (a dead consumer's), removal of
+* housekeeping: XAUTOCLAIM of entries idle past reclaim_idle_ms when another consumer of the group has
+  pending entries and has not read for that long (a dead one's; live consumers, this one included, are
+  left alone, so the entries one defers at max_pending are not delivered again and again), removal of
   consumers idle with nothing pending, the trimmer, a heartbeat in <prefix>:status:<channel>, and a
   refresh of the SKU map (a SKU whose channel name changed is pushed again).
 """
@@ -97,6 +103,10 @@ class ChannelWorker:
         self._stopping = asyncio.Event()
         self._pushes: set[asyncio.Task] = set()
         self._accepted: dict[str, tuple[int, int]] = {}  # sku -> (version, ms), for on_accept of skipped entries
+        # partition -> a history cursor: our pending entries after it may not be held (deferred at
+        # max_pending, or from a previous life under this name: "0" at start); absent: all are held
+        self._resume: dict[int, str] = {p: "0" for p in range(keys.partitions)}
+        self._hard_cap = 2 * self.options.max_pending  # held entries past which reads stop
         self.started = asyncio.Event()
 
     # ----- ordering --------------------------------------------------------------------------------
@@ -145,7 +155,7 @@ class ChannelWorker:
         self._stopping.set()
 
     def _update_gates(self) -> None:
-        if self.breaker.state == CLOSED and len(self.coalescer) < self.options.max_pending:
+        if self.breaker.state == CLOSED and len(self.coalescer) < self._hard_cap:
             self._pull_ok.set()
         else:
             self._pull_ok.clear()
@@ -153,16 +163,20 @@ class ChannelWorker:
     # ----- reading -----------------------------------------------------------------------------------
 
     async def _reader(self, p: int) -> None:
-        stream, last, failures = self.keys.events(p), "0", 0
+        stream, failures, o = self.keys.events(p), 0, self.options
         while not self._stopping.is_set():
             if not self._pull_ok.is_set():
                 await self._wait(self._pull_ok, 0.5)
                 self._update_gates()
                 continue
+            room = o.max_pending - len(self.coalescer)
+            resume = self._resume.get(p)
+            history = resume is not None and room > 0  # our own pending entries not held (deferred, or a previous life's)
             try:
                 reply = await self.redis.xreadgroup(
-                    self.channel, self.consumer, {stream: last}, count=self.options.read_count,
-                    block=self.options.block_ms if last == ">" else None)
+                    self.channel, self.consumer, {stream: resume if history else ">"},
+                    count=min(o.read_count, room) if history else o.read_count,
+                    block=None if history else o.block_ms)
                 failures = 0
             except RedisError as e:
                 failures += 1
@@ -170,15 +184,18 @@ class ChannelWorker:
                 await self._wait(self._stopping, min(0.1 * 2 ** failures, 5))
                 continue
             entries = reply[0][1] if reply else []
-            if last != ">":  # our own pending entries, from a previous life under this name
-                if not entries:
-                    last = ">"
-                    continue
-                last = entries[-1][0]
+            if history and self._resume.get(p) == resume:  # (unless _take_in moved the cursor back meanwhile)
+                if entries:
+                    self._resume[p] = entries[-1][0]
+                else:
+                    del self._resume[p]
+            if not entries:
+                continue
             try:
                 await self._take_in(p, entries)
             except Exception as e:  # noqa: BLE001 - a reader that dies stops the whole worker
-                # What was not taken in stays pending under our name: reclaim() picks it up once idle.
+                # What was not taken in stays pending under our name: read again from our pending list.
+                self._defer(p, entries[0][0])
                 failures += 1
                 log.exception("%s: taking in %d entries of %s failed; going on", self.channel, len(entries), stream)
                 self.last_error = f"{type(e).__name__}: {e}"[:300]
@@ -186,10 +203,18 @@ class ChannelWorker:
 
     async def _take_in(self, p: int, entries: list, deliveries: dict[str, int] | None = None) -> None:
         """Hold the entries for pushing. A Redis error while dead-lettering one entry or acknowledging the
-        deleted ones is logged and skipped: those entries stay pending (reclaim() takes them again once
-        idle), and the rest of the batch is still taken in."""
-        junk = []
+        deleted ones is logged and skipped: those entries stay pending under this consumer (the reader reads
+        them again from its pending list), and the rest of the batch is still taken in. At max_pending only
+        entries of urgent or held SKUs are taken in, the others are deferred the same way."""
+        junk, deferred, o = [], 0, self.options
         for entry_id, fields in entries:
+            held = len(self.coalescer)
+            if held >= o.max_pending and (held >= self._hard_cap or entry_id in self.coalescer):
+                # at the hard cap nothing more is held; (an entry held already is not deferred either)
+                if entry_id not in self.coalescer:
+                    deferred += 1
+                    self._defer(p, entry_id)
+                continue
             e = groups.parse(p, entry_id, fields)
             if e is None:
                 if fields:  # not a stock event: keep it for an operator
@@ -198,6 +223,7 @@ class ChannelWorker:
                                                  "malformed", 0, f"fields {sorted(fields)}", [entry_id])
                     except RedisError as err:
                         self._take_in_failed("dead-lettering malformed entry " + entry_id, err)
+                        self._defer(p, entry_id)
                 else:  # deleted from the stream: nothing to push
                     junk.append(entry_id)
                 continue
@@ -207,20 +233,37 @@ class ChannelWorker:
                                             "delivered too often (consumers died handling it?)")
                 except RedisError as err:
                     self._take_in_failed("dead-lettering entry " + entry_id, err)
+                    self._defer(p, entry_id)
+                continue
+            if held >= o.max_pending and e.sku not in self.coalescer.work and not self._urgent(e):
+                # at max_pending only urgent SKUs and those held already (coalesced into them) are taken
+                # in; this one stays pending, unacknowledged, and is read again once there is room
+                deferred += 1
+                self._defer(p, entry_id)
                 continue
             self.coalescer.add(e)
+        if deferred:
+            self.stats["deferred"] += deferred
         if junk:
             try:
                 await self.redis.xack(self.keys.events(p), self.channel, *junk)
             except RedisError as err:
                 self._take_in_failed(f"acknowledging {len(junk)} deleted entries", err)
+                self._defer(p, junk[0])
         self._update_gates()
         self._launch()
+
+    def _defer(self, p: int, entry_id: str) -> None:
+        """entry_id, pending under this consumer, is not held: move p's history cursor to just before it."""
+        before = _id_before(entry_id)
+        cursor = self._resume.get(p)
+        if cursor is None or _id_tuple(before) < _id_tuple(cursor):
+            self._resume[p] = before
 
     def _take_in_failed(self, what: str, error: RedisError) -> None:
         self.stats["take_in_errors"] += 1
         self.last_error = f"{self.channel}: {what} failed: {error}"[:300]
-        log.warning("%s: %s failed (%s); it stays pending and is reclaimed later", self.channel, what, error)
+        log.warning("%s: %s failed (%s); it stays pending and is read again later", self.channel, what, error)
 
     # ----- dispatching -------------------------------------------------------------------------------
 
@@ -419,8 +462,24 @@ class ChannelWorker:
             self.last_push_ms = int(time.time() * 1000)
         elif probe:  # nothing was called: the probe has not told us anything
             self.breaker.probing = False
+        late: dict[int, list[str]] = collections.defaultdict(list)
+        acked: dict[int, set[str]] = {}
         for w, covered, retry_at, drop in settle:
-            self.coalescer.settle(w, covered, retry_at=retry_at, drop=drop)
+            gone = self.coalescer.settle(w, covered, retry_at=retry_at, drop=drop)
+            if covered is not None:
+                done_ids = acked.setdefault(w.partition, set(acks[w.partition]))
+                late[w.partition] += [e.id for e in gone if e.id not in done_ids]
+        # entries taken in while the push was being recorded, at or below the version the channel now has
+        # (the pushed version is the store's, newer than the entries read): acknowledge them too
+        for p, ids in late.items():
+            if not ids:
+                continue
+            try:
+                await self.redis.xack(self.keys.events(p), self.channel, *ids)
+            except RedisError as e:
+                log.warning("%s: acknowledging %d covered entries failed (%s); read again later", self.channel,
+                            len(ids), e)
+                self._defer(p, min(ids, key=_id_tuple))
 
     async def _dead_letter(self, sku: str, p: int, entries: list[Entry], reason: str, attempts: int, error: str) -> None:
         version = max((e.version for e in entries), default=0)
@@ -485,9 +544,12 @@ class ChannelWorker:
             await self._wait(self._stopping, max(min(due.values()) - time.monotonic(), 0.005))
 
     async def reclaim(self) -> int:
-        """Claim entries idle past reclaim_idle_ms from any consumer of the group (a dead one's)."""
+        """Claim entries idle past reclaim_idle_ms from the group's consumers when one of the others looks
+        dead (pending entries, no read for reclaim_idle_ms)."""
         total = 0
         for p in range(self.keys.partitions):
+            if not await self._anyone_dead(p):
+                continue
             claimed, deleted = await groups.autoclaim(self.redis, self.keys, p, self.channel, self.consumer,
                                                       self.options.reclaim_idle_ms)
             if deleted:
@@ -502,6 +564,14 @@ class ChannelWorker:
             log.info("%s: reclaimed %d idle entries of partition %d", self.channel, len(fresh), p)
             await self._take_in(p, fresh, counts)
         return total
+
+    async def _anyone_dead(self, p: int) -> bool:
+        """Whether another consumer of the group has pending entries on p and has not read for
+        reclaim_idle_ms (a live one reads at least every block_ms, even while holding max_pending)."""
+        for c in await self.redis.xinfo_consumers(self.keys.events(p), self.channel):
+            if c["name"] != self.consumer and int(c["pending"]) and int(c["idle"]) >= self.options.reclaim_idle_ms:
+                return True
+        return False
 
     def status(self) -> dict:
         return {
@@ -520,3 +590,16 @@ class ChannelWorker:
             await asyncio.wait_for(event.wait(), seconds)
         except TimeoutError:
             pass
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _id_before(entry_id: str) -> str:
+    """The stream ID just before entry_id (a history read from it starts at entry_id)."""
+    ms, seq = _id_tuple(entry_id)
+    if seq:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-18446744073709551615" if ms else "0"

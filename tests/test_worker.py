@@ -278,3 +278,30 @@ async def test_a_sku_map_edited_while_running_is_pushed_under_the_new_name(store
         await wait_for(lambda: sim.quantities.get("CH-M") == 4, what="the push under the edited name")
         await store.decrement("M", 1, ref="o-m", source="test")
         await wait_for(lambda: sim.quantities.get("CH-M") == 3, what="the next change under the edited name")
+
+
+async def test_a_drop_to_zero_jumps_a_backlog_larger_than_max_pending(store, fresh):
+    """A rate-limited channel holding its maximum of entries still reads on: the urgent change is taken in
+    past the backlog and pushed next; the deferred entries are read again later and everything converges."""
+    sim = fresh["amazon"][0]
+    sim.set_faults(rate_limit=20, burst=5)
+    skus = [f"B-{i}" for i in range(160)]  # 160 one-SKU calls at 20/s: an 8 s backlog
+    for sku in skus:
+        await store.set(sku, 40)  # 0 -> 40: not urgent
+    async with Running(store, fresh, ["amazon"], opts(max_pending=20, read_count=50),
+                       amazon={"rate_limit": 20, "burst": 5}) as run:
+        worker = run.worker("amazon")
+        await wait_for(lambda: worker.stats["accepted"] >= 5 and worker.stats["deferred"], 10, "the backlog under way")
+        assert len(sim.history(skus[-1])) == 0, "the backlog drained before the drop"
+        t0 = asyncio.get_running_loop().time()
+        await store.decrement(skus[-1], 40, ref="drop-to-0", source="shopify")
+        await wait_for(lambda: 0 in sim.history(skus[-1]), 2.0, "the drop to 0 pushed ahead of the backlog")
+        waited = asyncio.get_running_loop().time() - t0
+        listed = sum(1 for sku in skus if sim.quantities.get(sku) == 40)
+        assert listed < len(skus) - 40, f"pushed after {waited:.2f} s, behind {listed} of the backlog"
+        assert len(worker.coalescer) <= 2 * 20
+        await wait_for(lambda: run.converged(skus), 30, "every SKU listed after the backlog")
+        await wait_for(lambda: all_acknowledged(store, ["amazon"]), 10, "every entry acknowledged")
+        for sku in skus:
+            assert in_version_order(sim.history(sku), await listed_by_version(store, sku, Rules())), sku
+        assert sim.history(skus[-1])[-1] == 0
