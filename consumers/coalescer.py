@@ -94,6 +94,11 @@ class Coalescer:
             self._queue(w)
         return True
 
+    def is_urgent(self, sku: str) -> bool:
+        """Whether sku is held with an urgent entry."""
+        w = self.work.get(sku)
+        return w is not None and w.urgency == URGENT
+
     def recheck(self, sku: str, partition: int, at: float) -> None:
         """Push sku's current quantity at `at` (monotonic) even if the channel has its version already."""
         w = self.work.get(sku)

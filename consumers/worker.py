@@ -7,10 +7,10 @@ streams as consumers of the same group). Tasks of a ChannelWorker:
 * a reader per partition: XREADGROUP (its own pending entries first, after a restart under the same
   consumer name), into the Coalescer; it stops pulling while the circuit is not closed. At max_pending
   held entries it keeps reading new entries (an urgent change must not sit unread behind a backlog) but
-  holds only those of an urgent or already held SKU; the others stay pending under this consumer and
+  holds only urgent entries and those of SKUs held as urgent; the others stay pending under this consumer and
   unacknowledged, and the reader reads them again from its pending list (history from a per-partition
-  cursor, count limited to the room left) once below max_pending. Past twice max_pending (entries of
-  held or urgent SKUs) it stops reading altogether, so memory stays bounded;
+  cursor, count limited to the room left) once below max_pending. Past twice max_pending (urgent
+  entries) it stops reading altogether, so memory stays bounded;
 * the dispatcher: hands the most urgent ready SKUs, batch_size at a time, to push tasks, at most
   max_in_flight at once, so reads keep flowing while pushes are in flight;
 * a push (stocksync_push_claim, the adapter call, stocksync_push_done): lease the SKUs, read the current
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 LEASE_MARGIN_S = 0.25  # a call must end this long before the lease does
 CONTENDED_RETRY_S = 0.02  # another consumer holds the SKU's lease: look again after this
+LIMITER_QUEUE_S = 0.25  # at most this much of the rate limit's worth of pushes handed to the adapter at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,9 +236,12 @@ class ChannelWorker:
                     self._take_in_failed("dead-lettering entry " + entry_id, err)
                     self._defer(p, entry_id)
                 continue
-            if held >= o.max_pending and e.sku not in self.coalescer.work and not self._urgent(e):
-                # at max_pending only urgent SKUs and those held already (coalesced into them) are taken
-                # in; this one stays pending, unacknowledged, and is read again once there is room
+            if held >= o.max_pending and not self._urgent(e) and not self.coalescer.is_urgent(e.sku):
+                # at max_pending only urgent entries, and those of SKUs held as urgent (acknowledged with
+                # their push), are taken in; this one stays pending, unacknowledged, and is read again once
+                # there is room (a held SKU's push carries the current quantity anyway: the entry is then
+                # acknowledged without a call). Holding every entry of a held SKU instead would fill the
+                # hard cap when most SKUs are held, and stop the reads again.
                 deferred += 1
                 self._defer(p, entry_id)
                 continue
@@ -306,7 +310,7 @@ class ChannelWorker:
     def _start_pushes(self) -> None:
         linger = self.options.linger_ms / 1000 if self.adapter.batch_size > 1 else 0.0
         self._linger_until = None
-        while (self.in_flight < self.adapter.max_in_flight and time.monotonic() >= self.paused_until
+        while (self.in_flight < self._room_in_flight() and time.monotonic() >= self.paused_until
                and self.coalescer.has_ready()):
             if linger and self.in_flight and self.breaker.state == CLOSED:
                 # a call is already under way: let a partial batch fill up for a moment (fewer calls)
@@ -325,6 +329,16 @@ class ChannelWorker:
             task = asyncio.create_task(self._push(batch, probe))
             self._pushes.add(task)
             task.add_done_callback(self._pushes.discard)
+
+    def _room_in_flight(self) -> int:
+        """Pushes that may be under way at once. Behind a client-side rate limit, pushes past what it lets
+        through in the next LIMITER_QUEUE_S would only queue inside the adapter (first come, first
+        served), where an urgent SKU handed out later waits behind them: keep them in the coalescer
+        instead, ranked."""
+        limiter = getattr(self.adapter, "limiter", None)
+        if limiter is None:
+            return self.adapter.max_in_flight
+        return min(self.adapter.max_in_flight, max(2, int(limiter.capacity + limiter.rate * LIMITER_QUEUE_S)))
 
     async def _push(self, batch: list[SkuWork], probe: bool) -> None:
         try:
@@ -382,8 +396,8 @@ class ChannelWorker:
                                       c.version))
 
         results: dict[str, Result] = {}
+        error: PushError | None = None
         if updates:
-            error: PushError | None = None
             try:
                 results = {r.sku: r for r in await self.adapter.push(updates, deadline)}
             except PushError as e:
@@ -409,6 +423,7 @@ class ChannelWorker:
                 self.breaker.success()
 
         closed = self.breaker.state == CLOSED or probe
+        throttled = bool(updates) and isinstance(error, TransientError) and error.throttled
         for u in updates:
             w = works[u.sku]
             r = results.get(u.sku) or Result.failed(u.sku, "the channel did not answer for this SKU", permanent=False)
@@ -431,6 +446,11 @@ class ChannelWorker:
                 release[w.partition].remove(u.sku)
                 w.recheck_at = max(w.recheck_at, time.monotonic() + self.recheck_s)
                 self.stats["unanswered"] += 1
+            elif throttled:
+                # the channel's pace, not this SKU's failure: no attempt counted (no growing backoff, no
+                # dead letter); it is ready again when the channel-wide pause ends, in urgency order
+                settle.append((w, None, max(self.paused_until, time.monotonic() + CONTENDED_RETRY_S), None))
+                continue
             if not r.permanent and closed and not probe:
                 w.attempts += 1
             if not w.entries:  # a recheck alone: retried with backoff, given up after max_attempts
