@@ -3,7 +3,9 @@
     [worker]
     read_count = 500            # entries per XREADGROUP
     block_ms = 1000             # XREADGROUP BLOCK
-    max_pending = 20000         # entries held in memory per channel before reads pause
+    max_pending = 20000         # entries held in memory per channel; past it reads go on but hold only
+                                # urgent entries (the rest stay pending and are read again once there is
+                                # room), and stop at twice it
     lease_ms = 15000            # per-SKU push lease (crash recovery waits at most this long)
     reclaim_idle_ms = 30000     # XAUTOCLAIM entries idle this long (a dead consumer's)
     max_deliveries = 10         # an entry delivered more often goes to the dead-letter stream
