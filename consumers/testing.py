@@ -8,12 +8,13 @@ variables of SIMULATOR_ENV (the simulators' default secrets): call `use_simulato
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from stocksync.channels import ChannelConfig, Rules
-from stocksync.simulators import AmazonSim, FlipkartSim, ShopifySim, WebhookSim
+from stocksync.simulators import AmazonSim, FlipkartSim, ShopifySim, WebhookSim, serve
 
 SIMULATOR_ENV = {
     "TEST_SHOPIFY_TOKEN": "shpat_stocksync_simulator",
@@ -21,6 +22,15 @@ SIMULATOR_ENV = {
     "TEST_FLIPKART_TOKEN": "flipkart-stocksync-simulator",
     "TEST_WEBHOOK_SECRET": "stocksync-webhook-secret",
 }
+
+
+@contextlib.contextmanager
+def serving_simulators() -> Iterator[dict[str, tuple]]:
+    """Every simulator, served on loopback with its default credentials: {name: (simulator, url)}."""
+    use_simulator_credentials()
+    with contextlib.ExitStack() as stack:
+        yield {name: (sim, stack.enter_context(serve(sim))) for name, sim in
+               ((name, cls()) for name, cls in SIM_CLASSES.items())}
 
 
 def use_simulator_credentials(env=os.environ) -> dict[str, str]:

@@ -9,18 +9,18 @@ import pytest
 
 from consumers.adapters import PermanentError, TransientError, Update, make_adapter
 from consumers.adapters.base import retry_after_s
-from consumers.testing import SIM_CLASSES, SIMULATOR_ENV, config, use_simulator_credentials, wait_for
-from stocksync.simulators import serve
+from consumers.testing import (
+    SIMULATOR_ENV,
+    config,
+    serving_simulators,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
 def sims():
-    use_simulator_credentials()
-    sims = {name: cls() for name, cls in SIM_CLASSES.items()}
-    with serve(sims["shopify"]) as s, serve(sims["amazon"]) as a, serve(sims["flipkart"]) as f, \
-            serve(sims["webhook"]) as w:
-        urls = dict(zip(("shopify", "amazon", "flipkart", "webhook"), (s, a, f, w), strict=True))
-        yield {name: (sims[name], urls[name]) for name in urls}
+    with serving_simulators() as running:
+        yield running
 
 
 @pytest.fixture

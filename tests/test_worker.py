@@ -11,22 +11,22 @@ import pytest
 from consumers.dlq import list_dead_letters, replay
 from consumers.options import WorkerOptions
 from consumers.status import channel_status
-from consumers.testing import SIM_CLASSES, config, in_version_order, use_simulator_credentials, wait_for
+from consumers.testing import (
+    config,
+    in_version_order,
+    serving_simulators,
+    wait_for,
+)
 from consumers.worker import ChannelWorker
 from stocksync.channels import Rules
-from stocksync.simulators import serve
 
 CHANNELS = ("shopify", "amazon", "flipkart")
 
 
 @pytest.fixture(scope="module")
 def sims():
-    use_simulator_credentials()
-    sims = {name: cls() for name, cls in SIM_CLASSES.items()}
-    with serve(sims["shopify"]) as s, serve(sims["amazon"]) as a, serve(sims["flipkart"]) as f, \
-            serve(sims["webhook"]) as w:
-        yield {name: (sims[name], url) for name, url in zip(("shopify", "amazon", "flipkart", "webhook"),
-                                                             (s, a, f, w), strict=True)}
+    with serving_simulators() as running:
+        yield running
 
 
 @pytest.fixture

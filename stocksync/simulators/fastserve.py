@@ -40,6 +40,32 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 
+async def run_asgi(asgi: Any, scope: dict[str, Any], body: bytes) -> tuple[int, list, bytes]:
+    """One request, its body already read whole, through an ASGI app: status, headers (less
+    Content-Length, which the server sets), body."""
+    sent_body = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent_body
+        if not sent_body:
+            sent_body = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # a disconnect is never reported: requests are read whole
+        return {"type": "http.disconnect"}
+
+    status, headers, chunks = 500, [], []
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status, headers = message["status"], list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await asgi(scope, receive, send)
+    return status, [(k, v) for k, v in headers if k.lower() != b"content-length"], b"".join(chunks)
+
+
 def _bridge(asgi: Any) -> Any:
     """An aiohttp handler that runs one HTTP request through an ASGI app."""
 
@@ -61,31 +87,10 @@ def _bridge(asgi: Any) -> Any:
             "server": None,
             "client": tuple(peer[:2]) if peer else None,
         }
-        sent_body = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()  # a disconnect is never reported: requests are read whole
-            return {"type": "http.disconnect"}
-
-        status, headers, chunks = 500, [], []
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status, headers
-            if message["type"] == "http.response.start":
-                status, headers = message["status"], message.get("headers", [])
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        await asgi(scope, receive, send)
-        response = web.Response(status=status, body=b"".join(chunks))
+        status, headers, content = await run_asgi(asgi, scope, body)
+        response = web.Response(status=status, body=content)
         for k, v in headers:
-            name = k.decode("latin-1")
-            if name.lower() != "content-length":
-                response.headers.add(name, v.decode("latin-1"))
+            response.headers.add(k.decode("latin-1"), v.decode("latin-1"))
         return response
 
     return handle
@@ -144,27 +149,7 @@ def _plain_server(sim: Any) -> Any:
             "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in raw],
             "server": None, "client": tuple(peer[:2]) if peer else None,
         }
-        sent_body = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()  # a disconnect is never reported: requests are read whole
-            return {"type": "http.disconnect"}
-
-        status, headers, chunks = 500, [], []
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status, headers
-            if message["type"] == "http.response.start":
-                status, headers = message["status"], list(message.get("headers", []))
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        await asgi(scope, receive, send)
-        return status, [(k, v) for k, v in headers if k.lower() != b"content-length"], b"".join(chunks)
+        return await run_asgi(asgi, scope, body)
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
