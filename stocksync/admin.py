@@ -204,19 +204,12 @@ async def batch_set(request: Request) -> Response:
         if expected is not None:
             expected = want_int(expected, f"items[{i}].expected_version", 0, 99_999_999_999)
         items.append((sku, want_int(item.get("available"), f"items[{i}].available", 0), expected))
-    keys = ctx.store.keys
-    async with ctx.store.redis.pipeline(transaction=False) as pipe:
-        for sku, available, expected in items:
-            p, ref = keys.partition(sku), _ref(key, sku)
-            args = [3, keys.sku(sku), keys.events(p), keys.idem(p, ref), available, token.name, ref]
-            pipe.execute_command("FCALL", "stocksync_set", *args, *([expected] if expected is not None else []))
-        replies = await pipe.execute(raise_on_error=False)
+    outcomes = await ctx.store.set_many(items, ref_of=lambda sku: _ref(key, sku), source=token.name)
     results = []
-    for (sku, _, _), reply in zip(items, replies, strict=True):
-        if isinstance(reply, ResponseError):
-            results.append({"sku": sku, "status": "invalid", "message": str(reply)})
+    for (sku, _, _), o in zip(items, outcomes, strict=True):
+        if isinstance(o, Exception):  # refused by the library: that item only
+            results.append({"sku": sku, "status": "invalid", "message": str(o)})
             continue
-        o = Outcome(sku, reply[0], int(reply[1]), int(reply[2]), bool(reply[3]))
         ctx.metrics.outcome("set", o.status, o.replayed)
         results.append(_outcome_doc(o))
     return json_response({"results": results})

@@ -199,19 +199,35 @@ class StockStore:
         )
         return OrderOutcome(status, states, bool(replayed))
 
+    async def _pipelined(self, function: str, calls: list[tuple[str, list]]) -> list[Outcome | Exception]:
+        """One FCALL per (sku, args) in one round trip, each atomic on its own; a refused call's place
+        holds its error (InvalidArgument for a stocksync refusal)."""
+        async with self._gate, self.redis.pipeline(transaction=False) as pipe:
+            for _, args in calls:
+                pipe.execute_command("FCALL", function, *args)
+            replies = await pipe.execute(raise_on_error=False)
+        return [_invalid(reply) if isinstance(reply, ResponseError) else _outcome(sku, reply)
+                for (sku, _), reply in zip(calls, replies, strict=True)]
+
     async def decrement_many(self, items: Iterable[tuple[str, int, str]], *, source: str) -> list[Outcome]:
         """Pipeline one decrement per (sku, qty, ref): one round trip, each call still atomic on its own."""
-        items = list(items)
-        async with self._gate, self.redis.pipeline(transaction=False) as pipe:
-            for sku, qty, ref in items:
-                pipe.execute_command("FCALL", "stocksync_decrement", *self._args(sku, _int(qty), source, ref))
-            replies = await pipe.execute(raise_on_error=False)
-        out = []
-        for (sku, _, _), reply in zip(items, replies, strict=True):
-            if isinstance(reply, ResponseError):
-                raise _invalid(reply)
-            out.append(_outcome(sku, reply))
+        calls = [(sku, self._args(sku, _int(qty), source, ref)) for sku, qty, ref in items]
+        out = await self._pipelined("stocksync_decrement", calls)
+        for o in out:
+            if isinstance(o, Exception):
+                raise o
         return out
+
+    async def set_many(
+        self, items: Iterable[tuple[str, int, int | None]], *, ref_of, source: str
+    ) -> list[Outcome | Exception]:
+        """Pipeline one set per (sku, available, expected_version or None), the reference of each from
+        ref_of(sku); a refused item's place holds its error (InvalidArgument for a stocksync refusal), the others still apply."""
+        calls = []
+        for sku, available, expected in items:
+            args = self._args(sku, _int(available), source, ref_of(sku))
+            calls.append((sku, args if expected is None else [*args, _int(expected)]))
+        return await self._pipelined("stocksync_set", calls)
 
     async def skus(self, partition: int | None = None, count: int = 1000):
         """Yield every SKU (optionally of one partition); SCAN, so safe on a live server."""
