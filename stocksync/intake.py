@@ -324,11 +324,9 @@ class Intake:
         if not calls:
             return results
         # The call StockStore.decrement makes, sent through the batcher (one atomic FCALL per line).
-        keys, commands = self.keys, []
-        for _, line, sku in calls:
-            p, ref = keys.partition(sku), self.take_ref(channel, line)
-            commands.append(("FCALL", "stocksync_decrement", 3, keys.sku(sku, p), keys.events(p), keys.idem(p, ref),
-                             line.qty, channel, ref))
+        command, take_ref = self.store.command, self.take_ref
+        commands = [command("stocksync_decrement", sku, line.qty, channel, take_ref(channel, line))
+                    for _, line, sku in calls]
         outcomes = await self._outcomes([sku for _, _, sku in calls], commands)
         ttl = self.settings.line_ttl_s
         for (result, line, sku), outcome in zip(calls, outcomes, strict=True):
@@ -351,15 +349,11 @@ class Intake:
 
     async def _outcomes(self, skus: list[str], commands: list[tuple]) -> list[Outcome | InvalidArgument]:
         """The replies of stocksync_decrement/adjust calls as Outcomes (a stocksync: error as InvalidArgument)."""
-        outcomes: list = []
-        for sku, reply in zip(skus, await self.batcher.call(commands), strict=True):
-            if isinstance(reply, Exception):
-                text = str(reply)
-                if not text.startswith("stocksync:"):
-                    raise reply
-                outcomes.append(InvalidArgument(text))
-            else:
-                outcomes.append(Outcome(sku, reply[0], int(reply[1]), int(reply[2]), bool(reply[3])))
+        outcomes = [self.store.outcome(sku, reply)
+                    for sku, reply in zip(skus, await self.batcher.call(commands), strict=True)]
+        for outcome in outcomes:
+            if isinstance(outcome, Exception) and not isinstance(outcome, InvalidArgument):
+                raise outcome
         return outcomes
 
     async def _put_back(self, channel: str, late: list[tuple]) -> None:
@@ -442,11 +436,9 @@ class Intake:
                 result.update(status="restocked_already", replayed=replayed)
         if not adjusts:
             return
-        keys, commands = self.keys, []
-        for (_, restock, sku, _, _), units in adjusts:
-            p, ref = keys.partition(sku), self.restock_ref(channel, restock)
-            commands.append(("FCALL", "stocksync_adjust", 3, keys.sku(sku, p), keys.events(p), keys.idem(p, ref),
-                             units, channel, ref))
+        command = self.store.command
+        commands = [command("stocksync_adjust", sku, units, channel, self.restock_ref(channel, restock))
+                    for (_, restock, sku, _, _), units in adjusts]
         outcomes = await self._outcomes([item[2] for item, _ in adjusts], commands)
         for ((result, restock, _, _, _), units), outcome in zip(adjusts, outcomes, strict=True):
             if isinstance(outcome, Exception):

@@ -86,12 +86,7 @@ class OrderOutcome:
         return self
 
 
-def _outcome(sku: str, reply: list) -> Outcome:
-    status, available, version, replayed = reply
-    return Outcome(sku, status, int(available), int(version), bool(replayed))
-
-
-def _invalid(e: ResponseError) -> Exception:
+def _invalid(e: Exception) -> Exception:
     text = str(e)
     return InvalidArgument(text) if text.startswith("stocksync:") else e
 
@@ -135,23 +130,38 @@ class StockStore:
 
     # One SKU ------------------------------------------------------------------------------------------
 
-    def _args(self, sku: str, amount: int, source: str, ref: str) -> list:
+    def command(self, function: str, sku: str, amount: int, source: str, ref: str) -> tuple:
+        """The Redis command of one call of a one-SKU function (stocksync_decrement, _adjust, _set):
+        `("FCALL", function, 3, sku key, events key, reference key, amount, source, ref)`, the one place
+        that lays out their keys and arguments. For callers that send it themselves (the webhook intake
+        batches many); `amount` is passed as it is (check it first), stocksync_set's expected version goes
+        after it. `outcome` reads the reply."""
         if not isinstance(sku, str):
             raise InvalidArgument(f"SKU must be a string, got {type(sku).__name__}")
-        p = self.keys.partition(sku)
-        return [3, self.keys.sku(sku, p), self.keys.events(p), self.keys.idem(p, ref), amount, source, ref]
+        keys = self.keys
+        p = keys.partition(sku)
+        return ("FCALL", function, 3, keys.sku(sku, p), keys.events(p), keys.idem(p, ref), amount, source, ref)
 
-    async def _call(self, function: str, sku: str, args: list) -> Outcome:
-        return _outcome(sku, await self._exec("FCALL", function, *args))
+    @staticmethod
+    def outcome(sku: str, reply: list | Exception) -> Outcome | Exception:
+        """The Outcome of a one-SKU function's reply `[status, available, version, replayed]`; an error
+        reply (as a pipeline returns it) is returned, not raised: InvalidArgument for a stocksync refusal."""
+        if isinstance(reply, Exception):
+            return _invalid(reply)
+        status, available, version, replayed = reply
+        return Outcome(sku, status, int(available), int(version), bool(replayed))
+
+    async def _call(self, sku: str, command: tuple) -> Outcome:
+        return self.outcome(sku, await self._exec(*command))
 
     async def decrement(self, sku: str, qty: int, *, ref: str, source: str) -> Outcome:
         """Take qty units, or nothing (status insufficient). `ref` makes it exactly-once."""
-        return await self._call("stocksync_decrement", sku, self._args(sku, _int(qty), source, ref))
+        return await self._call(sku, self.command("stocksync_decrement", sku, _int(qty), source, ref))
 
     async def adjust(self, sku: str, delta: int, *, ref: str | None = None, source: str = "api") -> Outcome:
         """Add (delta > 0) or remove units. Without a ref, a retry would apply twice."""
         ref = ref or uuid.uuid4().hex
-        return await self._call("stocksync_adjust", sku, self._args(sku, _int(delta), source, ref))
+        return await self._call(sku, self.command("stocksync_adjust", sku, _int(delta), source, ref))
 
     async def set(
         self,
@@ -163,10 +173,10 @@ class StockStore:
         expected_version: int | None = None,
     ) -> Outcome:
         """Set the absolute quantity (creating the SKU); status conflict if expected_version differs."""
-        args = self._args(sku, _int(available), source, ref or uuid.uuid4().hex)
+        command = self.command("stocksync_set", sku, _int(available), source, ref or uuid.uuid4().hex)
         if expected_version is not None:
-            args.append(_int(expected_version))
-        return await self._call("stocksync_set", sku, args)
+            command += (_int(expected_version),)
+        return await self._call(sku, command)
 
     async def get(self, sku: str) -> Stock | None:
         reply = await self._exec("FCALL_RO", "stocksync_get", 1, self.keys.sku(sku))
@@ -199,20 +209,19 @@ class StockStore:
         )
         return OrderOutcome(status, states, bool(replayed))
 
-    async def _pipelined(self, function: str, calls: list[tuple[str, list]]) -> list[Outcome | Exception]:
-        """One FCALL per (sku, args) in one round trip, each atomic on its own; a refused call's place
+    async def _pipelined(self, calls: list[tuple[str, tuple]]) -> list[Outcome | Exception]:
+        """One FCALL per (sku, command) in one round trip, each atomic on its own; a refused call's place
         holds its error (InvalidArgument for a stocksync refusal)."""
         async with self._gate, self.redis.pipeline(transaction=False) as pipe:
-            for _, args in calls:
-                pipe.execute_command("FCALL", function, *args)
+            for _, command in calls:
+                pipe.execute_command(*command)
             replies = await pipe.execute(raise_on_error=False)
-        return [_invalid(reply) if isinstance(reply, ResponseError) else _outcome(sku, reply)
-                for (sku, _), reply in zip(calls, replies, strict=True)]
+        return [self.outcome(sku, reply) for (sku, _), reply in zip(calls, replies, strict=True)]
 
     async def decrement_many(self, items: Iterable[tuple[str, int, str]], *, source: str) -> list[Outcome]:
         """Pipeline one decrement per (sku, qty, ref): one round trip, each call still atomic on its own."""
-        calls = [(sku, self._args(sku, _int(qty), source, ref)) for sku, qty, ref in items]
-        out = await self._pipelined("stocksync_decrement", calls)
+        calls = [(sku, self.command("stocksync_decrement", sku, _int(qty), source, ref)) for sku, qty, ref in items]
+        out = await self._pipelined(calls)
         for o in out:
             if isinstance(o, Exception):
                 raise o
@@ -225,9 +234,9 @@ class StockStore:
         ref_of(sku); a refused item's place holds its error (InvalidArgument for a stocksync refusal), the others still apply."""
         calls = []
         for sku, available, expected in items:
-            args = self._args(sku, _int(available), source, ref_of(sku))
-            calls.append((sku, args if expected is None else [*args, _int(expected)]))
-        return await self._pipelined("stocksync_set", calls)
+            command = self.command("stocksync_set", sku, _int(available), source, ref_of(sku))
+            calls.append((sku, command if expected is None else (*command, _int(expected))))
+        return await self._pipelined(calls)
 
     async def skus(self, partition: int | None = None, count: int = 1000):
         """Yield every SKU (optionally of one partition); SCAN, so safe on a live server."""
