@@ -81,6 +81,16 @@ async def store(settings):
 
 
 @pytest.fixture
+def api_env(monkeypatch):
+    """The environment variables the API settings of tests/apihelp.py name (secrets, tokens); a module
+    that talks to the API uses it with `pytestmark = pytest.mark.usefixtures("api_env")`."""
+    from .apihelp import ENV  # here: the API's imports only for the tests that use it
+
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.fixture
 def sync_redis(redis_url):
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client

@@ -10,15 +10,10 @@ import pytest
 from consumers.testing import wait_for
 from stocksync import functions
 
-from .apihelp import ENV as API_ENV
 from .apihelp import READER, api_settings, auth, running
 from .helpers import snapshot
 
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch):
-    for k, v in API_ENV.items():
-        monkeypatch.setenv(k, v)
+pytestmark = pytest.mark.usefixtures("api_env")
 
 
 async def test_tokens_and_scopes(settings, store, sync_redis):

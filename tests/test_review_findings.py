@@ -23,7 +23,6 @@ from consumers.testing import config, use_simulator_credentials, wait_for
 from consumers.worker import ChannelWorker
 from stocksync.simulators import AmazonSim, ShopifySim, WebhookSim, serve
 
-from .apihelp import ENV as API_ENV
 from .apihelp import (
     amazon_notification,
     api_settings,
@@ -35,11 +34,11 @@ from .apihelp import (
     shopify_order,
 )
 
+pytestmark = pytest.mark.usefixtures("api_env")
+
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch):
-    for k, v in API_ENV.items():
-        monkeypatch.setenv(k, v)
+def _simulator_credentials():
     use_simulator_credentials()
 
 

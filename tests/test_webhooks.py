@@ -10,7 +10,6 @@ import orjson
 import pytest
 import redis.exceptions
 
-from .apihelp import ENV as API_ENV
 from .apihelp import (
     amazon_notification,
     api_settings,
@@ -25,11 +24,7 @@ from .apihelp import (
 )
 from .helpers import snapshot
 
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch):
-    for k, v in API_ENV.items():
-        monkeypatch.setenv(k, v)
+pytestmark = pytest.mark.usefixtures("api_env")
 
 
 async def _available(store, sku: str) -> int:
