@@ -1,4 +1,4 @@
-"""Subcommands of the channel side: `worker`, `dlq list|replay`, `status`.
+"""Subcommands of the channel side: `worker`, `dlq list|replay`, `resync`, `status`.
 
 `register(subparsers)` adds them to stocksync's CLI (stocksync.cli calls it): each sets
 `run(args) -> int` (the exit code) with `sync=True`, the convention of stocksync.cli; the settings are
@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 
 import orjson
 
@@ -19,7 +20,7 @@ from stocksync.channels import load_channels
 from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 
-from . import dlq
+from . import dlq, resync
 from .options import WorkerOptions
 from .runner import run_workers
 from .status import channel_status, format_table
@@ -51,6 +52,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rp.add_argument("--sku", action="append", help="only this SKU (repeatable)")
     rp.add_argument("--id", action="append", help="only this dead-letter entry (repeatable)")
     rp.set_defaults(run=cmd_dlq_replay, sync=True)
+
+    r = subparsers.add_parser("resync", help="push the current quantity of every SKU (or some) to a channel",
+                              description="Push SKUs' current quantity to a channel, whatever it was last "
+                              "sent: after listings were edited by hand on the marketplace, or to fill a "
+                              "new listing. Runs beside the workers (each SKU under its push lease).")
+    r.add_argument("channel")
+    r.add_argument("--sku", action="append", help="only this SKU (repeatable; default: every SKU)")
+    r.add_argument("--missing", action="store_true",
+                   help="only SKUs the channel has not accepted at their current version")
+    r.set_defaults(run=cmd_resync, sync=True)
 
     s = subparsers.add_parser("status", help="per channel: lag, pending, dead letters, last push, circuit")
     s.add_argument("--json", action="store_true")
@@ -123,6 +134,33 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         for sku, error in report.failed.items():
             print(f"failed {sku}: {error}", file=sys.stderr)
         return 0 if report.ok else 1
+
+    return _run(main())
+
+
+def cmd_resync(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        settings = _settings(args)
+        config = _channel(settings, args.channel)
+        shown = [time.monotonic()]
+
+        def progress(report: resync.PushReport) -> None:  # a line a second on stderr: this can take long
+            if time.monotonic() - shown[0] >= 1:
+                shown[0] = time.monotonic()
+                print(f"{report.done + len(report.failed)} SKUs so far: {len(report.pushed)} pushed, "
+                      f"{len(report.failed)} failed", file=sys.stderr)
+
+        async with await StockStore.connect(settings) as store:
+            report = await resync.resync(store.redis, store.keys, config, skus=args.sku, force=not args.missing,
+                                         progress=progress)
+        for sku, error in report.failed.items():
+            print(f"failed {sku}: {error}", file=sys.stderr)
+        unknown = report.gone if args.sku else []  # (a SKU deleted during a full pass is not an error)
+        for sku in unknown:
+            print(f"unknown SKU {sku!r}: nothing pushed", file=sys.stderr)
+        print(f"{args.channel}: {len(report.pushed)} pushed, {len(report.current)} current already, "
+              f"{len(report.busy)} being pushed by a worker, {len(report.gone)} unknown, {len(report.failed)} failed")
+        return 0 if report.ok and not unknown else 1
 
     return _run(main())
 

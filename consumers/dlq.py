@@ -3,17 +3,15 @@
 Each channel has a dead-letter stream per partition, `<tag>:dlq:<channel>`, with one entry per SKU
 moved there (fields sku, version, reason, attempts, error, ids, group, ts), written by
 stocksync_dead_letter atomically with the XACK of the entries. `replay` pushes each listed SKU's
-*current* quantity (not the dead version) through the channel's adapter, and only once the channel
-accepted it removes the dead letters (stocksync_dlq_resolve, which also records the accepted version).
+*current* quantity (not the dead version) through the channel's adapter (resync.Pusher), and only once
+the channel accepted it removes the dead letters (stocksync_dlq_resolve, which also records the accepted
+version).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -22,8 +20,8 @@ from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
 
 from . import ledger
-from .adapters import Adapter, PushError, Update, make_adapter
-from .skumap import ChannelSkus
+from .adapters import Adapter
+from .resync import Pusher, owner_name
 
 log = logging.getLogger(__name__)
 
@@ -69,73 +67,38 @@ class ReplayReport:
 
 
 def replay_owner() -> str:
-    """A lease owner of its own for one replay run (dlq-replay-host-pid-uuid): two replays at once (two
-    operators, a cron) never share a SKU's lease, since the library renews a lease for its own owner."""
-    return f"dlq-replay-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    """A lease owner of its own for one replay run: two replays at once (two operators, a cron) never share
+    a SKU's lease, since the library renews a lease for its own owner."""
+    return owner_name("dlq-replay")
 
 
 async def replay(redis: AnyRedis, keys: Keys, config: ChannelConfig, *, skus: set[str] | None = None,
                  ids: set[str] | None = None, adapter: Adapter | None = None, owner: str | None = None,
                  lease_ms: int = 15000) -> ReplayReport:
-    """Push the current quantity of the dead-lettered SKUs (all, or those of `skus` / dead-letter `ids`).
-    `owner`: the lease owner, by default one drawn for this run (replay_owner())."""
-    owner = owner or replay_owner()
+    """Push the current quantity of the dead-lettered SKUs (all, or those of `skus` / dead-letter `ids`),
+    then remove the dead letters of those the channel accepted (or had at their current version already).
+    `owner`: the lease owner, by default one drawn for this run."""
     report = ReplayReport()
-    own_adapter = adapter is None
-    adapter = adapter or make_adapter(config)
-    try:
-        letters = [d for d in await list_dead_letters(redis, keys, config.name)
-                   if (skus is None or d.sku in skus) and (ids is None or d.id in ids)]
-        by_sku: dict[tuple[int, str], list[str]] = defaultdict(list)
-        for d in letters:
-            by_sku[(d.partition, d.sku)].append(d.id)
-        items = sorted(by_sku)
-        names = ChannelSkus(redis, keys, config)  # channel SKUs as the worker pushes them (edited map first)
-        if items:
-            await names.refresh()
-        for i in range(0, len(items), adapter.batch_size):
-            await _replay_batch(redis, keys, config, adapter, owner, lease_ms, items[i : i + adapter.batch_size],
-                                by_sku, report, names)
-    finally:
-        if own_adapter:
-            await adapter.close()
+    letters = [d for d in await list_dead_letters(redis, keys, config.name)
+               if (skus is None or d.sku in skus) and (ids is None or d.id in ids)]
+    by_sku: dict[tuple[int, str], list[str]] = defaultdict(list)
+    for d in letters:
+        by_sku[(d.partition, d.sku)].append(d.id)
+    if not by_sku:
+        return report
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    for p, sku in sorted(by_sku):
+        by_partition[p].append(sku)
+    async with Pusher(redis, keys, config, adapter=adapter, owner=owner or replay_owner(),
+                      lease_ms=lease_ms) as pusher:
+        size = pusher.adapter.batch_size
+        for p, names in by_partition.items():
+            for i in range(0, len(names), size):
+                pushed = await pusher.push(p, names[i : i + size], force=False)
+                settled = {**pushed.current, **pushed.pushed, **dict.fromkeys(pushed.gone, 0)}
+                for sku, version in settled.items():
+                    await ledger.dlq_resolve(redis, keys, p, config.name, sku, version, by_sku[(p, sku)])
+                    report.resolved.append(sku)
+                report.failed.update(pushed.failed)
+                report.failed.update(dict.fromkeys(pushed.busy, "a worker is pushing this SKU right now; replay again shortly"))
     return report
-
-
-async def _replay_batch(redis, keys, config, adapter, owner, lease_ms, items, by_sku, report, names) -> None:
-    deadline = time.monotonic() + lease_ms / 1000 - 0.25
-    updates, versions, leased = [], {}, defaultdict(list)
-    for p, sku in items:
-        (c,) = await ledger.claim(redis, keys, p, config.name, owner, [sku], lease_ms)
-        if not c.leased:
-            report.failed[sku] = "a worker is pushing this SKU right now; replay again shortly"
-            continue
-        leased[p].append(sku)
-        if c.version is None:  # the SKU is gone: nothing to list; the dead letters go
-            await ledger.dlq_resolve(redis, keys, p, config.name, sku, 0, by_sku[(p, sku)])
-            report.resolved.append(sku)
-        elif c.pushed >= c.version:  # the channel already has the current version
-            await ledger.dlq_resolve(redis, keys, p, config.name, sku, c.pushed, by_sku[(p, sku)])
-            report.resolved.append(sku)
-        else:
-            versions[sku] = (p, c.version)
-            updates.append(Update(sku, names.channel_sku(sku), config.rules.listed(c.available), c.version))
-    try:
-        if updates:
-            try:
-                results = {r.sku: r for r in await adapter.push(updates, deadline)}
-            except PushError as e:
-                for u in updates:
-                    report.failed[u.sku] = str(e)
-                return
-            for u in updates:
-                p, version = versions[u.sku]
-                r = results.get(u.sku)
-                if r is not None and r.ok:
-                    await ledger.dlq_resolve(redis, keys, p, config.name, u.sku, version, by_sku[(p, u.sku)])
-                    report.resolved.append(u.sku)
-                else:
-                    report.failed[u.sku] = r.error if r else "no answer for this SKU"
-    finally:
-        for p, skus in leased.items():
-            await ledger.done(redis, keys, p, config.name, owner, {}, [], skus)

@@ -14,14 +14,38 @@ from .coalescer import Entry
 log = logging.getLogger(__name__)
 
 
-async def ensure_groups(redis: AnyRedis, keys: Keys, channel: str, start_id: str = "0") -> None:
-    """One group per channel, named after it, on every partition's stream (MKSTREAM; BUSYGROUP is fine)."""
+async def ensure_groups(redis: AnyRedis, keys: Keys, channel: str, start_id: str = "0") -> list[int]:
+    """One group per channel, named after it, on every partition's stream (MKSTREAM; BUSYGROUP is fine).
+
+    A group that starts on a stream that no longer holds every change ever added (trimmed or deleted
+    entries, or start_id "$" past existing history) would never hear of the SKUs that did not change
+    since: such a partition is marked for an initial sync (keys.resync) *before* the group is created,
+    so a crash in between leaves the mark, not a group without it. Answers the partitions whose mark is
+    present (new ones, and those of an earlier sync that did not finish)."""
     for p in range(keys.partitions):
+        stream = keys.events(p)
+        if await _needs_sync(redis, stream, channel, start_id):
+            await redis.set(keys.resync(p, channel), start_id)
         try:
-            await redis.xgroup_create(keys.events(p), channel, id=start_id, mkstream=True)
+            await redis.xgroup_create(stream, channel, id=start_id, mkstream=True)
         except ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
+    return [p for p in range(keys.partitions) if await redis.exists(keys.resync(p, channel))]
+
+
+async def _needs_sync(redis: AnyRedis, stream: str, channel: str, start_id: str) -> bool:
+    """Whether a group `channel` created now at start_id would miss changes: it does not exist yet, and
+    the stream has lost entries (entries-added > length; Redis 7+) or the group would skip its history."""
+    try:
+        info = await redis.xinfo_stream(stream)
+    except ResponseError:  # no such stream yet: nothing to miss
+        return False
+    if any(g["name"] == channel for g in await redis.xinfo_groups(stream)):
+        return False
+    length = int(info["length"])
+    added = int(info.get("entries-added", length))
+    return added > length or (start_id != "0" and length > 0)
 
 
 def parse(partition: int, entry_id: str, fields: dict | None) -> Entry | None:

@@ -48,7 +48,7 @@ from stocksync.channels import ChannelConfig
 from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
 
-from . import groups, ledger
+from . import groups, ledger, resync
 from .adapters import Adapter, PushError, Result, TransientError, Update, make_adapter
 from .coalescer import Coalescer, Entry, SkuWork
 from .options import WorkerOptions
@@ -122,11 +122,12 @@ class ChannelWorker:
 
     async def run(self) -> None:
         """Run until stop() (or cancellation); in-flight pushes are allowed to finish."""
-        await groups.ensure_groups(self.redis, self.keys, self.channel, self.options.start_id)
+        unsynced = await groups.ensure_groups(self.redis, self.keys, self.channel, self.options.start_id)
         await self.skus.refresh()
         self._update_gates()
         tasks = [asyncio.create_task(self._reader(p), name=f"read-{self.channel}-{p}")
                  for p in range(self.keys.partitions)]
+        sync = asyncio.create_task(self._initial_sync(unsynced), name=f"sync-{self.channel}") if unsynced else None
         tasks += [asyncio.create_task(self._dispatcher(), name=f"dispatch-{self.channel}"),
                   asyncio.create_task(self._housekeeping(), name=f"housekeeping-{self.channel}")]
         self.started.set()
@@ -139,6 +140,7 @@ class ChannelWorker:
                     raise t.exception()
         finally:
             self._stopping.set()
+            tasks += [sync] if sync else []
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -522,6 +524,45 @@ class ChannelWorker:
         covered = tuple((e.ts_ms, self._urgent(e)) for e in w.entries.values() if e.version <= version)
         if covered:
             self.on_accept(Accepted(self.channel, w.sku, version, quantity if quantity is not None else -1, at, covered))
+
+    # ----- initial sync ------------------------------------------------------------------------------
+
+    async def _initial_sync(self, partitions: list[int]) -> None:
+        """Push every SKU of these partitions that the channel does not have at its current version (the
+        group was created on a stream that no longer holds every change), then delete their marks. It
+        shares the adapter (its rate limit and connections) with the pushes of new changes and runs one
+        batch at a time beside them; a partition where some SKU failed is gone over again later."""
+        for p in partitions:
+            await self._sync_partition(p)
+
+    async def _sync_partition(self, p: int) -> None:
+        delay, last_log = 1.0, time.monotonic()
+
+        def progress(report: resync.PushReport) -> None:
+            nonlocal last_log
+            self.stats["initial_sync"] = report.done
+            if time.monotonic() - last_log >= 10:
+                last_log = time.monotonic()
+                log.info("%s: initial sync of partition %d: %d SKUs pushed, %d current already, %d failed",
+                         self.channel, p, len(report.pushed), len(report.current), len(report.failed))
+
+        while not self._stopping.is_set():
+            try:
+                report = await resync.resync(self.redis, self.keys, self.config, partitions=[p], force=False,
+                                             adapter=self.adapter, progress=progress)
+            except Exception as e:  # noqa: BLE001 - Redis down, an adapter bug: go over it again later
+                log.exception("%s: initial sync of partition %d failed", self.channel, p)
+                report = resync.PushReport(failed={"*": f"{type(e).__name__}: {e}"})
+            if report.ok:
+                await self.redis.delete(self.keys.resync(p, self.channel))
+                log.info("%s: initial sync of partition %d done: %d SKUs pushed, %d current already",
+                         self.channel, p, len(report.pushed), len(report.current))
+                break
+            sku, error = next(iter(report.failed.items()))
+            log.warning("%s: initial sync of partition %d: %d SKUs failed (%s: %s); going over it again in %.0f s",
+                        self.channel, p, len(report.failed), sku, error, delay)
+            await self._wait(self._stopping, delay)
+            delay = min(delay * 2, 60.0)
 
     # ----- housekeeping ------------------------------------------------------------------------------
 

@@ -73,6 +73,11 @@ class Keys:
         """string: the consumer pushing that SKU to that channel right now (a short TTL)."""
         return f"{self.tag(partition)}:lease:{channel}:{sku}"
 
+    def resync(self, partition: int, channel: str) -> str:
+        """string: present while the channel's initial sync of that partition is unfinished (its group was
+        created on a stream that no longer holds every change); the worker deletes it when done."""
+        return f"{self.tag(partition)}:resync:{channel}"
+
     def dlq(self, partition: int, channel: str) -> str:
         return f"{self.tag(partition)}:dlq:{channel}"
 

@@ -1,0 +1,174 @@
+"""Pushing SKUs' current quantity to a channel outside the stream: resync, initial sync, dead-letter replay.
+
+A worker pushes what changes. Some listings need the current quantity without a change to carry it:
+- a channel added to a running deployment, whose group starts on a stream that no longer holds every
+  change (trimmed, or a group created at "$"): the SKUs that did not change since are not listed there
+  until they are pushed once. The worker does that itself when it creates such a group (initial_sync);
+- listings edited by hand on the marketplace, or a channel restored from a backup: `stocksync resync`;
+- dead letters after the cause was fixed: `stocksync dlq replay` (consumers/dlq.py).
+
+Every push here takes the SKU's lease under an owner of its own (never the worker's consumer name: the
+library renews a lease for its own owner, so sharing it would let two pushes of one SKU overlap), reads
+the current quantity and the version the channel has in the same call, and records the accepted version
+(never lowering it), so a worker pushing the same SKU at the same time is never overtaken by an older
+quantity. Pushes go through the channel's adapter, with its batch size, rate limit and timeouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+
+from stocksync.channels import ChannelConfig
+from stocksync.connection import AnyRedis
+from stocksync.keys import Keys
+
+from . import ledger
+from .adapters import Adapter, PushError, Update, make_adapter
+from .skumap import ChannelSkus
+
+log = logging.getLogger(__name__)
+
+SCAN_COUNT = 1000
+
+
+def owner_name(kind: str) -> str:
+    """A lease owner of its own for one run (<kind>-host-pid-uuid): two runs at once never share a lease."""
+    return f"{kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class PushReport:
+    pushed: dict[str, int] = field(default_factory=dict)  # SKU -> version the channel accepted now
+    current: dict[str, int] = field(default_factory=dict)  # SKU -> version the channel had already (no call)
+    gone: list[str] = field(default_factory=list)  # SKUs that no longer exist (nothing to list)
+    busy: list[str] = field(default_factory=list)  # SKUs another consumer is pushing right now (their current quantity)
+    failed: dict[str, str] = field(default_factory=dict)  # SKU -> why the channel did not take it
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def done(self) -> int:
+        return len(self.pushed) + len(self.current) + len(self.gone) + len(self.busy)
+
+    def merge(self, other: PushReport) -> None:
+        self.pushed.update(other.pushed)
+        self.current.update(other.current)
+        self.gone += other.gone
+        self.busy += other.busy
+        self.failed.update(other.failed)
+
+
+class Pusher:
+    """Pushes of the current quantity of given SKUs to one channel, under one lease owner."""
+
+    def __init__(self, redis: AnyRedis, keys: Keys, config: ChannelConfig, *, adapter: Adapter | None = None,
+                 owner: str | None = None, lease_ms: int = 15000) -> None:
+        self.redis, self.keys, self.config = redis, keys, config
+        self.owner = owner or owner_name("resync")
+        self.lease_ms = lease_ms
+        self._own_adapter = adapter is None
+        self.adapter = adapter or make_adapter(config)
+        self.names = ChannelSkus(redis, keys, config)  # channel SKUs as the worker pushes them
+
+    async def __aenter__(self) -> Pusher:
+        await self.names.refresh()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._own_adapter:
+            await self.adapter.close()
+
+    async def push(self, partition: int, skus: list[str], *, force: bool) -> PushReport:
+        """Push the current quantity of `skus` (all of one partition, at most the adapter's batch size);
+        unless `force`, skip those the channel already has at their current version."""
+        report = PushReport()
+        deadline = time.monotonic() + self.lease_ms / 1000 - 0.25
+        claims = await ledger.claim(self.redis, self.keys, partition, self.config.name, self.owner, skus,
+                                    self.lease_ms)
+        leased = [c.sku for c in claims if c.leased]
+        updates = []
+        for c in claims:
+            if not c.leased:
+                report.busy.append(c.sku)
+            elif c.version is None:
+                report.gone.append(c.sku)
+            elif c.pushed >= c.version and not force:
+                report.current[c.sku] = c.pushed
+            else:
+                updates.append(Update(c.sku, self.names.channel_sku(c.sku), self.config.rules.listed(c.available),
+                                      c.version))
+        try:
+            if updates:
+                await self._call(updates, deadline, report)
+        finally:
+            await ledger.done(self.redis, self.keys, partition, self.config.name, self.owner, report.pushed, [],
+                              leased)
+        return report
+
+    async def _call(self, updates: list[Update], deadline: float, report: PushReport) -> None:
+        try:
+            results = {r.sku: r for r in await self.adapter.push(updates, deadline)}
+        except PushError as e:
+            report.failed.update({u.sku: str(e) for u in updates})
+            return
+        for u in updates:
+            r = results.get(u.sku)
+            if r is not None and r.ok:
+                report.pushed[u.sku] = u.version
+            else:
+                report.failed[u.sku] = r.error if r is not None else "the channel did not answer for this SKU"
+
+
+async def scan_skus(redis: AnyRedis, keys: Keys, partition: int) -> AsyncIterator[str]:
+    """Every SKU of a partition (SCAN: safe on a live server; a SKU created meanwhile may be missed, but
+    its creation is an event the worker pushes anyway)."""
+    head = len(keys.tag(partition)) + len(":sku:")
+    async for key in redis.scan_iter(match=keys.sku_pattern(partition), count=SCAN_COUNT):
+        yield key[head:]
+
+
+async def resync(redis: AnyRedis, keys: Keys, config: ChannelConfig, *, skus: Iterable[str] | None = None,
+                 partitions: Iterable[int] | None = None, force: bool = True, adapter: Adapter | None = None,
+                 progress: Callable[[PushReport], None] | None = None) -> PushReport:
+    """Push the current quantity of every SKU (of `partitions`, default all), or of `skus`, to the channel,
+    a batch at a time. `force=False`: only SKUs the channel does not have at their current version.
+    progress(report so far) is called after every batch."""
+    report = PushReport()
+    async with Pusher(redis, keys, config, adapter=adapter) as pusher:
+        async for p, batch in _batches(redis, keys, skus, partitions, pusher.adapter.batch_size):
+            report.merge(await pusher.push(p, batch, force=force))
+            if progress is not None:
+                progress(report)
+    return report
+
+
+async def _batches(redis: AnyRedis, keys: Keys, skus: Iterable[str] | None, partitions: Iterable[int] | None,
+                   size: int) -> AsyncIterator[tuple[int, list[str]]]:
+    """(partition, up to `size` SKUs of it): the given SKUs, or every SKU of the partitions."""
+    if skus is not None:
+        by_partition: dict[int, list[str]] = {}
+        for sku in dict.fromkeys(skus):
+            by_partition.setdefault(keys.partition(sku), []).append(sku)
+        for p, names in sorted(by_partition.items()):
+            for i in range(0, len(names), size):
+                yield p, names[i : i + size]
+        return
+    for p in range(keys.partitions) if partitions is None else partitions:
+        batch: list[str] = []
+        async for sku in scan_skus(redis, keys, p):
+            if sku in batch:  # (SCAN may answer a key twice)
+                continue
+            batch.append(sku)
+            if len(batch) == size:
+                yield p, batch
+                batch = []
+        if batch:
+            yield p, batch
