@@ -3,7 +3,9 @@
 Many changes to one SKU become one push of its current quantity. A SKU is handed out to at most one push
 at a time (pushes of one SKU never overlap within a process; the lease does it across processes), and
 the SKUs where an oversell can happen go first: a listed quantity at or below the low-stock mark (0
-included) or a sharp drop (at least half of what was there), then the rest, oldest first.
+included) or a sharp drop (at least half of what was there), then the rest, oldest first. Among those,
+a drop to 0 goes first of all: the channel still lists units that no longer exist, so each of its sales
+is an oversell, where a low quantity only may become one.
 
 A SKU can also be due for a recheck (recheck()): a push of its current quantity at a given time even if
 the channel already has that version (after a push that got no answer and may still land late, or when
@@ -18,7 +20,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-URGENT, NORMAL = 0, 1
+ZERO, URGENT, NORMAL = 0, 1, 2  # ranks: lower goes first
 
 
 @dataclass(slots=True)
@@ -61,8 +63,8 @@ class SkuWork:
 
 
 class Coalescer:
-    def __init__(self, urgent) -> None:
-        self.urgent = urgent  # (Entry) -> bool
+    def __init__(self, rank) -> None:
+        self.rank = rank  # (Entry) -> ZERO | URGENT | NORMAL
         self.work: dict[str, SkuWork] = {}
         self.ids: set[str] = set()
         self._ready: list[tuple[int, float, int, str]] = []
@@ -87,17 +89,18 @@ class Coalescer:
         else:
             fresh = not w.entries and not w.busy
         w.entries[entry.id] = entry
-        if self.urgent(entry) and w.urgency != URGENT:
-            w.urgency = URGENT
+        rank = self.rank(entry)
+        if rank < w.urgency:  # queued again at its new rank (the old heap item is skipped as stale)
+            w.urgency = rank
             fresh = fresh or not w.busy
         if fresh and not w.busy:
             self._queue(w)
         return True
 
     def is_urgent(self, sku: str) -> bool:
-        """Whether sku is held with an urgent entry."""
+        """Whether sku is held with an urgent entry (a drop to 0 included)."""
         w = self.work.get(sku)
-        return w is not None and w.urgency == URGENT
+        return w is not None and w.urgency < NORMAL
 
     def recheck(self, sku: str, partition: int, at: float) -> None:
         """Push sku's current quantity at `at` (monotonic) even if the channel has its version already."""
@@ -152,7 +155,7 @@ class Coalescer:
         if not self._ready or len(self._ready) >= n:  # (stale heap items make this an upper bound)
             return None
         urgency, since, _, _ = self._ready[0]
-        if urgency == URGENT or time.monotonic() >= since + linger_s:
+        if urgency < NORMAL or time.monotonic() >= since + linger_s:
             return None
         return since + linger_s
 
@@ -177,7 +180,7 @@ class Coalescer:
         if not w.entries and not w.recheck_at:
             del self.work[w.sku]
         else:
-            w.urgency = URGENT if any(self.urgent(e) for e in w.entries.values()) else NORMAL
+            w.urgency = min((self.rank(e) for e in w.entries.values()), default=NORMAL)
             if covered is not None:
                 w.since = time.monotonic()
             self._queue(w)

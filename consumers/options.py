@@ -19,7 +19,7 @@
     trim_interval_ms = 10000    # 0: no trimming by this worker
     reap_idle_ms = 3600000      # consumers idle this long with nothing pending are removed
     heartbeat_ms = 1000         # status written to <prefix>:status:<channel>
-    low_stock = 5               # a listed quantity at or below this is pushed first
+    low_stock = 5               # a listed quantity at or below this is pushed first (after drops to 0)
     linger_ms = 5               # batch channels: while a call is in flight, a partial batch waits
                                 # up to this long to fill (urgent SKUs never wait); 0: never
     start_id = "0"              # where a new group starts ("0": the whole stream, "$": new entries)

@@ -50,7 +50,7 @@ from stocksync.keys import Keys
 
 from . import groups, ledger, resync
 from .adapters import Adapter, PushError, Result, TransientError, Update, make_adapter
-from .coalescer import Coalescer, Entry, SkuWork
+from .coalescer import NORMAL, URGENT, ZERO, Coalescer, Entry, SkuWork
 from .options import WorkerOptions
 from .retry import CLOSED, CircuitBreaker, backoff_s
 from .skumap import ChannelSkus
@@ -87,7 +87,7 @@ class ChannelWorker:
         self.on_accept = on_accept
         o = self.options
         self.breaker = CircuitBreaker(o.breaker_threshold, o.breaker_open_ms / 1000, o.breaker_max_open_ms / 1000)
-        self.coalescer = Coalescer(self._urgent)
+        self.coalescer = Coalescer(self._rank)
         self.skus = ChannelSkus(redis, keys, config)
         # an unanswered push may land this long after it ended: push the current quantity again then
         self.recheck_s = (o.recheck_ms / 1000) if o.recheck_ms else 4 * self.adapter.timeout_s
@@ -112,11 +112,17 @@ class ChannelWorker:
 
     # ----- ordering --------------------------------------------------------------------------------
 
-    def _urgent(self, e: Entry) -> bool:
-        """Where an oversell can happen: a low listed quantity (0 included) or a sharp drop."""
+    def _rank(self, e: Entry) -> int:
+        """ZERO: the channel must list 0 (each of its sales is an oversell until it does); URGENT: where an
+        oversell can happen, a low listed quantity or a sharp drop; NORMAL: the rest."""
         listed = self.config.rules.listed(e.available)
+        if listed == 0:
+            return ZERO
         before = e.available - e.delta
-        return listed <= self.options.low_stock or (e.delta < 0 and -e.delta * 2 >= before)
+        return URGENT if listed <= self.options.low_stock or (e.delta < 0 and -e.delta * 2 >= before) else NORMAL
+
+    def _urgent(self, e: Entry) -> bool:
+        return self._rank(e) != NORMAL
 
     # ----- running -----------------------------------------------------------------------------------
 

@@ -280,6 +280,26 @@ async def test_a_sku_map_edited_while_running_is_pushed_under_the_new_name(store
         await wait_for(lambda: sim.quantities.get("CH-M") == 3, what="the next change under the edited name")
 
 
+async def test_drops_to_zero_go_ahead_of_a_backlog_of_low_quantities(store, fresh):
+    """Under a rate limit, the channel lists units that no longer exist until a drop to 0 reaches it: it is
+    pushed ahead of merely low quantities (which only may oversell), even those held longer."""
+    sim = fresh["amazon"][0]
+    zeros, lows = [f"Z-{i}" for i in range(3)], [f"L-{i}" for i in range(30)]
+    for sku in zeros:
+        await store.set(sku, 40)
+    async with Running(store, fresh, ["amazon"], opts(), amazon={"rate_limit": 10, "burst": 1}) as run:
+        await wait_for(lambda: run.converged(zeros), 10, "the SKUs listed at 40")
+        for sku in lows:
+            await store.set(sku, 4)  # listed 4, at the low-stock mark: 30 urgent pushes, 3 s at 10/s
+        await wait_for(lambda: sum(sku in sim.quantities for sku in lows) >= 3, 10, "the low backlog under way")
+        for sku in zeros:
+            await store.decrement(sku, 40, ref=f"gone-{sku}", source="shopify")
+        await wait_for(lambda: all(sim.quantities.get(sku) == 0 for sku in zeros), 5, "the drops to 0 listed")
+        waiting = sum(sku not in sim.quantities for sku in lows)
+        assert waiting >= 15, f"the drops to 0 waited behind {30 - waiting} of the 30 low quantities"
+        await wait_for(lambda: run.converged(zeros + lows), 15, "the low quantities listed afterwards")
+
+
 async def test_a_drop_to_zero_jumps_a_backlog_larger_than_max_pending(store, fresh):
     """A rate-limited channel holding its maximum of entries still reads on: the urgent change is taken in
     past the backlog and pushed next; the deferred entries are read again later and everything converges."""
