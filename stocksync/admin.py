@@ -11,7 +11,11 @@ Scopes: stock:read, stock:write, orders:write, events:read, channels:read, chann
 No token: 401. A token without the endpoint's scope: 403. The token's name is the `source` of its
 changes. Every write needs an Idempotency-Key header: it becomes the library reference (`api:<key>` for
 an order, `api:<key>:<sku>` per SKU), so a retried request changes nothing and answers the first outcome
-again, with `Idempotent-Replayed: true`.
+again, with `Idempotent-Replayed: true`. The key names one request: the first valid request of a key
+that changes stock (set, adjust, batch, order) stores a digest of its method, path and JSON body under
+`<prefix>:api:idem:<key>` for as long as references are remembered (Stripe's rule, and the IETF
+Idempotency-Key draft's), and the same key sent with another request is refused (422
+idempotency_key_reused) and changes nothing, instead of answering an outcome that is not its own.
 """
 
 from __future__ import annotations
@@ -121,6 +125,24 @@ def _idempotency_key(request: Request) -> str:
     return key
 
 
+async def _bind_key(request: Request, ctx: Context, key: str, doc: dict) -> None:
+    """Bind the Idempotency-Key to this request (call it once the body is checked, before the change): the
+    first request with the key stores the digest of its method, path and body, kept as long as the library
+    remembers a reference; a request with the same key and another digest gets 422. The body counts as the
+    JSON document it holds (keys sorted), so a retry that serializes it otherwise is still the same request."""
+    what = b"%s %s\n%s" % (request.method.encode(), request.scope["path"].encode(),
+                           orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
+    digest = hashlib.sha256(what).hexdigest()
+    store = ctx.store
+    first = await store.redis.set(f"{store.keys.prefix}:api:idem:{key}", digest, nx=True, get=True,
+                                  ex=store.settings.idem_ttl_s)
+    if first is not None and first != digest:
+        raise HTTPError(422, "idempotency_key_reused",
+                        f"Idempotency-Key reused with a different request body (or method, or path): {key!r} "
+                        "names the request it was first sent with; nothing was changed. Send a new key for a "
+                        "new request")
+
+
 def _ref(key: str, sku: str | None = None) -> str:
     return _bounded(f"api:{key}" + (f":{sku}" if sku else ""), 256, "api")
 
@@ -168,6 +190,7 @@ async def put_sku(request: Request) -> Response:
     expected = doc.get("expected_version")
     if expected is not None:
         expected = want_int(expected, "expected_version", 0, 99_999_999_999)
+    await _bind_key(request, ctx, key, doc)
     o = await ctx.store.set(sku, available, ref=_ref(key, sku), source=token.name, expected_version=expected)
     return _outcome_response(o, "set", ctx)
 
@@ -181,6 +204,7 @@ async def adjust_sku(request: Request) -> Response:
     delta = want_int(doc.get("delta"), "delta", -(2**31 - 1))
     if delta == 0:
         raise invalid("delta", "must not be 0")
+    await _bind_key(request, ctx, key, doc)
     o = await ctx.store.adjust(sku, delta, ref=_ref(key, sku), source=token.name)
     return _outcome_response(o, "adjust", ctx)
 
@@ -204,6 +228,7 @@ async def batch_set(request: Request) -> Response:
         if expected is not None:
             expected = want_int(expected, f"items[{i}].expected_version", 0, 99_999_999_999)
         items.append((sku, want_int(item.get("available"), f"items[{i}].available", 0), expected))
+    await _bind_key(request, ctx, key, doc)
     outcomes = await ctx.store.set_many(items, ref_of=lambda sku: _ref(key, sku), source=token.name)
     results = []
     for (sku, _, _), o in zip(items, outcomes, strict=True):
@@ -233,6 +258,7 @@ async def post_order(request: Request) -> Response:
         lines.append((sku, want_int(line.get("qty"), f"lines[{i}].qty", 1)))
     if len({ctx.store.keys.partition(sku) for sku, _ in lines}) > 1:
         raise invalid("lines", "an all-or-nothing order must keep its SKUs in one partition")
+    await _bind_key(request, ctx, key, doc)
     o = await ctx.store.order(lines, ref=_ref(key), source=token.name)
     ctx.metrics.outcome("order", o.status, o.replayed)
     headers = {"Idempotent-Replayed": "true"} if o.replayed else None

@@ -85,10 +85,20 @@ IDEM = {"name": "Idempotency-Key", "in": "header", "required": True,
         "description": "the request's idempotency key: the same key again changes nothing and answers the first "
                        "outcome (Idempotent-Replayed: true)",
         "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]+$"}}
+# The writes that replay their first outcome: the key names one request (method, path and body).
+IDEM_REPLAYED = {**IDEM, "description": (
+    "names one request: the same key with the same method, path and body (the same JSON document; key order "
+    "and spacing do not count) changes nothing and answers the first outcome (Idempotent-Replayed: true); "
+    "with another body (or method, or path) it is refused with "
+    "422 `idempotency_key_reused` and changes nothing. Kept as long as references (STOCKSYNC_IDEM_TTL, 48 h "
+    "by default); a request refused before it changed anything (400, 413, 422 on a field) does not take it")}
 SKU_PARAM = {"name": "sku", "in": "path", "required": True, "schema": SKU_PATH}
 CHANNEL_PARAM = {"name": "channel", "in": "path", "required": True, "schema": {"type": "string"}}
 AUTH_ERRORS = {"401": ERR, "403": ERR}
 BODY_ERRORS = {"400": ERR, "413": ERR, "422": ERR}
+REPLAYED_ERRORS = {**BODY_ERRORS, "422": _json(_ref("Error"), "A field is invalid (`invalid`, with `field`), or the "
+                                             "Idempotency-Key was first sent with another request "
+                                             "(`idempotency_key_reused`)")}
 
 
 def _op(summary: str, scope: str | None, responses: dict, **extra: Any) -> dict:
@@ -120,19 +130,19 @@ PATHS = {
         "parameters": [SKU_PARAM],
         "get": _op("A SKU's stock", "stock:read", {"200": _json(_ref("Stock")), "404": ERR, "422": ERR}),
         "put": _op("Set the absolute quantity (creates the SKU)", "stock:write",
-                   {"200": _json(_ref("Outcome")), "409": ERR, **BODY_ERRORS},
-                   parameters=[IDEM], requestBody=_body(_ref("SetStock"))),
+                   {"200": _json(_ref("Outcome")), "409": ERR, **REPLAYED_ERRORS},
+                   parameters=[IDEM_REPLAYED], requestBody=_body(_ref("SetStock"))),
     },
     "/v1/skus/{sku}/adjust": {"parameters": [SKU_PARAM], "post": _op(
-        "Add or remove units", "stock:write", {"200": _json(_ref("Outcome")), "404": ERR, "409": ERR, **BODY_ERRORS},
-        parameters=[IDEM], requestBody=_body(_ref("Adjust")))},
+        "Add or remove units", "stock:write", {"200": _json(_ref("Outcome")), "404": ERR, "409": ERR, **REPLAYED_ERRORS},
+        parameters=[IDEM_REPLAYED], requestBody=_body(_ref("Adjust")))},
     "/v1/skus:batch": {"post": _op(
-        "Set many SKUs (initial import)", "stock:write", {"200": _json(_ref("BatchResult")), **BODY_ERRORS},
-        parameters=[IDEM], requestBody=_body(_ref("Batch")))},
+        "Set many SKUs (initial import)", "stock:write", {"200": _json(_ref("BatchResult")), **REPLAYED_ERRORS},
+        parameters=[IDEM_REPLAYED], requestBody=_body(_ref("Batch")))},
     "/v1/orders": {"post": _op(
         "Take a multi-line order, all or nothing", "orders:write",
         {"200": _json(_ref("OrderResult")), "404": ERR, "409": _json(_ref("OrderShort"), "Short lines"),
-         **BODY_ERRORS}, parameters=[IDEM], requestBody=_body(_ref("Order")))},
+         **REPLAYED_ERRORS}, parameters=[IDEM_REPLAYED], requestBody=_body(_ref("Order")))},
     "/v1/events": {"get": _op(
         "Every stock event as server-sent events", "events:read",
         {"200": {"description": "text/event-stream; each id: resumes through Last-Event-ID",

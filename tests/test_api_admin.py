@@ -167,3 +167,50 @@ async def test_channels_and_dead_letters(settings, store):
         assert r.status_code == 200 and r.json()["dead_letters"] == []
         assert (await client.get("/v1/channels/nope/dead-letters", headers=auth(key=False))).status_code == 404
         assert (await client.get("/v1/channels", headers=auth(READER, key=False))).status_code == 403
+
+
+async def test_idempotency_key_names_one_request(settings, store, sync_redis):
+    await store.set("A", 10, source="test")
+    async with running(api_settings(settings)) as client:
+        r = await client.post("/v1/skus/A/adjust", json={"delta": -3}, headers=auth(key="adj-1"))
+        assert r.status_code == 200 and r.json()["available"] == 7
+        before = snapshot(sync_redis, settings.prefix)
+        # The same key with the same body: the first outcome again, nothing changed.
+        r = await client.post("/v1/skus/A/adjust", json={"delta": -3}, headers=auth(key="adj-1"))
+        assert r.status_code == 200 and r.headers["idempotent-replayed"] == "true"
+        assert r.json() == {"sku": "A", "status": "ok", "available": 7, "version": 2, "replayed": True}
+        # The same document written otherwise is the same body.
+        r = await client.post("/v1/skus/A/adjust", content=b'{ "delta" : -3 }', headers=auth(key="adj-1"))
+        assert r.status_code == 200 and r.json()["replayed"] and r.json()["available"] == 7
+        # The same key with another body (or method, or path): refused, not the first outcome, nothing changed.
+        for method, path, body in [("POST", "/v1/skus/A/adjust", {"delta": -5}),
+                                   ("PUT", "/v1/skus/A", {"available": 1}),
+                                   ("POST", "/v1/skus/B/adjust", {"delta": -3}),
+                                   ("POST", "/v1/skus:batch", {"items": [{"sku": "A", "available": 1}]}),
+                                   ("POST", "/v1/orders", {"lines": [{"sku": "A", "qty": 1}]})]:
+            r = await client.request(method, path, json=body, headers=auth(key="adj-1"))
+            assert r.status_code == 422, (method, path, r.text)
+            assert r.json()["error"] == "idempotency_key_reused", r.text
+            assert "Idempotency-Key reused with a different request body" in r.json()["message"]
+            assert "idempotent-replayed" not in r.headers
+        assert snapshot(sync_redis, settings.prefix) == before
+        # A request refused before it changed anything (a bad field) does not take the key.
+        r = await client.put("/v1/skus/A", json={"available": -1}, headers=auth(key="put-2"))
+        assert r.status_code == 422 and r.json()["field"] == "available"
+        r = await client.put("/v1/skus/A", json={"available": 4}, headers=auth(key="put-2"))
+        assert r.status_code == 200 and r.json()["available"] == 4 and not r.json()["replayed"]
+    assert (await store.get("A")).available == 4 and (await store.get("B")) is None
+
+
+async def test_idempotency_key_sent_with_two_bodies_at_once(settings, store):
+    await store.set("A", 10, source="test")
+    async with running(api_settings(settings)) as client:
+        orders = [{"lines": [{"sku": "A", "qty": 1 + i % 2}]} for i in range(10)]
+        results = await asyncio.gather(*[client.post("/v1/orders", json=order, headers=auth(key="o-2"))
+                                         for order in orders])
+    # One body took the key: its requests answer one outcome (taken once), the other body's are refused.
+    taken = {r.json()["lines"][0]["qty"] for r in results if r.status_code == 200}
+    assert len(taken) == 1 and sum(not r.json()["replayed"] for r in results if r.status_code == 200) == 1
+    assert sorted(r.status_code for r in results) == [200] * 5 + [422] * 5
+    assert all(r.json()["error"] == "idempotency_key_reused" for r in results if r.status_code == 422)
+    assert (await store.get("A")).available == 10 - taken.pop()
