@@ -74,6 +74,19 @@ async def reap_consumers(redis: AnyRedis, keys: Keys, partition: int, group: str
     return list(removed)
 
 
+async def recheck(redis: AnyRedis, keys: Keys, partition: int, channel: str, op: str, ms: int, skus: list[str]) -> int:
+    """op 'due': a push of each SKU's current quantity is owed from `ms` on; 'done': a push started at `ms`
+    was accepted, so what was owed until then is settled."""
+    _, changed = await redis.execute_command("FCALL", "stocksync_recheck", 1, keys.recheck(partition, channel),
+                                             channel, op, ms, *skus)
+    return int(changed)
+
+
+async def owed(redis: AnyRedis, keys: Keys, partition: int, channel: str, until_ms: int) -> list[str]:
+    """SKUs owed a push (stocksync_recheck 'due') at or before until_ms and not settled since."""
+    return list(await redis.zrangebyscore(keys.recheck(partition, channel), "-inf", until_ms))
+
+
 class LedgerBatcher:
     """Group commit for one channel worker's push_claim and push_done calls.
 

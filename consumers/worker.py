@@ -21,12 +21,13 @@ streams as consumers of the same group). Tasks of a ChannelWorker:
   SKUs past max_attempts go to the dead-letter stream with their XACK (stocksync_dead_letter). A call
   that got no answer (timeout, dropped connection) keeps its lease and schedules a recheck: the current
   quantity is pushed again recheck_ms later even if the channel has that version, since the abandoned
-  request may land after a newer push. Channel SKU names come from ChannelSkus (the admin API's map,
+  request may land after a newer push. What is owed is kept in Redis too (stocksync_recheck), so a
+  worker that dies owing it leaves it to the others. Channel SKU names come from ChannelSkus (the admin API's map,
   then the config file's);
 * housekeeping: XAUTOCLAIM of entries idle past reclaim_idle_ms when another consumer of the group has
   pending entries and has not read for that long (a dead one's; live consumers, this one included, are
   left alone, so the entries one defers at max_pending are not delivered again and again), removal of
-  consumers idle with nothing pending, the trimmer, a heartbeat in <prefix>:status:<channel>, and a
+  consumers idle with nothing pending, the rechecks dead workers owed, the trimmer, a heartbeat in <prefix>:status:<channel>, and a
   refresh of the SKU map (a SKU whose channel name changed is pushed again).
 """
 
@@ -383,6 +384,8 @@ class ChannelWorker:
         acks: dict[int, list[str]] = collections.defaultdict(list)
         settle: list[tuple[SkuWork, int | None, float | None, list[str] | None]] = []
         updates: list[Update] = []
+        owed: dict[int, list[str]] = collections.defaultdict(list)  # rechecks owed from now on (stocksync_recheck)
+        repaid: dict[int, list[str]] = collections.defaultdict(list)  # rechecks this push settled
         for c in (c for part in claims for c in part):
             w = works[c.sku]
             if not c.leased:
@@ -390,7 +393,9 @@ class ChannelWorker:
                 continue
             release[w.partition].append(c.sku)
             if c.version is None:  # the SKU is gone: nothing to list
-                w.recheck_at = 0.0
+                if w.recheck_at:
+                    w.recheck_at = 0.0
+                    repaid[w.partition].append(c.sku)
                 log.warning("%s: SKU %s no longer exists; acknowledging its entries", self.channel, c.sku)
                 acks[w.partition] += w.ids
                 settle.append((w, None, None, w.ids))
@@ -438,6 +443,7 @@ class ChannelWorker:
             if r.ok:
                 if w.recheck_at and w.started >= w.recheck_at:  # this push is the channel's last word
                     w.recheck_at = 0.0
+                    repaid[w.partition].append(u.sku)
                 accepted[w.partition][u.sku] = u.version
                 acks[w.partition] += [e.id for e in w.entries.values() if e.version <= u.version]
                 settle.append((w, u.version, None, None))
@@ -453,6 +459,7 @@ class ChannelWorker:
                 # request can no longer land, so the channel's last word is the current quantity.
                 release[w.partition].remove(u.sku)
                 w.recheck_at = max(w.recheck_at, time.monotonic() + self.recheck_s)
+                owed[w.partition].append(u.sku)
                 self.stats["unanswered"] += 1
             elif throttled:
                 # the channel's pace, not this SKU's failure: no attempt counted (no growing backoff, no
@@ -465,6 +472,7 @@ class ChannelWorker:
                 if r.permanent or w.attempts >= o.max_attempts:
                     log.warning("%s: recheck of SKU %s given up: %s", self.channel, u.sku, r.error)
                     w.recheck_at = 0.0
+                    repaid[w.partition].append(u.sku)
                     settle.append((w, None, None, None))
                 else:
                     delay = backoff_s(max(w.attempts, 1), o.backoff_base_ms / 1000, o.backoff_cap_ms / 1000,
@@ -480,6 +488,7 @@ class ChannelWorker:
                 delay = backoff_s(max(w.attempts, 1), o.backoff_base_ms / 1000, o.backoff_cap_ms / 1000, r.retry_after)
                 settle.append((w, None, time.monotonic() + delay, None))
 
+        await self._record_rechecks(owed, repaid, batch)
         touched = set(release) | set(acks)
         if len(touched) == 1:
             (p,) = touched
@@ -508,6 +517,32 @@ class ChannelWorker:
                 log.warning("%s: acknowledging %d covered entries failed (%s); read again later", self.channel,
                             len(ids), e)
                 self._defer(p, min(ids, key=_id_tuple))
+
+    async def _record_rechecks(self, owed: dict[int, list[str]], repaid: dict[int, list[str]],
+                               batch: list[SkuWork]) -> None:
+        """Keep the rechecks this push made owed, or settled, in Redis: a worker that dies owing one leaves
+        it for the others (housekeeping pushes what is owed reclaim_idle_ms past its time). Recorded before
+        any entry of those SKUs can be acknowledged (they stay pending until a later push is accepted)."""
+        now_ms = int(time.time() * 1000)
+        for p, skus in owed.items():
+            await ledger.recheck(self.redis, self.keys, p, self.channel, "due", now_ms + int(self.recheck_s * 1000),
+                                 skus)
+        if repaid:
+            started_ms = now_ms - int((time.monotonic() - min(w.started for w in batch)) * 1000)
+            for p, skus in repaid.items():
+                await ledger.recheck(self.redis, self.keys, p, self.channel, "done", started_ms, skus)
+
+    async def _take_over_rechecks(self) -> None:
+        """Push what other workers owed and did not push reclaim_idle_ms past its time (they died)."""
+        until_ms = int(time.time() * 1000) - self.options.reclaim_idle_ms
+        now = time.monotonic()
+        for p in range(self.keys.partitions):
+            for sku in await ledger.owed(self.redis, self.keys, p, self.channel, until_ms):
+                w = self.coalescer.work.get(sku)
+                if w is None or not w.recheck_at:
+                    self.stats["rechecks_taken_over"] += 1
+                    self.coalescer.recheck(sku, p, now)
+        self._launch()
 
     async def _dead_letter(self, sku: str, p: int, entries: list[Entry], reason: str, attempts: int, error: str) -> None:
         version = max((e.version for e in entries), default=0)
@@ -589,6 +624,7 @@ class ChannelWorker:
                     due["reclaim"] = now + max(o.reclaim_idle_ms / 2000, 0.05)
                     if self.breaker.state == CLOSED:
                         await self.reclaim()
+                        await self._take_over_rechecks()
                 if now >= due["trim"]:
                     due["trim"] = now + o.trim_interval_ms / 1000
                     await trim_all(self.redis, self.keys, o.retention_ms)
@@ -596,7 +632,10 @@ class ChannelWorker:
                     due["skumap"] = now + o.sku_map_refresh_ms / 1000
                     changed = await self.skus.refresh()
                     for sku in changed:  # the listing under the new name gets the current quantity now
-                        self.coalescer.recheck(sku, self.keys.partition(sku), time.monotonic())
+                        p = self.keys.partition(sku)
+                        await ledger.recheck(self.redis, self.keys, p, self.channel, "due", int(time.time() * 1000),
+                                             [sku])
+                        self.coalescer.recheck(sku, p, time.monotonic())
                     if changed:
                         log.info("%s: channel SKU changed for %d SKUs; pushing them again", self.channel, len(changed))
                         self._launch()

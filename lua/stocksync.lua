@@ -16,7 +16,7 @@
   reference was already there, SET changes nothing and hands back the first outcome, which is replayed.
 ]]
 
-local VERSION = '0.3.0'
+local VERSION = '0.4.0'
 -- How long a reference is remembered (seconds). A property of the deployment, not of a call: the
 -- Python loader rewrites this line from STOCKSYNC_IDEM_TTL when it loads the library.
 local IDEM_TTL_S = 172800
@@ -413,6 +413,7 @@ redis.register_function{function_name = 'stocksync_idem_ttl', callback = functio
     <tag>:pushed:<channel>        hash: sku -> last version accepted by the channel
     <tag>:lease:<channel>:<sku>   string: the consumer pushing that SKU now, with a TTL
     <tag>:dlq:<channel>           stream: dead letters (sku, version, reason, attempts, error, ids, ...)
+    <tag>:recheck:<channel>       sorted set: sku -> when a push of its current quantity is owed (ms)
 ]]
 
 local MAX_GROUP_LEN = 64
@@ -721,12 +722,59 @@ local function reap_consumers(keys, args)
   return {'ok', removed}
 end
 
+--[[
+  stocksync_recheck: pushes a channel is owed whatever version it has, kept where every worker of the
+  channel sees them, so they outlive the worker that owes them. A push that got no answer (a timeout, a
+  dropped connection) may still be applied after a newer one: the current quantity must be pushed again
+  once the abandoned request can no longer land. A SKU whose channel name changed is owed one too.
+    KEYS[1] <tag>:recheck:<channel>      sorted set: sku -> when the push is owed (ms)
+    ARGV[1] channel  ARGV[2] 'due' or 'done'  ARGV[3] a time in ms  ARGV[4..] SKUs (at least one)
+  due: each SKU is owed a push at or after ARGV[3]; of two times, the later one is kept.
+  done: each SKU owed at or before ARGV[3] (when a push the channel accepted was started) is owed no
+  more; one owed later (another unanswered push since) stays.
+  Reply: {'ok', changed}
+]]
+local function recheck(keys, args)
+  if #keys ~= 1 then
+    fail('expected 1 key (recheck)')
+  end
+  local channel = text(args[1], 'channel', MAX_GROUP_LEN)
+  tag_of(keys[1], 'recheck', channel)
+  local op = args[2]
+  if op ~= 'due' and op ~= 'done' then
+    fail("operation must be 'due' or 'done', got " .. string.format('%q', op or ''))
+  end
+  local ms = args[3]
+  if type(ms) ~= 'string' or not string.find(ms, '^%d+$') or #ms > 15 then  -- (13 digits: integer() takes 11)
+    fail('time (ms) must be a whole number of at most 15 digits, got ' .. (ms and string.format('%q', ms) or 'nothing'))
+  end
+  if #args < 4 then
+    fail('expected at least one SKU')
+  end
+  for i = 4, #args do
+    text(args[i], 'sku', MAX_SKU_LEN)
+  end
+  local changed = 0
+  for i = 4, #args do
+    if op == 'due' then
+      changed = changed + redis.call('ZADD', keys[1], 'GT', 'CH', ms, args[i])
+    else
+      local owed = tonumber(redis.call('ZSCORE', keys[1], args[i]))
+      if owed and owed <= tonumber(ms) then
+        changed = changed + redis.call('ZREM', keys[1], args[i])
+      end
+    end
+  end
+  return {'ok', changed}
+end
+
 redis.register_function('stocksync_push_claim', guarded(push_claim))
 redis.register_function('stocksync_push_done', guarded(push_done))
 redis.register_function('stocksync_dead_letter', guarded(dead_letter))
 redis.register_function('stocksync_dlq_resolve', guarded(dlq_resolve))
 redis.register_function('stocksync_trim', guarded(trim))
 redis.register_function('stocksync_reap_consumers', guarded(reap_consumers))
+redis.register_function('stocksync_recheck', guarded(recheck))
 
 -- Webhook intake (issue 4) ------------------------------------------------------------------------------
 --[[

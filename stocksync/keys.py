@@ -73,6 +73,11 @@ class Keys:
         """string: the consumer pushing that SKU to that channel right now (a short TTL)."""
         return f"{self.tag(partition)}:lease:{channel}:{sku}"
 
+    def recheck(self, partition: int, channel: str) -> str:
+        """sorted set: sku -> when a push of its current quantity to the channel is owed (ms), whatever
+        version the channel has (after a push that got no answer; stocksync_recheck)."""
+        return f"{self.tag(partition)}:recheck:{channel}"
+
     def resync(self, partition: int, channel: str) -> str:
         """string: present while the channel's initial sync of that partition is unfinished (its group was
         created on a stream that no longer holds every change); the worker deletes it when done."""

@@ -106,8 +106,27 @@ async def test_reap_removes_only_idle_consumers_with_nothing_pending(store, stre
     (["stocksync_dead_letter", 2, "{x:0}:events", "{x:0}:dlq:shop", "shop", "A", 1, "r", 1, "e"], "at least one"),
     (["stocksync_trim", 1, "{x:0}:sku:A", 0], "not an events key"),
     (["stocksync_trim", 1, "{x:0}:events", -1], "retention"),
+    (["stocksync_recheck", 1, "{x:0}:recheck:other", "shop", "due", 1, "A"], "is not for"),
+    (["stocksync_recheck", 1, "{x:0}:recheck:shop", "shop", "owe", 1, "A"], "operation must be"),
+    (["stocksync_recheck", 1, "{x:0}:recheck:shop", "shop", "due", "soon", "A"], "time"),
+    (["stocksync_recheck", 1, "{x:0}:recheck:shop", "shop", "due", 1], "at least one SKU"),
+    (["stocksync_recheck", 1, "{x:0}:recheck:shop", "shop", "due", 1, "A", ""], "sku"),
 ])
 async def test_bad_arguments_get_a_clear_error_and_change_nothing(store, call, message):
     with pytest.raises(ResponseError, match=f"^stocksync: .*{message}"):
         await store.redis.execute_command("FCALL", *call)
-    assert not await store.redis.exists("{x:0}:lease:shop:A", "{x:0}:dlq:shop", "{x:0}:pushed:shop")
+    assert not await store.redis.exists("{x:0}:lease:shop:A", "{x:0}:dlq:shop", "{x:0}:pushed:shop",
+                                        "{x:0}:recheck:shop")
+
+
+async def test_a_recheck_is_settled_only_by_a_push_started_after_it_was_owed(store, stream):
+    k, r = stream, store.redis
+    key = k.recheck(0, "shop")
+    assert await ledger.recheck(r, k, 0, "shop", "due", 1_795_000_000_000, ["A", "B"]) == 2
+    assert await ledger.recheck(r, k, 0, "shop", "due", 1_794_000_000_000, ["A"]) == 0  # the later time is kept
+    assert await r.zscore(key, "A") == 1_795_000_000_000
+    assert await ledger.owed(r, k, 0, "shop", 1_795_000_000_000) == ["A", "B"]
+    assert await ledger.owed(r, k, 0, "shop", 1_794_999_999_999) == []
+    assert await ledger.recheck(r, k, 0, "shop", "due", 1_796_000_000_000, ["B"]) == 1  # owed again, later
+    assert await ledger.recheck(r, k, 0, "shop", "done", 1_795_500_000_000, ["A", "B"]) == 1  # A settled, B not
+    assert await r.zrange(key, 0, -1) == ["B"]

@@ -196,3 +196,42 @@ async def _all_zero(coro) -> bool:
 async def _group_done(store, name) -> bool:
     info = {g["name"]: g for g in await store.redis.xinfo_groups(store.keys.events(0))}[name]
     return info["pending"] == 0 and info["lag"] == 0
+
+
+async def test_a_recheck_owed_by_a_killed_worker_is_pushed_by_the_next(store, sims, tmp_path, settings):
+    """A push that got no answer may land after a newer one; the worker owes the channel the current
+    quantity again. Killed before paying it, another worker pays it (the debt is kept in Redis)."""
+    sim, url = sims["amazon"]
+    sim.reset()
+    path = tmp_path / "amazon.toml"
+    path.write_text("\n".join([
+        f'redis_url = "{settings.redis_url}"', f'prefix = "{settings.prefix}"', "",
+        "[worker]", "block_ms = 100", "reclaim_idle_ms = 600", "lease_ms = 1500", "heartbeat_ms = 100",
+        "backoff_base_ms = 20", "backoff_cap_ms = 100", "trim_interval_ms = 0", "recheck_ms = 4000", "",
+        toml_channel(config("amazon", url, timeout_s=0.3, rate_limit=1000, burst=100))]))
+    await store.set("L", 10)
+    a, b = Worker(path, "owes"), None
+    try:
+        await wait_for(lambda: sim.quantities.get("L") == 10, 10, "the first push")
+        sim.set_faults(latency_ms=1500)
+        arrived = sim.arrivals
+        await store.decrement("L", 1, ref="o-1", source="amazon")  # v2: 9, its push gets no answer
+        await wait_for(lambda: sim.arrivals > arrived, 10, "the push of 9 to reach the API")
+        sim.set_faults(latency_ms=0)
+        await store.decrement("L", 1, ref="o-2", source="amazon")  # v3: 8, accepted
+        await wait_for(lambda: 8 in sim.history("L"), 10, "the push of 8")
+        owed = store.keys.recheck(0, "amazon")
+        assert await store.redis.zscore(owed, "L"), "the recheck is recorded in Redis"
+        a.kill()  # before its recheck is due
+        await wait_for(lambda: sim.history("L")[-1:] == [9], 10, "the abandoned 9 landing after the 8")
+        b = Worker(path, "pays")
+        await wait_for(lambda: sim.history("L")[-1:] == [8], 15, "the owed recheck pushed by the next worker")
+        await wait_for(lambda: _not_owed(store, owed), 5, "the debt settled")
+    finally:
+        a.stop()
+        if b is not None:
+            assert b.stop() == 0, b.output()
+
+
+async def _not_owed(store, key) -> bool:
+    return await store.redis.zscore(key, "L") is None
