@@ -134,7 +134,7 @@ async def _bind_key(request: Request, ctx: Context, key: str, doc: dict) -> None
                            orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
     digest = hashlib.sha256(what).hexdigest()
     store = ctx.store
-    first = await store.redis.set(f"{store.keys.prefix}:api:idem:{key}", digest, nx=True, get=True,
+    first = await store.redis.set(store.keys.api_idem(key), digest, nx=True, get=True,
                                   ex=store.settings.idem_ttl_s)
     if first is not None and first != digest:
         raise HTTPError(422, "idempotency_key_reused",

@@ -86,6 +86,10 @@ class Keys:
     def dlq(self, partition: int, channel: str) -> str:
         return f"{self.tag(partition)}:dlq:{channel}"
 
+    def api_idem(self, key: str) -> str:
+        """string per Idempotency-Key of the admin API: a digest of the first request sent with it (TTL)."""
+        return f"{self.prefix}:api:idem:{key}"
+
     def sku_map(self, channel: str) -> str:
         """hash: the channel's SKU -> canonical SKU, where they differ (edited through the admin API)."""
         return f"{self.prefix}:skumap:{channel}"
