@@ -6,8 +6,9 @@ hash <prefix>:skumap:<channel> (channel SKU -> canonical) that the admin API edi
 it lists. Both map channel SKU -> canonical; the worker needs the reverse. If several channel SKUs map to
 one canonical SKU, an edited one wins over the file's, then the smallest name (so every worker picks the
 same). The worker loads the hash on start and again every worker.sku_map_refresh_ms; refresh() returns
-the canonical SKUs whose channel name changed, which the worker pushes again (the newly mapped listing
-must get the current quantity, not wait for the next sale).
+the canonical SKUs whose channel name changed, with their old names. The worker pushes those SKUs again
+(the newly mapped listing must get the current quantity, not wait for the next sale) and lists 0 under an
+old name no SKU uses any more (that listing would go on selling units no order of it takes).
 """
 
 from __future__ import annotations
@@ -34,15 +35,22 @@ class ChannelSkus:
             out.setdefault(merged[theirs], theirs)
         return out
 
-    async def refresh(self) -> set[str]:
-        """Read the hash again; answer the canonical SKUs whose channel SKU changed (none on the first load)."""
+    def in_use(self, channel_sku: str, canonical_exists: bool) -> bool:
+        """Whether a listing of that name is some SKU's now: mapped to one, or a canonical SKU of that
+        name (canonical_exists) that is not mapped to another listing."""
+        return channel_sku in self.reverse.values() or (canonical_exists and channel_sku not in self.reverse)
+
+    async def refresh(self) -> dict[str, str]:
+        """Read the hash again; answer {canonical SKU: its channel SKU before} for those whose channel SKU
+        changed (none on the first load)."""
         raw = await self.redis.hgetall(self.key)
         edited = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
                   for k, v in raw.items()}
         if edited == self.edited and self.loaded:
-            return set()
+            return {}
         reverse = self._reverse(edited)
-        changed = set() if not self.loaded else {
-            sku for sku in set(reverse) | set(self.reverse) if reverse.get(sku, sku) != self.reverse.get(sku, sku)}
+        changed = {} if not self.loaded else {
+            sku: self.channel_sku(sku) for sku in set(reverse) | set(self.reverse)
+            if reverse.get(sku, sku) != self.reverse.get(sku, sku)}
         self.edited, self.reverse, self.loaded = edited, reverse, True
         return changed

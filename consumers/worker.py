@@ -22,13 +22,16 @@ streams as consumers of the same group). Tasks of a ChannelWorker:
   that got no answer (timeout, dropped connection) keeps its lease and schedules a recheck: the current
   quantity is pushed again recheck_ms later even if the channel has that version, since the abandoned
   request may land after a newer push. What is owed is kept in Redis too (stocksync_recheck), so a
-  worker that dies owing it leaves it to the others. Channel SKU names come from ChannelSkus (the admin API's map,
-  then the config file's);
+  worker that dies owing it leaves it to the others. Channel SKU names come from ChannelSkus (the admin
+  API's map, then the config file's);
 * housekeeping: XAUTOCLAIM of entries idle past reclaim_idle_ms when another consumer of the group has
   pending entries and has not read for that long (a dead one's; live consumers, this one included, are
-  left alone, so the entries one defers at max_pending are not delivered again and again), removal of
-  consumers idle with nothing pending, the rechecks dead workers owed, the trimmer, a heartbeat in <prefix>:status:<channel>, and a
-  refresh of the SKU map (a SKU whose channel name changed is pushed again).
+  left alone, so the entries one defers at max_pending are not delivered again and again), the rechecks
+  dead workers owed, removal of consumers idle with nothing pending, the trimmer, a heartbeat in
+  <prefix>:status:<channel>, and a refresh of the SKU map (a SKU whose channel name changed is pushed
+  again; 0 is listed under an old name no SKU uses any more);
+* an initial sync, when this worker created the channel's group on a stream that no longer holds every
+  change (or finds one unfinished): every SKU's current quantity, pushed once (resync.py).
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ class ChannelWorker:
         # max_pending, or from a previous life under this name: "0" at start); absent: all are held
         self._resume: dict[int, str] = {p: "0" for p in range(keys.partitions)}
         self._hard_cap = 2 * self.options.max_pending  # held entries past which reads stop
+        self._orphans: set[str] = set()  # channel SKUs no SKU uses any more, to be listed at 0
+        self._retiring = False
         self.started = asyncio.Event()
 
     # ----- ordering --------------------------------------------------------------------------------
@@ -630,15 +635,7 @@ class ChannelWorker:
                     await trim_all(self.redis, self.keys, o.retention_ms)
                 if now >= due["skumap"]:
                     due["skumap"] = now + o.sku_map_refresh_ms / 1000
-                    changed = await self.skus.refresh()
-                    for sku in changed:  # the listing under the new name gets the current quantity now
-                        p = self.keys.partition(sku)
-                        await ledger.recheck(self.redis, self.keys, p, self.channel, "due", int(time.time() * 1000),
-                                             [sku])
-                        self.coalescer.recheck(sku, p, time.monotonic())
-                    if changed:
-                        log.info("%s: channel SKU changed for %d SKUs; pushing them again", self.channel, len(changed))
-                        self._launch()
+                    await self._refresh_sku_map()
                 if now >= due["reap"]:
                     due["reap"] = now + min(o.reap_idle_ms / 4000, 60.0)
                     for p in range(self.keys.partitions):
@@ -648,6 +645,48 @@ class ChannelWorker:
             except RedisError as e:
                 log.warning("%s: housekeeping failed: %s", self.channel, e)
             await self._wait(self._stopping, max(min(due.values()) - time.monotonic(), 0.005))
+
+    async def _refresh_sku_map(self) -> None:
+        """Push a SKU whose channel name changed under its new name now (no sale may come for a while), and
+        list 0 under an old name that no SKU uses any more: orders of that listing would take nothing."""
+        changed = await self.skus.refresh()
+        for sku in changed:
+            p = self.keys.partition(sku)
+            await ledger.recheck(self.redis, self.keys, p, self.channel, "due", int(time.time() * 1000), [sku])
+            self.coalescer.recheck(sku, p, time.monotonic())
+        if changed:
+            log.info("%s: channel SKU changed for %d SKUs; pushing them again", self.channel, len(changed))
+            self._launch()
+        if not getattr(self.adapter, "versioned", False):  # (a versioned receiver owns its names: it would drop a retiring push)
+            self._orphans |= set(changed.values())
+        for name in list(self._orphans):
+            if self.skus.in_use(name, bool(await self.redis.exists(self.keys.sku(name)))):
+                self._orphans.discard(name)
+        if self._orphans and not self._retiring:
+            self._retiring = True
+            task = asyncio.create_task(self._retire(sorted(self._orphans)))
+            self._pushes.add(task)
+            task.add_done_callback(self._pushes.discard)
+
+    async def _retire(self, names: list[str]) -> None:
+        """List 0 under channel SKUs no SKU uses any more; what fails for now is tried at the next refresh."""
+        try:
+            for i in range(0, len(names), self.adapter.batch_size):
+                batch = names[i : i + self.adapter.batch_size]
+                try:
+                    results = await self.adapter.push([Update(n, n, 0, 0) for n in batch],
+                                                      time.monotonic() + self.adapter.timeout_s + 1)
+                except PushError as e:
+                    log.warning("%s: listing 0 under %d unused channel SKUs failed (%s); trying again later",
+                                self.channel, len(batch), e)
+                    return
+                for r in results:
+                    if r.ok or r.permanent:  # (permanent: no such listing, nothing to retire)
+                        self._orphans.discard(r.sku)
+                        log.info("%s: channel SKU %s is no SKU's any more: %s", self.channel, r.sku,
+                                 "listed 0" if r.ok else f"not retired ({r.error})")
+        finally:
+            self._retiring = False
 
     async def reclaim(self) -> int:
         """Claim entries idle past reclaim_idle_ms from the group's consumers when one of the others looks

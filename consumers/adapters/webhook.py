@@ -28,6 +28,7 @@ def signature(body: bytes, secret: str) -> str:
 class WebhookAdapter(Adapter):
     kind = "webhook"
     max_batch = 500
+    versioned = True  # the receiver orders pushes by version per SKU name (a version-less push is dropped)
     default_in_flight = 8
 
     def __init__(self, config, session=None) -> None:
