@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
 
-SEVERITY = {"open": 2, "half_open": 1, "closed": 0}
+SEVERITY = {"open": 3, "half_open": 2, "throttled": 1, "closed": 0}
 
 
 async def channel_status(redis: AnyRedis, keys: Keys, channels: Iterable[str]) -> dict[str, dict[str, Any]]:

@@ -721,11 +721,18 @@ class ChannelWorker:
     def status(self) -> dict:
         return {
             "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(),
-            "ts_ms": int(time.time() * 1000), "heartbeat_ms": self.options.heartbeat_ms, "circuit": self.breaker.state,
+            "ts_ms": int(time.time() * 1000), "heartbeat_ms": self.options.heartbeat_ms, "circuit": self._circuit(),
             "circuit_opened": self.breaker.opened_total, "last_push_ms": self.last_push_ms,
             "last_error": self.last_error, "held": len(self.coalescer), "in_flight": self.in_flight,
             **{k: int(v) for k, v in self.stats.items()},
         }
+
+    def _circuit(self) -> str:
+        """The breaker's state, or `throttled` while a 429's Retry-After pauses the channel (a 429 is the
+        channel's pace, not a failure: it never opens the circuit, counts an attempt or dead-letters)."""
+        if self.breaker.state == CLOSED and self.paused_until > time.monotonic():
+            return "throttled"
+        return self.breaker.state
 
     async def heartbeat(self) -> None:
         await self.redis.hset(self.keys.channel_status(self.channel), self.consumer, orjson.dumps(self.status()))

@@ -222,6 +222,24 @@ async def test_a_429_storm_never_exceeds_the_limit_plus_burst(store, fresh):
     assert any(c.status == 429 for c in sim.calls)
 
 
+async def test_429s_pause_the_channel_without_counting_attempts_or_dead_letters(store, fresh):
+    sim = fresh["amazon"][0]
+    sim.set_faults(rate_limit=4, burst=1)  # most calls answered 429 while the adapter thinks 50/s is fine
+    skus = [f"Q-{i}" for i in range(12)]
+    for sku in skus:
+        await store.set(sku, 30)
+    async with Running(store, fresh, ["amazon"], opts(max_attempts=2), amazon={"rate_limit": 50, "burst": 10}) as run:
+        await wait_for(lambda: _circuit_is(store, "amazon", "throttled"), 10, "status showing the channel throttled")
+        await wait_for(lambda: run.converged(skus), 30, "every SKU listed at the channel's pace")
+        assert run.worker("amazon").breaker.opened_total == 0
+    assert sum(c.status == 429 for c in sim.calls) > 2 * len(skus)  # far past max_attempts per SKU
+    assert await store.redis.xlen(store.keys.dlq(0, "amazon")) == 0
+
+
+async def _circuit_is(store, channel, state) -> bool:
+    return (await channel_status(store.redis, store.keys, [channel]))[channel]["circuit"] == state
+
+
 async def test_the_trimmer_never_removes_what_a_slow_channel_has_not_acknowledged(store, fresh):
     skus = [f"T-{i}" for i in range(30)]
     fresh["flipkart"][0].set_faults(latency_ms=150)
