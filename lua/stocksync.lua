@@ -445,6 +445,18 @@ local function entry_id(value, name)
   return value
 end
 
+-- ARGV[first ..] as entry IDs; at least `least` of them.
+local function entry_ids(args, first, name, least)
+  if #args - first + 1 < least then
+    fail('expected at least one ' .. name)
+  end
+  local ids = {}
+  for i = first, #args do
+    ids[#ids + 1] = entry_id(args[i], name)
+  end
+  return ids
+end
+
 -- "a-b" < "c-d" as stream IDs (both parts can exceed 2^53, so compare as digit strings).
 local function id_less(a, b)
   local ams, aseq = string.match(a, '^(%d+)%-(%d+)$')
@@ -545,10 +557,7 @@ local function push_done(keys, args)
     local sku = text(args[2 + 2 * i], 'sku', MAX_SKU_LEN)
     versions[i] = {sku, integer(args[3 + 2 * i], 'version', 1, 99999999999)}
   end
-  local ids = {}
-  for i = 4 + 2 * n, #args do
-    ids[#ids + 1] = entry_id(args[i], 'entry ID')
-  end
+  local ids = entry_ids(args, 4 + 2 * n, 'entry ID', 0)
   local lease_head = tag .. ':lease:' .. channel .. ':'
   for i = 3, #keys do
     if string.sub(keys[i], 1, #lease_head) ~= lease_head or #keys[i] == #lease_head then
@@ -600,13 +609,7 @@ local function dead_letter(keys, args)
   local reason = text(args[4], 'reason', 64)
   local attempts = integer(args[5], 'attempts', 0, 1000000000)
   local err = text(args[6], 'error', 4096)
-  if #args < 7 then
-    fail('expected at least one entry ID')
-  end
-  local ids = {}
-  for i = 7, #args do
-    ids[#ids + 1] = entry_id(args[i], 'entry ID')
-  end
+  local ids = entry_ids(args, 7, 'entry ID', 1)
   local tag = tag_of(keys[2], 'dlq', channel)
   events_of(tag, keys[1])
   local acked = redis.call('XACK', keys[1], channel, unpack(ids))
@@ -635,13 +638,7 @@ local function dlq_resolve(keys, args)
   local channel = text(args[1], 'channel', MAX_GROUP_LEN)
   local sku = text(args[2], 'sku', MAX_SKU_LEN)
   local version = integer(args[3], 'version', 0, 99999999999)
-  if #args < 4 then
-    fail('expected at least one dead-letter entry ID')
-  end
-  local ids = {}
-  for i = 4, #args do
-    ids[#ids + 1] = entry_id(args[i], 'dead-letter entry ID')
-  end
+  local ids = entry_ids(args, 4, 'dead-letter entry ID', 1)
   local tag = tag_of(keys[1], 'pushed', channel)
   if keys[2] ~= tag .. ':dlq:' .. channel then
     fail('dead-letter key ' .. string.format('%q', keys[2]) .. ' is not ' .. tag .. ':dlq:' .. channel)
