@@ -4,6 +4,7 @@ worker's initial sync), and `stocksync resync` after listings were edited by han
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -25,8 +26,8 @@ RULES = Rules(buffer=1)
 
 @pytest.fixture(scope="module")
 def sims():
-    with serving_simulators() as running:
-        yield running
+    with serving_simulators() as served:
+        yield served
 
 
 @pytest.fixture
@@ -46,6 +47,16 @@ async def seed(store, skus=SKUS) -> None:
         await store.set(sku, 10 + i)
 
 
+async def seed_then_trim(store) -> None:
+    await seed(store)
+    await store.redis.xtrim(store.keys.events(0), maxlen=0, approximate=False)
+
+
+async def synced(store, sim, what: str) -> None:
+    await wait_for(lambda: lists_current(store, sim), 20, what)
+    await wait_for(lambda: _gone(store, "shopify"), 5, "the initial sync's mark removed")
+
+
 async def lists_current(store, sim, skus=SKUS) -> bool:
     listed = sim.quantities
     for sku in skus:
@@ -54,14 +65,15 @@ async def lists_current(store, sim, skus=SKUS) -> bool:
     return True
 
 
-async def running(store, cfg, options=None):
-    worker = ChannelWorker(store.redis, store.keys, cfg, options or opts())
-    return worker, asyncio.create_task(worker.run())
-
-
-async def stop(worker, task) -> None:
-    worker.stop()
-    await task
+@contextlib.asynccontextmanager
+async def running(store, cfg):
+    worker = ChannelWorker(store.redis, store.keys, cfg, opts())
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await task
 
 
 async def test_a_group_needs_an_initial_sync_only_where_the_stream_lost_changes(store):
@@ -78,48 +90,33 @@ async def test_a_group_needs_an_initial_sync_only_where_the_stream_lost_changes(
 
 async def test_a_channel_added_after_trimming_gets_every_skus_current_quantity(store, shopify):
     sim, cfg = shopify
-    await seed(store)
-    await store.redis.xtrim(store.keys.events(0), maxlen=0, approximate=False)  # weeks later, history gone
-    worker, task = await running(store, cfg)
-    try:
-        await wait_for(lambda: lists_current(store, sim), 15, "every SKU listed on the new channel")
-        await wait_for(lambda: _gone(store, "shopify"), 5, "the initial sync's mark removed")
+    await seed_then_trim(store)  # weeks later, the history is gone
+    async with running(store, cfg):
+        await synced(store, sim, "every SKU listed on the new channel")
         await store.decrement(SKUS[0], 3, ref="after-sync", source="amazon")  # changes still flow
         await wait_for(lambda: lists_current(store, sim), 10, "the change after the sync")
-    finally:
-        await stop(worker, task)
     assert all(len(sim.history(s)) <= 2 for s in SKUS)  # each SKU pushed once by the sync, SKU 0 once more
 
 
 async def test_an_unfinished_initial_sync_is_finished_by_the_next_worker(store, shopify):
     sim, cfg = shopify
-    await seed(store)
-    await store.redis.xtrim(store.keys.events(0), maxlen=0, approximate=False)
+    await seed_then_trim(store)
     # a worker created the group and marked the partition, then died before pushing anything
     assert await groups.ensure_groups(store.redis, store.keys, "shopify") == [0]
     assert sim.quantities == {}
-    worker, task = await running(store, cfg)
-    try:
-        await wait_for(lambda: lists_current(store, sim), 15, "every SKU listed by the next worker")
-        await wait_for(lambda: _gone(store, "shopify"), 5, "the mark removed")
-    finally:
-        await stop(worker, task)
+    async with running(store, cfg):
+        await synced(store, sim, "every SKU listed by the next worker")
 
 
 async def test_the_initial_sync_goes_over_a_partition_again_until_every_sku_is_taken(store, shopify):
     sim, cfg = shopify
-    await seed(store)
-    await store.redis.xtrim(store.keys.events(0), maxlen=0, approximate=False)
+    await seed_then_trim(store)
     sim.outage(True)
-    worker, task = await running(store, cfg)
-    try:
+    async with running(store, cfg):
         await wait_for(lambda: sim.calls, 10, "a sync call during the outage")
         assert await store.redis.exists(store.keys.resync(0, "shopify"))  # not done while the channel is down
         sim.outage(False)
-        await wait_for(lambda: lists_current(store, sim), 20, "every SKU listed after the outage")
-        await wait_for(lambda: _gone(store, "shopify"), 5, "the mark removed")
-    finally:
-        await stop(worker, task)
+        await synced(store, sim, "every SKU listed after the outage")
 
 
 async def test_resync_puts_back_hand_edited_listings_and_missing_only_pushes_what_is_not_current(store, shopify):
