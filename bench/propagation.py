@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from importlib.util import find_spec
 from pathlib import Path
 
 import orjson
@@ -45,9 +46,9 @@ LOW_SEED = 9  # 1 SKU in 20 starts here: its listed quantity falls to the low-st
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_sim(name: str, faults: dict, realistic: bool, server: str) -> tuple[subprocess.Popen, str]:
+def start_sim(name: str, faults: dict, realistic: bool, server: str, loop: str) -> tuple[subprocess.Popen, str]:
     argv = [sys.executable, "-m", "stocksync.simulators", name, "--port", "0", "--json", "--server", server,
-            "--faults", orjson.dumps(faults).decode()]
+            "--loop", loop, "--faults", orjson.dumps(faults).decode()]
     if realistic:
         argv.append("--realistic")
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -58,6 +59,19 @@ def start_sim(name: str, faults: dict, realistic: bool, server: str) -> tuple[su
 def sim_state(url: str) -> dict:
     with urllib.request.urlopen(url + "/_sim/state", timeout=30) as r:
         return orjson.loads(r.read())
+
+
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_used(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: None if before[k] is None or after.get(k) is None else round(after[k] - before[k], 2) for k in before}
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -83,11 +97,14 @@ async def load(store: StockStore, rate: int, seconds: float, skus: int, seed: in
     return done, start, time.monotonic()
 
 
-def start_workers(workdir: Path, env: dict) -> dict[str, subprocess.Popen]:
-    return {ch: subprocess.Popen(
-        [sys.executable, "-m", "consumers", "--config", str(workdir / "stocksync.toml"), "--log-level", "WARNING",
-         "worker", "--channel", ch, "--lag-file", str(workdir / f"{ch}.json")],
-        cwd=ROOT, env=env, stderr=(workdir / f"{ch}.log").open("wb")) for ch in CHANNELS}
+def start_workers(workdir: Path, env: dict, channels: list[str], profile: list[str]) -> dict[str, subprocess.Popen]:
+    def argv(ch: str) -> list[str]:
+        prof = ["-m", "cProfile", "-o", str(workdir / f"{ch}.prof")] if ch in profile else []
+        return [sys.executable, *prof, "-m", "consumers", "--config", str(workdir / "stocksync.toml"),
+                "--log-level", "WARNING", "worker", "--channel", ch, "--lag-file", str(workdir / f"{ch}.json")]
+
+    return {ch: subprocess.Popen(argv(ch), cwd=ROOT, env=env, stderr=(workdir / f"{ch}.log").open("wb"))
+            for ch in channels}
 
 
 async def wait_until(condition, seconds: float, interval: float = 0.1) -> bool:
@@ -110,8 +127,10 @@ async def scenario(name: str, redis_url: str, args, realistic: bool) -> dict:
     prefix = f"bench{int(time.time())}{name[:4]}"
     settings = Settings(redis_url=redis_url, prefix=prefix)
     faults = {} if realistic else {"latency_ms": 20, "jitter_ms": 0, "rate_limit": None}
-    sims = {ch: start_sim(ch, faults, realistic, args.sim_server) for ch in CHANNELS}
+    channels = args.channels or list(CHANNELS)
+    sims = {ch: start_sim(ch, faults, realistic, args.sim_server, args.loop) for ch in channels}
     workdir = Path(tempfile.mkdtemp(prefix="stocksync-bench-"))
+    log(f"[{name}] work directory {workdir}")
     lines = [f'redis_url = "{redis_url}"', f'prefix = "{prefix}"', "", "[worker]", "trim_interval_ms = 0", ""]
     for ch, (_, url) in sims.items():
         opts = {}
@@ -121,7 +140,7 @@ async def scenario(name: str, redis_url: str, args, realistic: bool) -> dict:
                 opts["rate_limit"] = 0
         lines.append(toml_channel(config(ch, url, **opts)))
     (workdir / "stocksync.toml").write_text("\n".join(lines))
-    env = {**os.environ, **SIMULATOR_ENV}
+    env = {**os.environ, **SIMULATOR_ENV, "STOCKSYNC_LOOP": args.loop}
     store = await StockStore.connect(settings)
     await store.redis.execute_command("CONFIG", "SET", "save", "")
     log(f"[{name}] seeding {args.skus} SKUs")
@@ -131,18 +150,24 @@ async def scenario(name: str, redis_url: str, args, realistic: bool) -> dict:
             pipe.execute_command("FCALL", "stocksync_set", 3, store.keys.sku(f"B{i}"), store.keys.events(0),
                                  store.keys.idem(0, f"seed{i}"), qty, "seed", f"seed{i}")
         await pipe.execute()
-    for ch in CHANNELS:  # the groups exist before the workers, so the seeding counts as backlog
+    for ch in channels:  # the groups exist before the workers, so the seeding counts as backlog
         await ensure_groups(store.redis, store.keys, ch)
-    workers = await asyncio.to_thread(start_workers, workdir, env)
+    workers = await asyncio.to_thread(start_workers, workdir, env, channels, args.profile or [])
     try:
         # the seeding warms the workers up (Shopify's item ids are looked up once); not measured
         seeded = await wait_until(lambda: drained(store), 120 if not realistic else 15)
         base_calls = {ch: sim_state(url)["calls"] for ch, (_, url) in sims.items()}
+        pids = {**{f"worker:{ch}": w.pid for ch, w in workers.items()},
+                **{f"sim:{ch}": proc.pid for ch, (proc, _) in sims.items()}}
+        cpu0 = {k: cpu_s(pid) for k, pid in pids.items()}
+        load0 = os.getloadavg()
         first_id = (await store.redis.xinfo_stream(store.keys.events(0)))["last-generated-id"]
         log(f"[{name}] seeded (drained: {seeded}); {args.rate}/s for {args.seconds} s")
         changes, t0, t1 = await load(store, args.rate, args.seconds, args.skus, 1)
+        load1 = os.getloadavg()
         await wait_until(lambda: drained(store), 30 if not realistic else args.settle)
         end_ms = int(time.time() * 1000)
+        cpu = cpu_used(cpu0, {k: cpu_s(pid) for k, pid in pids.items()})
         all_drained = await drained(store)
         calls = {ch: sim_state(url)["calls"] - base_calls[ch] for ch, (_, url) in sims.items()}
         max_rate = {ch: sim_state(url)["max_rate_1s"] for ch, (_, url) in sims.items()}
@@ -159,8 +184,11 @@ async def scenario(name: str, redis_url: str, args, realistic: bool) -> dict:
     for proc, _ in sims.values():
         proc.terminate()
         proc.wait()
-    out = {"changes": changes, "seconds": round(t1 - t0, 2), "drained": all_drained, "channels": {}}
-    for ch in CHANNELS:
+    # CPU seconds each worker and simulator used from the start of the load to the end of the drain
+    # (the same window as the calls), and the load average at the start and the end of the load
+    out = {"changes": changes, "seconds": round(t1 - t0, 2), "drained": all_drained, "cpu_s": cpu,
+           "load_avg": [round(load0[0], 2), round(load1[0], 2)], "channels": {}}
+    for ch in channels:
         lags = orjson.loads((workdir / f"{ch}.json").read_bytes())[ch]
         lags = [(c, a, u) for c, a, u in lags if c > first_ms]
         accepted = len(lags)
@@ -181,6 +209,8 @@ async def scenario(name: str, redis_url: str, args, realistic: bool) -> dict:
             "longest_stale_ms": max(filter(None, [all_lag[-1] if all_lag else None, oldest_unaccepted]), default=None),
             "calls": calls[ch], "calls_per_change": round(calls[ch] / changes, 3) if changes else None,
             "sim_max_accepted_per_s": max_rate[ch],
+            "worker_cpu_us_per_call": round(cpu[f"worker:{ch}"] / calls[ch] * 1e6) if cpu[f"worker:{ch}"] and calls[ch] else None,
+            "sim_cpu_us_per_call": round(cpu[f"sim:{ch}"] / calls[ch] * 1e6) if cpu[f"sim:{ch}"] and calls[ch] else None,
         }
     return out
 
@@ -191,9 +221,10 @@ def render(result: dict, markdown: bool = False) -> str:
         for ch, c in s["channels"].items():
             rows.append([name, ch, s["changes"], c["accepted_changes"], c["p50_ms"], c["p99_ms"], c["max_ms"],
                          c["urgent_changes"], c["urgent_p99_ms"], c["longest_stale_ms"], c["calls"],
-                         fmt(c["calls_per_change"], 3)])
+                         fmt(c["calls_per_change"], 3), c.get("worker_cpu_us_per_call"), c.get("sim_cpu_us_per_call")])
     return table(["scenario", "channel", "changes", "accepted", "p50 ms", "p99 ms", "max ms", "urgent changes",
-                  "urgent p99 ms", "longest stale ms", "calls", "calls/change"], rows, markdown)
+                  "urgent p99 ms", "longest stale ms", "calls", "calls/change", "worker CPU us/call",
+                  "sim CPU us/call"], rows, markdown)
 
 
 def markdown(result: dict) -> str:
@@ -203,7 +234,8 @@ def markdown(result: dict) -> str:
     head = (f"Run: {result['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, load "
             f"{m['load_avg_at_start']}; Python {v['python']}, redis-py {v['redis']} + hiredis {v['hiredis']}, "
             f"aiohttp {v['aiohttp']}; {a.get('rate', '?')} changes/s for {a.get('seconds', '?')} s over "
-            f"{a.get('skus', '?')} SKUs; simulators on {a.get('sim_server', '?')}.")
+            f"{a.get('skus', '?')} SKUs; simulators on {a.get('sim_server', '?')}; workers' and simulators' event loop "
+            f"{a.get('loop', 'asyncio')}" + (f" {v['uvloop']}" if a.get("loop") == "uvloop" and v.get("uvloop") else "") + ".")
     if result.get("note"):
         head += f" Note: {result['note']}."
     return head + "\n\n" + render(result, markdown=True)
@@ -216,10 +248,18 @@ def main() -> int:
     parser.add_argument("--skus", type=int, default=10_000)
     parser.add_argument("--settle", type=float, default=20.0, help="seconds to let the rate-limited run catch up")
     parser.add_argument("--only", choices=["nolimits", "limits"])
+    parser.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                        help="event loop of the workers and the simulators (auto: uvloop when installed)")
+    parser.add_argument("--channels", nargs="+", choices=CHANNELS, help="run only these channels (default: all)")
+    parser.add_argument("--profile", nargs="+", choices=CHANNELS, default=[],
+                        help="run these channels' workers under cProfile (<workdir>/<channel>.prof; slows them down)")
+    parser.add_argument("--out", default="propagation", help="results file name (bench/results/NAME.json)")
     parser.add_argument("--sim-server", choices=["aiohttp", "uvicorn"], default="aiohttp",
                         help="the simulators' HTTP server (same apps and shapes; see stocksync/simulators/fastserve.py)")
     args = parser.parse_args()
-    result = {"date": today(), "machine": machine(), "versions": python_versions("redis", "aiohttp", "hiredis"),
+    if args.loop == "auto":  # record what auto means here
+        args.loop = "uvloop" if find_spec("uvloop") else "asyncio"
+    result = {"date": today(), "machine": machine(), "versions": python_versions("redis", "aiohttp", "hiredis", "uvloop"),
               "args": vars(args), "scenarios": {}}
     with EmbeddedRedis() as server:
         for name, realistic in (("nolimits", False), ("limits", True)):
@@ -227,8 +267,12 @@ def main() -> int:
                 continue
             result["scenarios"][name] = asyncio.run(scenario(name, server.url, args, realistic))
     print(render(result))
-    path = write_json("propagation", result)
+    for name, s in result["scenarios"].items():
+        log(f"[{name}] CPU s (load start to drain): {s['cpu_s']}; load average at load start/end: {s['load_avg']}")
+    path = write_json(args.out, result)
     log(f"wrote {path}")
+    for ch in args.profile:
+        log(f"profile of {ch}: {ch}.prof in the bench's work directory (see the [name] lines above)")
     return 0
 
 

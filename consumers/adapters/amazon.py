@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from yarl import URL
+
 from .base import Adapter, PermanentError, Result, TransientError, Update, json_body
 
 API = "/listings/2021-08-01/items"
@@ -34,9 +36,11 @@ class AmazonAdapter(Adapter):
         self.marketplace_id = str(opts.get("marketplace_id", "ATVPDKIKX0DER"))
         self.product_type = str(opts.get("product_type", "PRODUCT"))
         self.channel_code = str(opts.get("fulfillment_channel_code", "DEFAULT"))
-        # per call only the SKU and the quantity change: the rest of the URL and body is built once
-        self._url_head = f"{self.config.url}{API}/{quote(self.seller_id, safe='')}/"
-        self._url_tail = f"?marketplaceIds={self.marketplace_id}"
+        # per call only the SKU and the quantity change: the rest of the URL and body is built once. The
+        # URL is handed to aiohttp already percent-encoded (the base URL normalised by yarl once, every
+        # part after it quoted here), so it is not parsed and encoded again on every call.
+        self._url_head = f"{str(URL(self.config.url)).rstrip('/')}{API}/{quote(self.seller_id, safe='')}/"
+        self._url_tail = f"?marketplaceIds={quote(self.marketplace_id, safe=',')}"
         head = json_body({"productType": self.product_type, "patches": [{"op": "replace", "path": ATTRIBUTE,
                           "value": [{"fulfillment_channel_code": self.channel_code, "quantity": 0}]}]})
         self._body_head, self._body_tail = head.split(b'"quantity":0', 1)
@@ -52,7 +56,7 @@ class AmazonAdapter(Adapter):
 
     async def push_batch(self, updates: list[Update], deadline: float | None) -> list[Result]:
         (u,) = updates
-        url = self._url_head + quote(u.channel_sku, safe="") + self._url_tail
+        url = URL(self._url_head + quote(u.channel_sku, safe="") + self._url_tail, encoded=True)
         body = b"%s%d%s" % (self._body_head, int(u.quantity), self._body_tail)
         try:
             _, data = await self.request("PATCH", url, body=body, headers=self.headers(), deadline=deadline)

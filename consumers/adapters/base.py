@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from stocksync.channels import ChannelConfig
 
@@ -175,6 +176,7 @@ class Adapter:
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                 json_serialize=lambda o: orjson.dumps(o).decode(),
+                cookie_jar=aiohttp.DummyCookieJar(),  # token-authenticated APIs: no cookies kept or sent
             )
         return self._session
 
@@ -212,7 +214,7 @@ class Adapter:
     async def request(
         self,
         method: str,
-        url: str,
+        url: str | URL,
         *,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
@@ -236,7 +238,7 @@ class Adapter:
             async with self.session.request(method, url, data=body, headers=headers, **extra) as response:
                 raw = await response.read()
                 status = response.status
-                retry = retry_after_s(response.headers.get("Retry-After"))
+                retry = None if status < 300 else retry_after_s(response.headers.get("Retry-After"))
         except TimeoutError:
             raise TransientError(f"{self.name}: {method} timed out after {timeout:.3g} s", ambiguous=True) from None
         except aiohttp.ClientConnectorError as e:  # no connection: the request was never sent

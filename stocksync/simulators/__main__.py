@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         default="uvicorn",
         help="HTTP server: uvicorn (default) or aiohttp (same app and shapes, cheaper HTTP; for benchmarks)",
     )
+    parser.add_argument(
+        "--loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default=None,
+        help="event loop of the aiohttp server (default $STOCKSYNC_LOOP, else auto: uvloop when installed)",
+    )
     args = parser.parse_args(argv)
 
     names = list(SIMULATORS) if args.which == "all" else [args.which]
@@ -73,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             cls = SIMULATORS[name]
             sim = cls(cls.realistic_faults() if args.realistic else None)
             sim.set_faults(**orjson.loads(args.faults))
-            run = serve_aiohttp if args.server == "aiohttp" else serve
-            url = stack.enter_context(run(sim, host=args.host, port=args.port + i if args.port else 0))
+            port = args.port + i if args.port else 0
+            if args.server == "aiohttp":
+                url = stack.enter_context(serve_aiohttp(sim, host=args.host, port=port, loop=args.loop))
+            else:
+                url = stack.enter_context(serve(sim, host=args.host, port=port))
             described[name] = describe(sim, url)
         if args.json:
             print(orjson.dumps(described).decode(), flush=True)
