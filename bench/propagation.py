@@ -124,11 +124,25 @@ async def drained(store: StockStore) -> bool:
 
 
 async def scenario(name: str, redis_url: str, args, realistic: bool) -> dict:
+    """One scenario; its simulator processes are stopped however it ends (an interrupted run too)."""
+    faults = {} if realistic else {"latency_ms": 20, "jitter_ms": 0, "rate_limit": None}
+    sims: dict[str, tuple[subprocess.Popen, str]] = {}
+    try:
+        for ch in args.channels or list(CHANNELS):
+            sims[ch] = start_sim(ch, faults, realistic, args.sim_server, args.loop)
+        return await _scenario(name, redis_url, args, realistic, sims)
+    finally:
+        for proc, _ in sims.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, _ in sims.values():
+            proc.wait(timeout=30)
+
+
+async def _scenario(name: str, redis_url: str, args, realistic: bool, sims: dict) -> dict:
     prefix = f"bench{int(time.time())}{name[:4]}"
     settings = Settings(redis_url=redis_url, prefix=prefix)
-    faults = {} if realistic else {"latency_ms": 20, "jitter_ms": 0, "rate_limit": None}
-    channels = args.channels or list(CHANNELS)
-    sims = {ch: start_sim(ch, faults, realistic, args.sim_server, args.loop) for ch in channels}
+    channels = list(sims)
     workdir = Path(tempfile.mkdtemp(prefix="stocksync-bench-"))
     log(f"[{name}] work directory {workdir}")
     lines = [f'redis_url = "{redis_url}"', f'prefix = "{prefix}"', "", "[worker]", "trim_interval_ms = 0", ""]
@@ -181,9 +195,6 @@ async def scenario(name: str, redis_url: str, args, realistic: bool) -> dict:
     measured = [(int(i.split("-")[0]), f) for i, f in entries if f["type"] == "stock.changed"]
     await store.redis.execute_command("FLUSHDB")
     await store.close()
-    for proc, _ in sims.values():
-        proc.terminate()
-        proc.wait()
     # CPU seconds each worker and simulator used from the start of the load to the end of the drain
     # (the same window as the calls), and the load average at the start and the end of the load
     out = {"changes": changes, "seconds": round(t1 - t0, 2), "drained": all_drained, "cpu_s": cpu,
