@@ -17,6 +17,7 @@ import time
 import orjson
 
 from stocksync.channels import load_channels
+from stocksync.keys import MAX_SKU_BYTES
 from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "sent: after listings were edited by hand on the marketplace, or to fill a "
                               "new listing. Runs beside the workers (each SKU under its push lease).")
     r.add_argument("channel")
-    r.add_argument("--sku", action="append", help="only this SKU (repeatable; default: every SKU)")
+    r.add_argument("--sku", action="append", type=_sku_arg, help="only this SKU (repeatable; default: every SKU)")
     r.add_argument("--missing", action="store_true",
                    help="only SKUs the channel has not accepted at their current version")
     r.set_defaults(run=cmd_resync, sync=True)
@@ -66,6 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("status", help="per channel: lag, pending, dead letters, last push, circuit")
     s.add_argument("--json", action="store_true")
     s.set_defaults(run=cmd_status, sync=True)
+
+
+def _sku_arg(value: str) -> str:
+    """A SKU as the function library takes it (a clear error and exit 2 instead of a Redis error)."""
+    if not value or len(value.encode()) > MAX_SKU_BYTES or any(ord(c) < 32 for c in value):
+        raise argparse.ArgumentTypeError(f"a SKU is 1 to {MAX_SKU_BYTES} bytes without control characters")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -153,13 +161,14 @@ def cmd_resync(args: argparse.Namespace) -> int:
         async with await StockStore.connect(settings) as store:
             report = await resync.resync(store.redis, store.keys, config, skus=args.sku, force=not args.missing,
                                          progress=progress)
-        for sku, error in report.failed.items():
+        for sku, error in {**report.failed, **report.refused}.items():
             print(f"failed {sku}: {error}", file=sys.stderr)
         unknown = report.gone if args.sku else []  # (a SKU deleted during a full pass is not an error)
         for sku in unknown:
             print(f"unknown SKU {sku!r}: nothing pushed", file=sys.stderr)
         print(f"{args.channel}: {len(report.pushed)} pushed, {len(report.current)} current already, "
-              f"{len(report.busy)} being pushed by a worker, {len(report.gone)} unknown, {len(report.failed)} failed")
+              f"{len(report.busy)} being pushed by a worker, {len(report.gone)} unknown, "
+              f"{len(report.failed) + len(report.refused)} failed")
         return 0 if report.ok and not unknown else 1
 
     return _run(main())

@@ -50,6 +50,7 @@ class SkuWork:
     busy: bool = False  # a push of this SKU is in flight
     last_error: str = ""
     recheck_at: float = 0.0  # monotonic time a push of the current quantity is due whatever was pushed (0: none)
+    owed_ms: int = 0  # the same as recorded in Redis (stocksync_recheck), wall-clock ms
     forced: bool = False  # the push in flight is such a recheck
     started: float = 0.0  # monotonic time the push in flight was handed out
 
@@ -102,12 +103,14 @@ class Coalescer:
         w = self.work.get(sku)
         return w is not None and w.urgency < NORMAL
 
-    def recheck(self, sku: str, partition: int, at: float) -> None:
-        """Push sku's current quantity at `at` (monotonic) even if the channel has its version already."""
+    def recheck(self, sku: str, partition: int, at: float, owed_ms: int) -> None:
+        """Push sku's current quantity at `at` (monotonic) even if the channel has its version already;
+        owed_ms: when Redis says it is owed (settled with that time once pushed)."""
         w = self.work.get(sku)
         if w is None:
             w = self.work[sku] = SkuWork(sku, partition, since=time.monotonic())
         w.recheck_at = max(w.recheck_at, at)
+        w.owed_ms = max(w.owed_ms, owed_ms)
         if not w.busy:
             self._queue(w)
 

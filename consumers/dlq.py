@@ -99,6 +99,6 @@ async def replay(redis: AnyRedis, keys: Keys, config: ChannelConfig, *, skus: se
                 for sku, version in settled.items():
                     await ledger.dlq_resolve(redis, keys, p, config.name, sku, version, by_sku[(p, sku)])
                     report.resolved.append(sku)
-                report.failed.update(pushed.failed)
+                report.failed.update({**pushed.failed, **pushed.refused})
                 report.failed.update(dict.fromkeys(pushed.busy, "a worker is pushing this SKU right now; replay again shortly"))
     return report

@@ -18,34 +18,46 @@ async def ensure_groups(redis: AnyRedis, keys: Keys, channel: str, start_id: str
     """One group per channel, named after it, on every partition's stream (MKSTREAM; BUSYGROUP is fine).
 
     A group that starts on a stream that no longer holds every change ever added (trimmed or deleted
-    entries, or start_id "$" past existing history) would never hear of the SKUs that did not change
-    since: such a partition is marked for an initial sync (keys.resync) *before* the group is created,
-    so a crash in between leaves the mark, not a group without it. Answers the partitions whose mark is
-    present (new ones, and those of an earlier sync that did not finish)."""
+    entries, or a start past existing history) would never hear of the SKUs that did not change since:
+    such a partition gets an initial sync. The mark (keys.resync) is set *before* the group is created
+    (a crash in between leaves the mark, not a group without it) and taken back once the group exists and
+    the stream is seen to have lost nothing before it (from then on the trimmer keeps what the group has
+    not read). Answers the partitions whose mark is present (new, or of a sync that did not finish)."""
     for p in range(keys.partitions):
-        stream = keys.events(p)
-        if await _needs_sync(redis, stream, channel, start_id):
-            await redis.set(keys.resync(p, channel), start_id)
+        stream, mark = keys.events(p), keys.resync(p, channel)
+        marked = await _group_missing_on_a_stream(redis, stream, channel)
+        if marked:
+            await redis.set(mark, start_id)
         try:
             await redis.xgroup_create(stream, channel, id=start_id, mkstream=True)
         except ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
+        if marked and not await _missed_changes(redis, stream, channel):
+            await redis.delete(mark)
     return [p for p in range(keys.partitions) if await redis.exists(keys.resync(p, channel))]
 
 
-async def _needs_sync(redis: AnyRedis, stream: str, channel: str, start_id: str) -> bool:
-    """Whether a group `channel` created now at start_id would miss changes: it does not exist yet, and
-    the stream has lost entries (entries-added > length; Redis 7+) or the group would skip its history."""
+async def _group_missing_on_a_stream(redis: AnyRedis, stream: str, channel: str) -> bool:
     try:
-        info = await redis.xinfo_stream(stream)
-    except ResponseError:  # no such stream yet: nothing to miss
+        return all(g["name"] != channel for g in await redis.xinfo_groups(stream))
+    except ResponseError:  # no such stream yet: a group created with it has nothing to miss
         return False
-    if any(g["name"] == channel for g in await redis.xinfo_groups(stream)):
-        return False
+
+
+async def _missed_changes(redis: AnyRedis, stream: str, channel: str) -> bool:
+    """Whether the (existing) group misses changes: the stream lost entries (entries-added > length, Redis
+    7+; assumed when unknown), or the group starts at or past its first entry (created at "$" or at an ID;
+    a group some consumer already read from counts too, which only costs an initial sync not needed)."""
+    info = await redis.xinfo_stream(stream)
     length = int(info["length"])
-    added = int(info.get("entries-added", length))
-    return added > length or (start_id != "0" and length > 0)
+    if int(info.get("entries-added", length + 1)) > length:
+        return True
+    first = await redis.xrange(stream, count=1)
+    if not first:
+        return False
+    group = next(g for g in await redis.xinfo_groups(stream) if g["name"] == channel)
+    return _id_tuple(str(group["last-delivered-id"])) >= _id_tuple(first[0][0])
 
 
 def parse(partition: int, entry_id: str, fields: dict | None) -> Entry | None:

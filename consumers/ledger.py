@@ -82,9 +82,13 @@ async def recheck(redis: AnyRedis, keys: Keys, partition: int, channel: str, op:
     return int(changed)
 
 
-async def owed(redis: AnyRedis, keys: Keys, partition: int, channel: str, until_ms: int) -> list[str]:
-    """SKUs owed a push (stocksync_recheck 'due') at or before until_ms and not settled since."""
-    return list(await redis.zrangebyscore(keys.recheck(partition, channel), "-inf", until_ms))
+async def owed(redis: AnyRedis, keys: Keys, partition: int, channel: str, until_ms: int,
+               count: int = 1000) -> list[tuple[str, int]]:
+    """(SKU, when owed), for up to `count` SKUs owed a push (stocksync_recheck 'due') at or before until_ms
+    and not settled since, the oldest first."""
+    rows = await redis.zrangebyscore(keys.recheck(partition, channel), "-inf", until_ms, start=0, num=count,
+                                     withscores=True)
+    return [(sku, int(ms)) for sku, ms in rows]
 
 
 class LedgerBatcher:

@@ -11,7 +11,9 @@ Every push here takes the SKU's lease under an owner of its own (never the worke
 library renews a lease for its own owner, so sharing it would let two pushes of one SKU overlap), reads
 the current quantity and the version the channel has in the same call, and records the accepted version
 (never lowering it), so a worker pushing the same SKU at the same time is never overtaken by an older
-quantity. Pushes go through the channel's adapter, with its batch size, rate limit and timeouts.
+quantity. A push that got no answer leaves a recheck owed (stocksync_recheck), which the workers pay:
+the abandoned request may land after a newer push. Pushes go through the channel's adapter, with its
+batch size, rate limit and timeouts.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from stocksync.channels import ChannelConfig
@@ -29,7 +31,7 @@ from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
 
 from . import ledger
-from .adapters import Adapter, PushError, Update, make_adapter
+from .adapters import Adapter, PushError, Result, Update, make_adapter
 from .skumap import ChannelSkus
 
 log = logging.getLogger(__name__)
@@ -48,21 +50,24 @@ class PushReport:
     current: dict[str, int] = field(default_factory=dict)  # SKU -> version the channel had already (no call)
     gone: list[str] = field(default_factory=list)  # SKUs that no longer exist (nothing to list)
     busy: list[str] = field(default_factory=list)  # SKUs another consumer is pushing right now (their current quantity)
-    failed: dict[str, str] = field(default_factory=dict)  # SKU -> why the channel did not take it
+    refused: dict[str, str] = field(default_factory=dict)  # SKU -> why the channel refused it for good
+    failed: dict[str, str] = field(default_factory=dict)  # SKU -> why the channel did not take it for now
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.refused
 
     @property
     def done(self) -> int:
-        return len(self.pushed) + len(self.current) + len(self.gone) + len(self.busy)
+        """SKUs settled: pushed, current, gone, being pushed by another consumer, or refused for good."""
+        return len(self.pushed) + len(self.current) + len(self.gone) + len(self.busy) + len(self.refused)
 
     def merge(self, other: PushReport) -> None:
         self.pushed.update(other.pushed)
         self.current.update(other.current)
         self.gone += other.gone
         self.busy += other.busy
+        self.refused.update(other.refused)
         self.failed.update(other.failed)
 
 
@@ -105,26 +110,39 @@ class Pusher:
             else:
                 updates.append(Update(c.sku, self.names.channel_sku(c.sku), self.config.rules.listed(c.available),
                                       c.version))
+        unanswered: list[str] = []
         try:
             if updates:
-                await self._call(updates, deadline, report)
+                unanswered = await self._call(updates, deadline, report)
         finally:
             await ledger.done(self.redis, self.keys, partition, self.config.name, self.owner, report.pushed, [],
                               leased)
+        if unanswered:
+            # Sent without an answer: the channel may apply it after a newer push by a worker. Owe the
+            # channel the current quantity once it can no longer land; the workers pay what is owed.
+            due_ms = int(time.time() * 1000 + 4000 * self.adapter.timeout_s)
+            await ledger.recheck(self.redis, self.keys, partition, self.config.name, "due", due_ms, unanswered)
         return report
 
-    async def _call(self, updates: list[Update], deadline: float, report: PushReport) -> None:
+    async def _call(self, updates: list[Update], deadline: float, report: PushReport) -> list[str]:
+        """Push; answers the SKUs whose request got no answer (it may still be applied)."""
         try:
-            results = {r.sku: r for r in await self.adapter.push(updates, deadline)}
+            results = list(await self.adapter.push(updates, deadline))
         except PushError as e:
-            report.failed.update({u.sku: str(e) for u in updates})
-            return
+            results = [Result.failed(u.sku, str(e), permanent=e.permanent, ambiguous=e.ambiguous) for u in updates]
+        by_sku = {r.sku: r for r in results}
+        unanswered = []
         for u in updates:
-            r = results.get(u.sku)
-            if r is not None and r.ok:
+            r = by_sku.get(u.sku) or Result.failed(u.sku, "the channel did not answer for this SKU", permanent=False)
+            if r.ok:
                 report.pushed[u.sku] = u.version
+            elif r.permanent:
+                report.refused[u.sku] = r.error
             else:
-                report.failed[u.sku] = r.error if r is not None else "the channel did not answer for this SKU"
+                report.failed[u.sku] = r.error
+                if r.ambiguous:
+                    unanswered.append(u.sku)
+        return unanswered
 
 
 async def scan_skus(redis: AnyRedis, keys: Keys, partition: int) -> AsyncIterator[str]:
@@ -137,13 +155,16 @@ async def scan_skus(redis: AnyRedis, keys: Keys, partition: int) -> AsyncIterato
 
 async def resync(redis: AnyRedis, keys: Keys, config: ChannelConfig, *, skus: Iterable[str] | None = None,
                  partitions: Iterable[int] | None = None, force: bool = True, adapter: Adapter | None = None,
-                 progress: Callable[[PushReport], None] | None = None) -> PushReport:
+                 progress: Callable[[PushReport], None] | None = None,
+                 ready: Callable[[], Awaitable[None]] | None = None) -> PushReport:
     """Push the current quantity of every SKU (of `partitions`, default all), or of `skus`, to the channel,
     a batch at a time. `force=False`: only SKUs the channel does not have at their current version.
-    progress(report so far) is called after every batch."""
+    progress(report so far) is called after every batch; `ready()` is awaited before each."""
     report = PushReport()
     async with Pusher(redis, keys, config, adapter=adapter) as pusher:
         async for p, batch in _batches(redis, keys, skus, partitions, pusher.adapter.batch_size):
+            if ready is not None:
+                await ready()
             report.merge(await pusher.push(p, batch, force=force))
             if progress is not None:
                 progress(report)

@@ -112,6 +112,7 @@ class ChannelWorker:
         # max_pending, or from a previous life under this name: "0" at start); absent: all are held
         self._resume: dict[int, str] = {p: "0" for p in range(keys.partitions)}
         self._hard_cap = 2 * self.options.max_pending  # held entries past which reads stop
+        self._remapped: dict[str, str] = {}  # SKU -> old channel SKU, of a map change not yet acted on
         self._orphans: set[str] = set()  # channel SKUs no SKU uses any more, to be listed at 0
         self._retiring = False
         self.started = asyncio.Event()
@@ -119,10 +120,10 @@ class ChannelWorker:
     # ----- ordering --------------------------------------------------------------------------------
 
     def _rank(self, e: Entry) -> int:
-        """ZERO: the channel must list 0 (each of its sales is an oversell until it does); URGENT: where an
-        oversell can happen, a low listed quantity or a sharp drop; NORMAL: the rest."""
+        """ZERO: a drop to 0 listed (each sale of the channel is an oversell until it lists 0); URGENT: where
+        an oversell can happen, a low listed quantity or a sharp drop; NORMAL: the rest."""
         listed = self.config.rules.listed(e.available)
-        if listed == 0:
+        if listed == 0 and e.delta < 0:
             return ZERO
         before = e.available - e.delta
         return URGENT if listed <= self.options.low_stock or (e.delta < 0 and -e.delta * 2 >= before) else NORMAL
@@ -389,8 +390,8 @@ class ChannelWorker:
         acks: dict[int, list[str]] = collections.defaultdict(list)
         settle: list[tuple[SkuWork, int | None, float | None, list[str] | None]] = []
         updates: list[Update] = []
-        owed: dict[int, list[str]] = collections.defaultdict(list)  # rechecks owed from now on (stocksync_recheck)
-        repaid: dict[int, list[str]] = collections.defaultdict(list)  # rechecks this push settled
+        owed: list[SkuWork] = []  # rechecks owed from now on (stocksync_recheck)
+        repaid: list[SkuWork] = []  # rechecks this push settled
         for c in (c for part in claims for c in part):
             w = works[c.sku]
             if not c.leased:
@@ -399,8 +400,7 @@ class ChannelWorker:
             release[w.partition].append(c.sku)
             if c.version is None:  # the SKU is gone: nothing to list
                 if w.recheck_at:
-                    w.recheck_at = 0.0
-                    repaid[w.partition].append(c.sku)
+                    repaid.append(w)
                 log.warning("%s: SKU %s no longer exists; acknowledging its entries", self.channel, c.sku)
                 acks[w.partition] += w.ids
                 settle.append((w, None, None, w.ids))
@@ -447,8 +447,7 @@ class ChannelWorker:
             r = results.get(u.sku) or Result.failed(u.sku, "the channel did not answer for this SKU", permanent=False)
             if r.ok:
                 if w.recheck_at and w.started >= w.recheck_at:  # this push is the channel's last word
-                    w.recheck_at = 0.0
-                    repaid[w.partition].append(u.sku)
+                    repaid.append(w)
                 accepted[w.partition][u.sku] = u.version
                 acks[w.partition] += [e.id for e in w.entries.values() if e.version <= u.version]
                 settle.append((w, u.version, None, None))
@@ -463,8 +462,7 @@ class ChannelWorker:
                 # it expires; our own retries renew it), and push the current quantity again once that
                 # request can no longer land, so the channel's last word is the current quantity.
                 release[w.partition].remove(u.sku)
-                w.recheck_at = max(w.recheck_at, time.monotonic() + self.recheck_s)
-                owed[w.partition].append(u.sku)
+                owed.append(w)
                 self.stats["unanswered"] += 1
             elif throttled:
                 # the channel's pace, not this SKU's failure: no attempt counted (no growing backoff, no
@@ -476,8 +474,7 @@ class ChannelWorker:
             if not w.entries:  # a recheck alone: retried with backoff, given up after max_attempts
                 if r.permanent or w.attempts >= o.max_attempts:
                     log.warning("%s: recheck of SKU %s given up: %s", self.channel, u.sku, r.error)
-                    w.recheck_at = 0.0
-                    repaid[w.partition].append(u.sku)
+                    repaid.append(w)
                     settle.append((w, None, None, None))
                 else:
                     delay = backoff_s(max(w.attempts, 1), o.backoff_base_ms / 1000, o.backoff_cap_ms / 1000,
@@ -493,7 +490,7 @@ class ChannelWorker:
                 delay = backoff_s(max(w.attempts, 1), o.backoff_base_ms / 1000, o.backoff_cap_ms / 1000, r.retry_after)
                 settle.append((w, None, time.monotonic() + delay, None))
 
-        await self._record_rechecks(owed, repaid, batch)
+        await self._record_rechecks(owed, repaid)
         touched = set(release) | set(acks)
         if len(touched) == 1:
             (p,) = touched
@@ -523,30 +520,36 @@ class ChannelWorker:
                             len(ids), e)
                 self._defer(p, min(ids, key=_id_tuple))
 
-    async def _record_rechecks(self, owed: dict[int, list[str]], repaid: dict[int, list[str]],
-                               batch: list[SkuWork]) -> None:
-        """Keep the rechecks this push made owed, or settled, in Redis: a worker that dies owing one leaves
-        it for the others (housekeeping pushes what is owed reclaim_idle_ms past its time). Recorded before
-        any entry of those SKUs can be acknowledged (they stay pending until a later push is accepted)."""
-        now_ms = int(time.time() * 1000)
-        for p, skus in owed.items():
-            await ledger.recheck(self.redis, self.keys, p, self.channel, "due", now_ms + int(self.recheck_s * 1000),
-                                 skus)
-        if repaid:
-            started_ms = now_ms - int((time.monotonic() - min(w.started for w in batch)) * 1000)
-            for p, skus in repaid.items():
-                await ledger.recheck(self.redis, self.keys, p, self.channel, "done", started_ms, skus)
+    async def _record_rechecks(self, owed: list[SkuWork], repaid: list[SkuWork]) -> None:
+        """Set the rechecks this push made owed (after recheck_s), or settled, here and in Redis: a worker
+        that dies owing one leaves it to the others (housekeeping pushes what is owed reclaim_idle_ms past
+        its time). Recorded before any entry of those SKUs can be acknowledged (they stay pending until a
+        later push is accepted). A settled one is settled with the time it was owed, so a later debt (an
+        unanswered push by another worker since) stays."""
+        now, now_ms = time.monotonic(), int(time.time() * 1000)
+        due = collections.defaultdict(list)
+        for w in owed:
+            self.coalescer.recheck(w.sku, w.partition, now + self.recheck_s, now_ms + int(self.recheck_s * 1000))
+            due[(w.partition, w.owed_ms)].append(w.sku)
+        for (p, ms), skus in due.items():
+            await ledger.recheck(self.redis, self.keys, p, self.channel, "due", ms, skus)
+        done = collections.defaultdict(list)
+        for w in repaid:
+            done[(w.partition, w.owed_ms or now_ms)].append(w.sku)
+            w.recheck_at, w.owed_ms = 0.0, 0
+        for (p, ms), skus in done.items():
+            await ledger.recheck(self.redis, self.keys, p, self.channel, "done", ms, skus)
 
     async def _take_over_rechecks(self) -> None:
         """Push what other workers owed and did not push reclaim_idle_ms past its time (they died)."""
         until_ms = int(time.time() * 1000) - self.options.reclaim_idle_ms
         now = time.monotonic()
         for p in range(self.keys.partitions):
-            for sku in await ledger.owed(self.redis, self.keys, p, self.channel, until_ms):
+            for sku, owed_ms in await ledger.owed(self.redis, self.keys, p, self.channel, until_ms):
                 w = self.coalescer.work.get(sku)
                 if w is None or not w.recheck_at:
                     self.stats["rechecks_taken_over"] += 1
-                    self.coalescer.recheck(sku, p, now)
+                    self.coalescer.recheck(sku, p, now, owed_ms)
         self._launch()
 
     async def _dead_letter(self, sku: str, p: int, entries: list[Entry], reason: str, attempts: int, error: str) -> None:
@@ -593,22 +596,38 @@ class ChannelWorker:
                          self.channel, p, len(report.pushed), len(report.current), len(report.failed))
 
         while not self._stopping.is_set():
+            await self._channel_open()
             try:
                 report = await resync.resync(self.redis, self.keys, self.config, partitions=[p], force=False,
-                                             adapter=self.adapter, progress=progress)
+                                             adapter=self.adapter, progress=progress, ready=self._channel_open)
+                for sku, error in report.refused.items():  # (no entry to dead-letter: said here, once)
+                    log.warning("%s: initial sync: the channel refused SKU %s for good: %s", self.channel, sku, error)
+                if not report.failed:
+                    await self.redis.delete(self.keys.resync(p, self.channel))
+                    log.info("%s: initial sync of partition %d done: %d SKUs pushed, %d current already, "
+                             "%d refused", self.channel, p, len(report.pushed), len(report.current),
+                             len(report.refused))
+                    return
+                sku, error = next(iter(report.failed.items()))
+                log.warning("%s: initial sync of partition %d: %d SKUs failed (%s: %s); going over it again in "
+                            "%.0f s", self.channel, p, len(report.failed), sku, error, delay)
             except Exception as e:  # noqa: BLE001 - Redis down, an adapter bug: go over it again later
-                log.exception("%s: initial sync of partition %d failed", self.channel, p)
-                report = resync.PushReport(failed={"*": f"{type(e).__name__}: {e}"})
-            if report.ok:
-                await self.redis.delete(self.keys.resync(p, self.channel))
-                log.info("%s: initial sync of partition %d done: %d SKUs pushed, %d current already",
-                         self.channel, p, len(report.pushed), len(report.current))
-                break
-            sku, error = next(iter(report.failed.items()))
-            log.warning("%s: initial sync of partition %d: %d SKUs failed (%s: %s); going over it again in %.0f s",
-                        self.channel, p, len(report.failed), sku, error, delay)
+                log.exception("%s: initial sync of partition %d failed; going over it again in %.0f s",
+                              self.channel, p, delay)
+                self.last_error = f"initial sync: {type(e).__name__}: {e}"[:300]
             await self._wait(self._stopping, delay)
             delay = min(delay * 2, 60.0)
+
+    async def _channel_open(self) -> None:
+        """Wait while the channel is paused (a 429's Retry-After) or its circuit is not closed: what runs
+        beside the pushes of new changes (the initial sync) does not call a channel the worker spares."""
+        while not self._stopping.is_set():
+            wait = max(self.paused_until - time.monotonic(), 0.0)
+            if self.breaker.state != CLOSED:
+                wait = max(wait, self.breaker.wait_s(), 0.1)
+            if wait <= 0:
+                return
+            await self._wait(self._stopping, wait)
 
     # ----- housekeeping ------------------------------------------------------------------------------
 
@@ -648,17 +667,21 @@ class ChannelWorker:
 
     async def _refresh_sku_map(self) -> None:
         """Push a SKU whose channel name changed under its new name now (no sale may come for a while), and
-        list 0 under an old name that no SKU uses any more: orders of that listing would take nothing."""
+        list 0 under an old name that no SKU uses any more: orders of that listing would take nothing.
+        (The map is taken as read at once: what a Redis error interrupts here is done at the next refresh.)"""
         changed = await self.skus.refresh()
-        for sku in changed:
-            p = self.keys.partition(sku)
-            await ledger.recheck(self.redis, self.keys, p, self.channel, "due", int(time.time() * 1000), [sku])
-            self.coalescer.recheck(sku, p, time.monotonic())
         if changed:
             log.info("%s: channel SKU changed for %d SKUs; pushing them again", self.channel, len(changed))
-            self._launch()
-        if not getattr(self.adapter, "versioned", False):  # (a versioned receiver owns its names: it would drop a retiring push)
-            self._orphans |= set(changed.values())
+        self._remapped.update(changed)
+        for sku, old in list(self._remapped.items()):
+            p = self.keys.partition(sku)
+            now_ms = int(time.time() * 1000)
+            await ledger.recheck(self.redis, self.keys, p, self.channel, "due", now_ms, [sku])
+            self.coalescer.recheck(sku, p, time.monotonic(), now_ms)
+            if not getattr(self.adapter, "versioned", False):  # (a versioned receiver owns its names)
+                self._orphans.add(old)
+            del self._remapped[sku]
+        self._launch()
         for name in list(self._orphans):
             if self.skus.in_use(name, bool(await self.redis.exists(self.keys.sku(name)))):
                 self._orphans.discard(name)

@@ -12,8 +12,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .keys import MAX_SKU_BYTES
+
 MAX_QTY = 2**31 - 1  # the library's bound on quantities and deltas
-MAX_SKU_BYTES = 255
 
 
 class HTTPError(Exception):

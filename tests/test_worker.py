@@ -20,6 +20,8 @@ from consumers.testing import (
 from consumers.worker import ChannelWorker
 from stocksync.channels import Rules
 
+from .helpers import worker_options as opts
+
 CHANNELS = ("shopify", "amazon", "flipkart")
 
 
@@ -86,13 +88,6 @@ async def all_acknowledged(store, channels) -> bool:
             if info[name]["pending"] or info[name]["lag"]:
                 return False
     return True
-
-
-def opts(**kw) -> WorkerOptions:
-    base = dict(block_ms=100, reclaim_idle_ms=2000, lease_ms=3000, backoff_base_ms=20, backoff_cap_ms=200,
-                breaker_open_ms=200, breaker_max_open_ms=400, trim_interval_ms=0, heartbeat_ms=200)
-    base.update(kw)
-    return WorkerOptions(**base)
 
 
 async def listed_by_version(store, sku, rules):
@@ -355,3 +350,27 @@ async def test_a_drop_to_zero_jumps_a_backlog_larger_than_max_pending(store, fre
         for sku in skus:
             assert in_version_order(sim.history(sku), await listed_by_version(store, sku, Rules())), sku
         assert sim.history(skus[-1])[-1] == 0
+
+
+async def test_a_worker_settles_the_recheck_it_owes_itself(store, fresh):
+    """After a push that got no answer the worker owes the channel the current quantity; pushed on time, the
+    debt recorded in Redis is settled by that push, not left for a takeover as if the worker had died."""
+    sim = fresh["amazon"][0]
+    await store.set("L", 10, source="test")
+    async with Running(store, fresh, ["amazon"], opts(recheck_ms=800), amazon={"timeout_s": 0.3}) as run:
+        worker = run.worker("amazon")
+        await wait_for(lambda: sim.quantities.get("L") == 10, what="the first push")
+        sim.set_faults(latency_ms=1000)
+        arrived = sim.arrivals
+        await store.decrement("L", 1, ref="o-1", source="amazon")  # its push gets no answer
+        await wait_for(lambda: sim.arrivals > arrived, what="the unanswered push to reach the API")
+        sim.set_faults(latency_ms=0)
+        owed = store.keys.recheck(0, "amazon")
+        await wait_for(lambda: store.redis.zscore(owed, "L"), 5, "the recheck owed")
+        await wait_for(lambda: _none(store.redis.zscore(owed, "L")), 5, "the recheck settled")
+        assert worker.stats["rechecks_taken_over"] == 0
+        assert sim.history("L")[-1] == 9
+
+
+async def _none(coro) -> bool:
+    return await coro is None

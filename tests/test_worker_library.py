@@ -125,7 +125,7 @@ async def test_a_recheck_is_settled_only_by_a_push_started_after_it_was_owed(sto
     assert await ledger.recheck(r, k, 0, "shop", "due", 1_795_000_000_000, ["A", "B"]) == 2
     assert await ledger.recheck(r, k, 0, "shop", "due", 1_794_000_000_000, ["A"]) == 0  # the later time is kept
     assert await r.zscore(key, "A") == 1_795_000_000_000
-    assert await ledger.owed(r, k, 0, "shop", 1_795_000_000_000) == ["A", "B"]
+    assert await ledger.owed(r, k, 0, "shop", 1_795_000_000_000) == [("A", 1_795_000_000_000), ("B", 1_795_000_000_000)]
     assert await ledger.owed(r, k, 0, "shop", 1_794_999_999_999) == []
     assert await ledger.recheck(r, k, 0, "shop", "due", 1_796_000_000_000, ["B"]) == 1  # owed again, later
     assert await ledger.recheck(r, k, 0, "shop", "done", 1_795_500_000_000, ["A", "B"]) == 1  # A settled, B not
