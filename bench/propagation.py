@@ -247,6 +247,10 @@ def markdown(result: dict) -> str:
             f"aiohttp {v['aiohttp']}; {a.get('rate', '?')} changes/s for {a.get('seconds', '?')} s over "
             f"{a.get('skus', '?')} SKUs; simulators on {a.get('sim_server', '?')}; workers' and simulators' event loop "
             f"{a.get('loop', 'asyncio')}" + (f" {v['uvloop']}" if a.get("loop") == "uvloop" and v.get("uvloop") else "") + ".")
+    loads = [f"{name} {s['load_avg'][0]} -> {s['load_avg'][1]}" for name, s in result["scenarios"].items()
+             if s.get("load_avg")]
+    if loads:
+        head += f" 1-minute load average from the start to the end of each load: {', '.join(loads)}."
     if result.get("note"):
         head += f" Note: {result['note']}."
     return head + "\n\n" + render(result, markdown=True)

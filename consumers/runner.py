@@ -28,7 +28,7 @@ def use_event_loop(choice: str | None = None) -> str:
     $STOCKSYNC_LOOP, is not 'asyncio'); answer the loop chosen, 'uvloop' or 'asyncio'. Called where a
     worker process starts (`python -m consumers`), before its loop exists. uvloop is not a dependency
     (installed, it would also become the API server's loop under `stocksync serve --loop auto`); with it a
-    worker spends about 5-9% less CPU a call (BENCHMARKS.md, Propagation). 'uvloop' when it is not
+    worker spends about 4-8% less CPU a call (BENCHMARKS.md, Propagation). 'uvloop' when it is not
     installed is an error."""
     choice = (choice or os.environ.get(LOOP_ENV) or "auto").lower()
     if choice not in ("auto", "uvloop", "asyncio"):
