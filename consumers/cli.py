@@ -23,7 +23,7 @@ from stocksync.store import StockStore
 
 from . import dlq, resync
 from .options import WorkerOptions
-from .runner import run_workers
+from .runner import run_workers, use_event_loop
 from .status import channel_status, format_table
 
 OPTION_FLAGS = ("read_count", "block_ms", "lease_ms", "reclaim_idle_ms", "max_deliveries", "max_attempts",
@@ -92,6 +92,11 @@ def _run(coro) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # `stocksync worker` too, not only `python -m consumers worker`: uvloop when importable
+        use_event_loop()
+    except SettingsError as e:
+        print(f"stocksync: {e}", file=sys.stderr)
+        return 2
 
     async def main() -> int:
         settings = _settings(args)
