@@ -9,9 +9,10 @@ accepted that version or a newer one, per change, p50/p99/max per channel.
 2. "real limits": the same load against the simulators' realistic faults (Shopify 100 cost points/s,
    Amazon 5 requests/s burst 10, 20 +- 10 ms) and the adapters' default limits: calls per change, the
    longest time any change stayed unaccepted (changes still unaccepted when the run ends count up to
-   the end), and the same for the urgent ones (low stock, sharp drops) that the worker pushes first:
-   one SKU in 20 is seeded at 9 units, so about 5% of the SKUs reach the low-stock mark and then 0
-   during a run (decrements past 0 are rejected and change nothing).
+   the end), and the lag of the urgent changes (low stock, sharp drops) that the worker pushes first,
+   and of the drops to 0 among them, pushed first of all (these two count accepted changes only): one
+   SKU in 20 is seeded at 9 units, so about 5% of the SKUs reach the low-stock mark and then 0 during a
+   run (decrements past 0 are rejected and change nothing).
 
 Every part runs in its own process: an embedded Redis, one simulator per channel, one worker per
 channel (`python -m consumers worker`), and this process as the load generator. Writes
@@ -35,6 +36,7 @@ from pathlib import Path
 import orjson
 
 from bench.common import fmt, log, machine, python_versions, table, today, write_json
+from consumers.coalescer import NORMAL, ZERO
 from consumers.groups import ensure_groups
 from consumers.testing import SIMULATOR_ENV, config, toml_channel
 from stocksync.embedded import EmbeddedRedis
@@ -204,7 +206,8 @@ async def _scenario(name: str, redis_url: str, args, realistic: bool, sims: dict
         lags = [(c, a, u) for c, a, u in lags if c > first_ms]
         accepted = len(lags)
         all_lag = sorted(a - c for c, a, _ in lags)
-        urgent = sorted(a - c for c, a, u in lags if u)
+        urgent = sorted(a - c for c, a, rank in lags if rank != NORMAL)
+        zero = sorted(a - c for c, a, rank in lags if rank == ZERO)
         unaccepted = max(len(measured) - accepted, 0)
         oldest_unaccepted = None
         if unaccepted:  # the changes no acceptance covered (still stale at the end): their age at the end
@@ -217,6 +220,7 @@ async def _scenario(name: str, redis_url: str, args, realistic: bool, sims: dict
             "max_ms": all_lag[-1] if all_lag else None,
             "urgent_changes": len(urgent), "urgent_p99_ms": percentile(urgent, 0.99),
             "urgent_max_ms": urgent[-1] if urgent else None,
+            "zero_changes": len(zero), "zero_p99_ms": percentile(zero, 0.99),
             "longest_stale_ms": max(filter(None, [all_lag[-1] if all_lag else None, oldest_unaccepted]), default=None),
             "calls": calls[ch], "calls_per_change": round(calls[ch] / changes, 3) if changes else None,
             "sim_max_accepted_per_s": max_rate[ch],
@@ -231,10 +235,11 @@ def render(result: dict, markdown: bool = False) -> str:
     for name, s in result["scenarios"].items():
         for ch, c in s["channels"].items():
             rows.append([name, ch, s["changes"], c["accepted_changes"], c["p50_ms"], c["p99_ms"], c["max_ms"],
-                         c["urgent_changes"], c["urgent_p99_ms"], c["longest_stale_ms"], c["calls"],
+                         c["urgent_changes"], c["urgent_p99_ms"], c.get("zero_changes"), c.get("zero_p99_ms"),
+                         c["longest_stale_ms"], c["calls"],
                          fmt(c["calls_per_change"], 3), c.get("worker_cpu_us_per_call"), c.get("sim_cpu_us_per_call")])
     return table(["scenario", "channel", "changes", "accepted", "p50 ms", "p99 ms", "max ms", "urgent changes",
-                  "urgent p99 ms", "longest stale ms", "calls", "calls/change", "worker CPU us/call",
+                  "urgent p99 ms", "drops to 0", "drop to 0 p99 ms", "longest stale ms", "calls", "calls/change", "worker CPU us/call",
                   "sim CPU us/call"], rows, markdown)
 
 

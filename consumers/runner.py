@@ -51,7 +51,7 @@ async def run_workers(settings: Settings, channels: Iterable[str] | None = None,
                       *, lag_file: str | None = None, ready: asyncio.Event | None = None) -> None:
     """Run one ChannelWorker per channel (all configured ones by default) until SIGTERM or SIGINT.
 
-    lag_file: at exit, write {channel: [[commit_ms, accepted_ms, urgent], ...]} for every entry the
+    lag_file: at exit, write {channel: [[commit_ms, accepted_ms, rank], ...]} for every entry the
     channel accepted (used by bench/propagation.py)."""
     configs = load_channels(settings)
     names = list(channels) if channels else list(configs)
@@ -59,10 +59,10 @@ async def run_workers(settings: Settings, channels: Iterable[str] | None = None,
     if missing or not names:
         raise SettingsError(f"no channel configured named {', '.join(missing)}" if missing else "no channel configured")
     options = options or WorkerOptions.from_settings(settings)
-    lags: dict[str, list[tuple[int, int, bool]]] = {n: [] for n in names}
+    lags: dict[str, list[tuple[int, int, int]]] = {n: [] for n in names}
 
     def on_accept(a: Accepted) -> None:
-        lags[a.channel].extend((ts, a.accepted_ms, urgent) for ts, urgent in a.entries)
+        lags[a.channel].extend((ts, a.accepted_ms, rank) for ts, rank in a.entries)
 
     store = await StockStore.connect(settings)
     workers = [ChannelWorker(store.redis, store.keys, configs[n], options, on_accept=on_accept if lag_file else None)

@@ -77,7 +77,7 @@ class Accepted:
     version: int
     quantity: int
     accepted_ms: int
-    entries: tuple[tuple[int, bool], ...]  # (commit ms, urgent)
+    entries: tuple[tuple[int, int], ...]  # (commit ms, rank: ZERO, URGENT or NORMAL)
 
 
 class ChannelWorker:
@@ -570,7 +570,7 @@ class ChannelWorker:
         else:  # already accepted earlier (by us, or another consumer): that is when it reached the channel
             v, ms = self._accepted.get(w.sku, (0, now_ms))
             at = ms if v >= version else now_ms
-        covered = tuple((e.ts_ms, self._urgent(e)) for e in w.entries.values() if e.version <= version)
+        covered = tuple((e.ts_ms, self._rank(e)) for e in w.entries.values() if e.version <= version)
         if covered:
             self.on_accept(Accepted(self.channel, w.sku, version, quantity if quantity is not None else -1, at, covered))
 
