@@ -29,15 +29,13 @@ from dataclasses import dataclass, field
 from stocksync.channels import ChannelConfig
 from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
+from stocksync.store import scan_skus
 
 from . import ledger
 from .adapters import Adapter, PushError, Result, Update, make_adapter
 from .skumap import ChannelSkus
 
 log = logging.getLogger(__name__)
-
-SCAN_COUNT = 1000
-
 
 def owner_name(kind: str) -> str:
     """A lease owner of its own for one run (<kind>-host-pid-uuid): two runs at once never share a lease."""
@@ -143,14 +141,6 @@ class Pusher:
                 if r.ambiguous:
                     unanswered.append(u.sku)
         return unanswered
-
-
-async def scan_skus(redis: AnyRedis, keys: Keys, partition: int) -> AsyncIterator[str]:
-    """Every SKU of a partition (SCAN: safe on a live server; a SKU created meanwhile may be missed, but
-    its creation is an event the worker pushes anyway)."""
-    head = len(keys.tag(partition)) + len(":sku:")
-    async for key in redis.scan_iter(match=keys.sku_pattern(partition), count=SCAN_COUNT):
-        yield key[head:]
 
 
 async def resync(redis: AnyRedis, keys: Keys, config: ChannelConfig, *, skus: Iterable[str] | None = None,

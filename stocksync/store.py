@@ -241,9 +241,17 @@ class StockStore:
     async def skus(self, partition: int | None = None, count: int = 1000):
         """Yield every SKU (optionally of one partition); SCAN, so safe on a live server."""
         for p in range(self.keys.partitions) if partition is None else [partition]:
-            head = len(self.keys.tag(p)) + len(":sku:")
-            async for key in self.redis.scan_iter(match=self.keys.sku_pattern(p), count=count):
-                yield key[head:]
+            async for sku in scan_skus(self.redis, self.keys, p, count):
+                yield sku
+
+
+async def scan_skus(redis: connection.AnyRedis, keys: Keys, partition: int, count: int = 1000):
+    """Yield every SKU of a partition. SCAN: safe on a live server; a SKU may come twice, and one created
+    meanwhile may be missed. On a cluster only the primary holding the partition's slot is scanned."""
+    head = len(keys.tag(partition)) + len(":sku:")
+    where = {"target_nodes": redis.get_node_from_key(keys.events(partition))} if connection.is_cluster(redis) else {}
+    async for key in redis.scan_iter(match=keys.sku_pattern(partition), count=count, **where):
+        yield key[head:]
 
 
 def _int(value: int) -> int:

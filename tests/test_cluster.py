@@ -8,9 +8,13 @@ import uuid
 import pytest
 import redis
 
+from consumers.groups import ensure_groups
+from consumers.resync import resync
+from consumers.testing import config, use_simulator_credentials
 from stocksync.events import read_range
 from stocksync.settings import Settings
-from stocksync.store import StockStore
+from stocksync.simulators import WebhookSim, serve
+from stocksync.store import StockStore, scan_skus
 
 pytestmark = pytest.mark.cluster
 
@@ -60,3 +64,22 @@ async def test_a_partition_count_is_fixed_once(cstore, cluster):
                                               partitions=3))
     assert other.keys.partitions == 12
     await other.close()
+
+
+async def test_a_channel_added_late_on_a_cluster_gets_every_sku(cstore):
+    """The initial sync scans each partition on the primary that holds it, and pushes every SKU once."""
+    skus = [f"SKU-{i}" for i in range(40)]
+    await asyncio.gather(*(cstore.set(s, 1 + i, source="w", ref=f"i-{s}") for i, s in enumerate(skus)))
+    by_partition = {p: sorted(s for s in skus if cstore.keys.partition(s) == p) for p in range(cstore.keys.partitions)}
+    for p, expected in by_partition.items():
+        assert sorted({s async for s in scan_skus(cstore.redis, cstore.keys, p)}) == expected
+    for p in range(cstore.keys.partitions):
+        await cstore.redis.xtrim(cstore.keys.events(p), maxlen=0, approximate=False)
+    unsynced = await ensure_groups(cstore.redis, cstore.keys, "webhook")
+    assert unsynced == [p for p, expected in by_partition.items() if expected]
+    use_simulator_credentials()
+    sim = WebhookSim()
+    with serve(sim) as url:
+        report = await resync(cstore.redis, cstore.keys, config("webhook", url), partitions=unsynced, force=False)
+    assert report.ok and sorted(report.pushed) == sorted(skus)
+    assert sim.quantities == {s: 1 + i for i, s in enumerate(skus)}
