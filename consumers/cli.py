@@ -157,23 +157,24 @@ def cmd_resync(args: argparse.Namespace) -> int:
         config = _channel(settings, args.channel)
         shown = [time.monotonic()]
 
-        def progress(report: resync.PushReport) -> None:  # a line a second on stderr: this can take long
+        def progress(report: resync.ResyncReport) -> None:  # a line a second on stderr: this can take long
             if time.monotonic() - shown[0] >= 1:
                 shown[0] = time.monotonic()
-                print(f"{report.done + len(report.failed)} SKUs so far: {len(report.pushed)} pushed, "
-                      f"{len(report.failed)} failed", file=sys.stderr)
+                print(f"{report.done + report.failed} SKUs so far: {report.pushed} pushed, {report.failed} failed",
+                      file=sys.stderr)
 
         async with await StockStore.connect(settings) as store:
             report = await resync.resync(store.redis, store.keys, config, skus=args.sku, force=not args.missing,
                                          progress=progress)
-        for sku, error in {**report.failed, **report.refused}.items():
+        for sku, error in report.failures.items():
             print(f"failed {sku}: {error}", file=sys.stderr)
-        unknown = report.gone if args.sku else []  # (a SKU deleted during a full pass is not an error)
+        if report.failed + report.refused > len(report.failures):
+            print(f"... and {report.failed + report.refused - len(report.failures)} more failed", file=sys.stderr)
+        unknown = report.gone_skus if args.sku else []  # (a SKU deleted during a full pass is not an error)
         for sku in unknown:
             print(f"unknown SKU {sku!r}: nothing pushed", file=sys.stderr)
-        print(f"{args.channel}: {len(report.pushed)} pushed, {len(report.current)} current already, "
-              f"{len(report.busy)} being pushed by a worker, {len(report.gone)} unknown, "
-              f"{len(report.failed) + len(report.refused)} failed")
+        print(f"{args.channel}: {report.pushed} pushed, {report.current} current already, "
+              f"{report.busy} being pushed by a worker, {report.gone} unknown, {report.failed + report.refused} failed")
         return 0 if report.ok and not unknown else 1
 
     return _run(main())

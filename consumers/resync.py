@@ -44,6 +44,8 @@ def owner_name(kind: str) -> str:
 
 @dataclass
 class PushReport:
+    """What one batch's push did, SKU by SKU."""
+
     pushed: dict[str, int] = field(default_factory=dict)  # SKU -> version the channel accepted now
     current: dict[str, int] = field(default_factory=dict)  # SKU -> version the channel had already (no call)
     gone: list[str] = field(default_factory=list)  # SKUs that no longer exist (nothing to list)
@@ -51,22 +53,42 @@ class PushReport:
     refused: dict[str, str] = field(default_factory=dict)  # SKU -> why the channel refused it for good
     failed: dict[str, str] = field(default_factory=dict)  # SKU -> why the channel did not take it for now
 
+
+SAMPLE = 100  # SKUs a ResyncReport names per kind (its counts are exact): a pass over 1M SKUs stays small
+
+
+@dataclass
+class ResyncReport:
+    """What a resync did, in counts, naming up to SAMPLE of the SKUs that need attention."""
+
+    pushed: int = 0
+    current: int = 0
+    busy: int = 0
+    gone: int = 0
+    refused: int = 0
+    failed: int = 0
+    failures: dict[str, str] = field(default_factory=dict)  # SKU refused (for good) or failed (for now) -> why
+    gone_skus: list[str] = field(default_factory=list)
+
     @property
     def ok(self) -> bool:
         return not self.failed and not self.refused
 
     @property
     def done(self) -> int:
-        """SKUs settled: pushed, current, gone, being pushed by another consumer, or refused for good."""
-        return len(self.pushed) + len(self.current) + len(self.gone) + len(self.busy) + len(self.refused)
+        return self.pushed + self.current + self.gone + self.busy + self.refused
 
-    def merge(self, other: PushReport) -> None:
-        self.pushed.update(other.pushed)
-        self.current.update(other.current)
-        self.gone += other.gone
-        self.busy += other.busy
-        self.refused.update(other.refused)
-        self.failed.update(other.failed)
+    def add(self, r: PushReport) -> None:
+        self.pushed += len(r.pushed)
+        self.current += len(r.current)
+        self.busy += len(r.busy)
+        self.gone += len(r.gone)
+        self.refused += len(r.refused)
+        self.failed += len(r.failed)
+        for sku, why in (*r.refused.items(), *r.failed.items()):
+            if len(self.failures) < SAMPLE:
+                self.failures[sku] = why
+        self.gone_skus += r.gone[: SAMPLE - len(self.gone_skus)]
 
 
 class Pusher:
@@ -145,17 +167,17 @@ class Pusher:
 
 async def resync(redis: AnyRedis, keys: Keys, config: ChannelConfig, *, skus: Iterable[str] | None = None,
                  partitions: Iterable[int] | None = None, force: bool = True, adapter: Adapter | None = None,
-                 progress: Callable[[PushReport], None] | None = None,
-                 ready: Callable[[], Awaitable[None]] | None = None) -> PushReport:
+                 progress: Callable[[ResyncReport], None] | None = None,
+                 ready: Callable[[], Awaitable[None]] | None = None) -> ResyncReport:
     """Push the current quantity of every SKU (of `partitions`, default all), or of `skus`, to the channel,
     a batch at a time. `force=False`: only SKUs the channel does not have at their current version.
     progress(report so far) is called after every batch; `ready()` is awaited before each."""
-    report = PushReport()
+    report = ResyncReport()
     async with Pusher(redis, keys, config, adapter=adapter) as pusher:
         async for p, batch in _batches(redis, keys, skus, partitions, pusher.adapter.batch_size):
             if ready is not None:
                 await ready()
-            report.merge(await pusher.push(p, batch, force=force))
+            report.add(await pusher.push(p, batch, force=force))
             if progress is not None:
                 progress(report)
     return report

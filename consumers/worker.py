@@ -587,30 +587,29 @@ class ChannelWorker:
     async def _sync_partition(self, p: int) -> None:
         delay, last_log = 1.0, time.monotonic()
 
-        def progress(report: resync.PushReport) -> None:
+        def progress(report: resync.ResyncReport) -> None:
             nonlocal last_log
             self.stats["initial_sync"] = report.done
             if time.monotonic() - last_log >= 10:
                 last_log = time.monotonic()
                 log.info("%s: initial sync of partition %d: %d SKUs pushed, %d current already, %d failed",
-                         self.channel, p, len(report.pushed), len(report.current), len(report.failed))
+                         self.channel, p, report.pushed, report.current, report.failed)
 
         while not self._stopping.is_set():
             await self._channel_open()
             try:
                 report = await resync.resync(self.redis, self.keys, self.config, partitions=[p], force=False,
                                              adapter=self.adapter, progress=progress, ready=self._channel_open)
-                for sku, error in report.refused.items():  # (no entry to dead-letter: said here, once)
-                    log.warning("%s: initial sync: the channel refused SKU %s for good: %s", self.channel, sku, error)
+                if report.refused:  # (no entry to dead-letter: said here)
+                    log.warning("%s: initial sync of partition %d: the channel refused %d SKUs for good, e.g. %s",
+                                self.channel, p, report.refused, _examples(report.failures))
                 if not report.failed:
                     await self.redis.delete(self.keys.resync(p, self.channel))
                     log.info("%s: initial sync of partition %d done: %d SKUs pushed, %d current already, "
-                             "%d refused", self.channel, p, len(report.pushed), len(report.current),
-                             len(report.refused))
+                             "%d refused", self.channel, p, report.pushed, report.current, report.refused)
                     return
-                sku, error = next(iter(report.failed.items()))
-                log.warning("%s: initial sync of partition %d: %d SKUs failed (%s: %s); going over it again in "
-                            "%.0f s", self.channel, p, len(report.failed), sku, error, delay)
+                log.warning("%s: initial sync of partition %d: %d SKUs failed (e.g. %s); going over it again in "
+                            "%.0f s", self.channel, p, report.failed, _examples(report.failures), delay)
             except Exception as e:  # noqa: BLE001 - Redis down, an adapter bug: go over it again later
                 log.exception("%s: initial sync of partition %d failed; going over it again in %.0f s",
                               self.channel, p, delay)
@@ -765,6 +764,10 @@ class ChannelWorker:
             await asyncio.wait_for(event.wait(), seconds)
         except TimeoutError:
             pass
+
+
+def _examples(failures: dict[str, str], n: int = 3) -> str:
+    return "; ".join(f"{sku}: {why}" for sku, why in list(failures.items())[:n])
 
 
 def _id_tuple(entry_id: str) -> tuple[int, int]:

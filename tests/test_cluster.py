@@ -81,5 +81,5 @@ async def test_a_channel_added_late_on_a_cluster_gets_every_sku(cstore):
     sim = WebhookSim()
     with serve(sim) as url:
         report = await resync(cstore.redis, cstore.keys, config("webhook", url), partitions=unsynced, force=False)
-    assert report.ok and sorted(report.pushed) == sorted(skus)
+    assert report.ok and report.pushed == len(skus)
     assert sim.quantities == {s: 1 + i for i, s in enumerate(skus)}
