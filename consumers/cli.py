@@ -33,10 +33,12 @@ OPTION_FLAGS = ("read_count", "block_ms", "lease_ms", "reclaim_idle_ms", "max_de
 def register(subparsers: argparse._SubParsersAction) -> None:
     w = subparsers.add_parser("worker", help="push stock changes to the channels (consumer groups)",
                               description="Run channel workers until SIGTERM/SIGINT. Several processes of a "
-                              "channel share its work.")
+                              "channel share its work. Runs on uvloop when it is installed "
+                              "(STOCKSYNC_LOOP=auto|uvloop|asyncio).")
     w.add_argument("--channel", "-c", action="append", help="a channel to run (repeatable; default: all)")
     w.add_argument("--consumer", help="consumer name (default: <host>-<pid>-<random suffix>, fixed for the process)")
-    w.add_argument("--lag-file", help="at exit, write commit-to-acceptance times per channel here (JSON)")
+    w.add_argument("--lag-file", help="at exit, write [commit ms, accepted ms, rank (0 drop to 0, 1 urgent, "
+                   "2 normal)] per accepted entry, per channel, here (JSON; used by bench/propagation.py)")
     for name in OPTION_FLAGS:
         w.add_argument("--" + name.replace("_", "-"), type=int, dest=name, help=f"worker.{name}")
     w.set_defaults(run=cmd_worker, sync=True)
@@ -48,7 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ls.add_argument("--count", type=int, default=100)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(run=cmd_dlq_list, sync=True)
-    rp = dsub.add_parser("replay", help="push the current quantity of dead-lettered SKUs, then remove them")
+    rp = dsub.add_parser("replay", help="push the current quantity of dead-lettered SKUs, then remove them",
+                         description="Push the current quantity of the channel's dead-lettered SKUs (all, or "
+                         "--sku/--id), then remove the dead letters of those the channel accepted or already "
+                         "had at their current version, or that no longer exist. Failures are printed and "
+                         "their entries stay (exit 1).")
     rp.add_argument("channel")
     rp.add_argument("--sku", action="append", help="only this SKU (repeatable)")
     rp.add_argument("--id", action="append", help="only this dead-letter entry (repeatable)")
@@ -56,8 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     r = subparsers.add_parser("resync", help="push the current quantity of every SKU (or some) to a channel",
                               description="Push SKUs' current quantity to a channel, whatever it was last "
-                              "sent: after listings were edited by hand on the marketplace, or to fill a "
-                              "new listing. Runs beside the workers (each SKU under its push lease).")
+                              "sent (with --missing: only SKUs it has not accepted at their current version): "
+                              "after listings were edited by hand on the marketplace, or to fill a new "
+                              "listing. Runs beside the workers (each SKU under its push lease). Exit 1 if a "
+                              "SKU failed or a --sku does not exist.")
     r.add_argument("channel")
     r.add_argument("--sku", action="append", type=_sku_arg, help="only this SKU (repeatable; default: every SKU)")
     r.add_argument("--missing", action="store_true",

@@ -75,8 +75,8 @@ async def reap_consumers(redis: AnyRedis, keys: Keys, partition: int, group: str
 
 
 async def recheck(redis: AnyRedis, keys: Keys, partition: int, channel: str, op: str, ms: int, skus: list[str]) -> int:
-    """op 'due': a push of each SKU's current quantity is owed from `ms` on; 'done': a push started at `ms`
-    was accepted, so what was owed until then is settled."""
+    """op 'due': a push of each SKU's current quantity is owed from `ms` on; 'done': the recheck owed at
+    `ms` was paid (a push started after it was accepted); a later debt stays."""
     _, changed = await redis.execute_command("FCALL", "stocksync_recheck", 1, keys.recheck(partition, channel),
                                              channel, op, ms, *skus)
     return int(changed)

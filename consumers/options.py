@@ -7,9 +7,10 @@
                                 # urgent entries (the rest stay pending and are read again once there is
                                 # room), and stop at twice it
     lease_ms = 15000            # per-SKU push lease (crash recovery waits at most this long)
-    reclaim_idle_ms = 30000     # XAUTOCLAIM entries idle this long (a dead consumer's)
+    reclaim_idle_ms = 30000     # XAUTOCLAIM entries idle this long (a dead consumer's); rechecks owed this
+                                # long past their time are pushed by any worker
     max_deliveries = 10         # an entry delivered more often goes to the dead-letter stream
-    max_attempts = 12           # failed pushes of one SKU (circuit closed) before dead-lettering it
+    max_attempts = 12           # failed pushes of one SKU (circuit closed; 429s not counted) before dead-lettering it
     backoff_base_ms = 100       # exponential backoff with full jitter, capped
     backoff_cap_ms = 30000
     breaker_threshold = 5       # consecutive failed calls that open the circuit
@@ -22,10 +23,12 @@
     low_stock = 5               # a listed quantity at or below this is pushed first (after drops to 0)
     linger_ms = 5               # batch channels: while a call is in flight, a partial batch waits
                                 # up to this long to fill (urgent SKUs never wait); 0: never
-    start_id = "0"              # where a new group starts ("0": the whole stream, "$": new entries)
+    start_id = "0"              # where a new group starts ("0": the whole stream, "$": new entries); a
+                                # group that misses history gets an initial sync
     recheck_ms = 0              # after a push that got no answer (timeout, dropped connection), push the
                                 # current quantity again this long after it, even if the channel has that
-                                # version (the abandoned request may land late); 0: 4 x the channel's timeout
+                                # version (the abandoned request may land late); 0: 4 x the channel's timeout;
+                                # kept in Redis (stocksync_recheck): another worker pays it if this one dies
     sku_map_refresh_ms = 5000   # re-read the admin API's SKU map (<prefix>:skumap:<channel>) this often
 """
 

@@ -11,8 +11,9 @@ Every push here takes the SKU's lease under an owner of its own (never the worke
 library renews a lease for its own owner, so sharing it would let two pushes of one SKU overlap), reads
 the current quantity and the version the channel has in the same call, and records the accepted version
 (never lowering it), so a worker pushing the same SKU at the same time is never overtaken by an older
-quantity. A push that got no answer leaves a recheck owed (stocksync_recheck), which the workers pay:
-the abandoned request may land after a newer push. Pushes go through the channel's adapter, with its
+quantity. A push that got no answer leaves a recheck owed 4 x the adapter's timeout later
+(stocksync_recheck), which a worker pays worker.reclaim_idle_ms after it is due: the abandoned request
+may land after a newer push. Pushes go through the channel's adapter, with its
 batch size, rate limit and timeouts.
 """
 

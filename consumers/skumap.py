@@ -8,7 +8,8 @@ one canonical SKU, an edited one wins over the file's, then the smallest name (s
 same). The worker loads the hash on start and again every worker.sku_map_refresh_ms; refresh() returns
 the canonical SKUs whose channel name changed, with their old names. The worker pushes those SKUs again
 (the newly mapped listing must get the current quantity, not wait for the next sale) and lists 0 under an
-old name no SKU uses any more (that listing would go on selling units no order of it takes).
+old name no SKU uses any more (that listing would go on selling units no order of it takes; not on
+webhook channels, whose receiver orders pushes by version per name).
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ streams as consumers of the same group). Tasks of a ChannelWorker:
   <prefix>:status:<channel>, and a refresh of the SKU map (a SKU whose channel name changed is pushed
   again; 0 is listed under an old name no SKU uses any more);
 * an initial sync, when this worker created the channel's group on a stream that no longer holds every
-  change (or finds one unfinished): every SKU's current quantity, pushed once (resync.py).
+  change (or finds one unfinished): every SKU the channel does not have at its current version, pushed
+  once (resync.py).
 """
 
 from __future__ import annotations

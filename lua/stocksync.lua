@@ -727,8 +727,8 @@ end
     KEYS[1] <tag>:recheck:<channel>      sorted set: sku -> when the push is owed (ms)
     ARGV[1] channel  ARGV[2] 'due' or 'done'  ARGV[3] a time in ms  ARGV[4..] SKUs (at least one)
   due: each SKU is owed a push at or after ARGV[3]; of two times, the later one is kept.
-  done: each SKU owed at or before ARGV[3] (when a push the channel accepted was started) is owed no
-  more; one owed later (another unanswered push since) stays.
+  done: each SKU owed at or before ARGV[3] is owed no more (callers pass the time the recheck they paid
+  was owed); one owed later (another unanswered push since) stays.
   Reply: {'ok', changed}
 ]]
 local function recheck(keys, args)

@@ -9,9 +9,10 @@ Bearer tokens come from the config file, never the token itself, only where to f
 
 Scopes: stock:read, stock:write, orders:write, events:read, channels:read, channels:write, or "*".
 No token: 401. A token without the endpoint's scope: 403. The token's name is the `source` of its
-changes. Every write needs an Idempotency-Key header: it becomes the library reference (`api:<key>` for
-an order, `api:<key>:<sku>` per SKU), so a retried request changes nothing and answers the first outcome
-again, with `Idempotent-Replayed: true`. The key names one request: the first valid request of a key
+changes. Every write needs an Idempotency-Key header. On the stock writes (set, adjust, batch, order) it
+becomes the library reference (`api:<key>` for an order, `api:<key>:<sku>` per SKU), so a retried request
+changes nothing and answers the first outcome again, with `Idempotent-Replayed: true` (the other writes
+only require it: repeating them is harmless). The key names one request: the first valid request of a key
 that changes stock (set, adjust, batch, order) stores a digest of its method, path and JSON body under
 `<prefix>:api:idem:<key>` for as long as references are remembered (Stripe's rule, and the IETF
 Idempotency-Key draft's), and the same key sent with another request is refused (422

@@ -82,8 +82,8 @@ SCHEMAS: dict[str, Any] = {
 
 AUTH = [{"bearer": []}]
 IDEM = {"name": "Idempotency-Key", "in": "header", "required": True,
-        "description": "the request's idempotency key: the same key again changes nothing and answers the first "
-                       "outcome (Idempotent-Replayed: true)",
+        "description": "required; not stored for this operation: sent again, the request runs again (safe to "
+                       "repeat; no Idempotent-Replayed header)",
         "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]+$"}}
 # The writes that replay their first outcome: the key names one request (method, path and body).
 IDEM_REPLAYED = {**IDEM, "description": (
