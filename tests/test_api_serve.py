@@ -70,3 +70,40 @@ def test_serve_takes_webhooks_logs_json_and_stops_gracefully(tmp_path, redis_url
     assert any("shutdown" in r["msg"].lower() for r in records), err
     for secret in (SHOPIFY_SECRET, ADMIN):
         assert secret not in err
+
+
+def _healthz_count(text: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("stocksync_http_requests_total{") and 'route="/healthz"' in line)
+
+
+def test_two_server_processes_sum_their_metrics_on_every_scrape(tmp_path, redis_url, prefix):
+    """With --workers 2 and PROMETHEUS_MULTIPROC_DIR, whichever process answers /metrics counts both."""
+    config = tmp_path / "stocksync.toml"
+    config.write_text(CONFIG)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    port = _free_port()
+    env = {**os.environ, **ENV, "REDIS_URL": redis_url, "STOCKSYNC_PREFIX": prefix,
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "stocksync", "--config", str(config), "serve", "--port", str(port),
+                             "--workers", "2"], env=env, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        sent = 0
+        # a new connection per request, until both processes have counted some (their files appear)
+        while len(list(metrics_dir.glob("counter_*.db"))) < 2 or sent < 20:
+            assert time.monotonic() < deadline and proc.poll() is None, "both processes never answered"
+            try:
+                with httpx.Client(base_url=base, timeout=10) as client:
+                    if client.get("/healthz").status_code == 200:
+                        sent += 1
+            except httpx.TransportError:
+                time.sleep(0.05)
+        for _ in range(6):  # each scrape may land on either process: every one must see all requests
+            with httpx.Client(base_url=base, timeout=10) as client:
+                assert _healthz_count(client.get("/metrics").text) == sent
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
