@@ -14,6 +14,7 @@ import uuid
 import pytest
 import redis
 
+from consumers.testing import serving_simulators
 from stocksync.embedded import EmbeddedCluster, EmbeddedRedis, find_server, server_version
 from stocksync.settings import Settings
 from stocksync.store import StockStore
@@ -95,3 +96,11 @@ def sync_redis(redis_url):
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def sims():
+    """Every bundled simulator on loopback, for the module: {name: (simulator, url)}. Tests reset() the ones
+    they use."""
+    with serving_simulators() as served:
+        yield served

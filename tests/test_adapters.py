@@ -12,15 +12,8 @@ from consumers.adapters.base import retry_after_s
 from consumers.testing import (
     SIMULATOR_ENV,
     config,
-    serving_simulators,
     wait_for,
 )
-
-
-@pytest.fixture(scope="module")
-def sims():
-    with serving_simulators() as running:
-        yield running
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import redis.exceptions
 
 from consumers import groups
 from consumers.resync import SAMPLE, PushReport, ResyncReport, resync
-from consumers.testing import config, serving_simulators, toml_channel, wait_for
+from consumers.testing import config, toml_channel, wait_for
 from consumers.worker import ChannelWorker
 from stocksync.channels import Rules
 
@@ -24,12 +24,6 @@ from .helpers import worker_options
 ROOT = Path(__file__).resolve().parent.parent
 SKUS = [f"R-{i}" for i in range(30)]
 RULES = Rules(buffer=1)
-
-
-@pytest.fixture(scope="module")
-def sims():
-    with serving_simulators() as served:
-        yield served
 
 
 @pytest.fixture

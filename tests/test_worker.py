@@ -14,7 +14,6 @@ from consumers.status import channel_status
 from consumers.testing import (
     config,
     in_version_order,
-    serving_simulators,
     wait_for,
 )
 from consumers.worker import ChannelWorker
@@ -23,12 +22,6 @@ from stocksync.channels import Rules
 from .helpers import worker_options as opts
 
 CHANNELS = ("shopify", "amazon", "flipkart")
-
-
-@pytest.fixture(scope="module")
-def sims():
-    with serving_simulators() as running:
-        yield running
 
 
 @pytest.fixture
