@@ -470,9 +470,10 @@ async def replay_dead_letters(request: Request) -> Response:
 def routes() -> list[Route]:
     return [
         Route("/v1/skus:batch", batch_set, methods=["POST"]),
-        Route("/v1/skus/{sku}", get_sku, methods=["GET"]),
-        Route("/v1/skus/{sku}", put_sku, methods=["PUT"]),
-        Route("/v1/skus/{sku}/adjust", adjust_sku, methods=["POST"]),
+        # {sku:path}: a SKU may hold "/" (sent as is or as %2F, which the server decodes before routing)
+        Route("/v1/skus/{sku:path}/adjust", adjust_sku, methods=["POST"]),
+        Route("/v1/skus/{sku:path}", get_sku, methods=["GET"]),
+        Route("/v1/skus/{sku:path}", put_sku, methods=["PUT"]),
         Route("/v1/orders", post_order, methods=["POST"]),
         Route("/v1/events", events, methods=["GET"]),
         Route("/v1/rejections", list_rejections, methods=["GET"]),
@@ -481,8 +482,8 @@ def routes() -> list[Route]:
         Route("/v1/channels/{channel}/dead-letters", list_dead_letters, methods=["GET"]),
         Route("/v1/channels/{channel}/dead-letters:replay", replay_dead_letters, methods=["POST"]),
         Route("/v1/channels/{channel}/sku-map", get_sku_map, methods=["GET"]),
-        Route("/v1/channels/{channel}/sku-map/{channel_sku}", put_sku_map, methods=["PUT"]),
-        Route("/v1/channels/{channel}/sku-map/{channel_sku}", delete_sku_map, methods=["DELETE"]),
+        Route("/v1/channels/{channel}/sku-map/{channel_sku:path}", put_sku_map, methods=["PUT"]),
+        Route("/v1/channels/{channel}/sku-map/{channel_sku:path}", delete_sku_map, methods=["DELETE"]),
     ]
 
 

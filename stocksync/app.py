@@ -153,6 +153,11 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return json_response({"error": "unavailable" if status == 503 else "internal", "message": message}, status)
 
 
+def template(path: str) -> str:
+    """A route's path as the OpenAPI document and the metrics name it: without Starlette's converters."""
+    return path.replace(":path}", "}")
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.load()
     metrics = Metrics()
@@ -175,7 +180,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
-    templates = {r.endpoint: r.path for r in routes}
+    templates = {r.endpoint: template(r.path) for r in routes}
     return Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -92,7 +92,8 @@ IDEM_REPLAYED = {**IDEM, "description": (
     "with another body (or method, or path) it is refused with "
     "422 `idempotency_key_reused` and changes nothing. Kept as long as references (STOCKSYNC_IDEM_TTL, 48 h "
     "by default); a request refused before it changed anything (400, 413, 422 on a field) does not take it")}
-SKU_PARAM = {"name": "sku", "in": "path", "required": True, "schema": SKU_PATH}
+SKU_PARAM = {"name": "sku", "in": "path", "required": True, "schema": SKU_PATH,
+             "description": "the canonical SKU; it may hold '/' (as is, or percent-encoded as %2F)"}
 CHANNEL_PARAM = {"name": "channel", "in": "path", "required": True, "schema": {"type": "string"}}
 AUTH_ERRORS = {"401": ERR, "403": ERR}
 BODY_ERRORS = {"400": ERR, "413": ERR, "422": ERR}

@@ -9,6 +9,7 @@ import pytest
 
 from consumers.testing import wait_for
 from stocksync import functions
+from stocksync.app import template
 
 from .apihelp import READER, api_settings, auth, running
 from .helpers import snapshot
@@ -50,6 +51,22 @@ async def test_sku_endpoints(settings, store):
         assert (await client.get("/v1/skus/NOPE", headers=auth(key=False))).status_code == 404
         r = await client.post("/v1/skus/NOPE/adjust", json={"delta": 1}, headers=auth())
         assert r.status_code == 404
+
+
+async def test_a_sku_with_a_slash_in_the_path(settings, store):
+    """SKUs like TEE/M exist: sent as is or percent-encoded, the path names the whole SKU."""
+    async with running(api_settings(settings)) as client:
+        r = await client.put("/v1/skus/TEE/M", json={"available": 5}, headers=auth())
+        assert r.status_code == 200 and r.json()["sku"] == "TEE/M", r.text
+        r = await client.post("/v1/skus/TEE%2FM/adjust", json={"delta": -2}, headers=auth())
+        assert r.status_code == 200 and r.json()["available"] == 3, r.text
+        r = await client.get("/v1/skus/TEE%2FM", headers=auth(key=False))
+        assert r.status_code == 200 and r.json()["sku"] == "TEE/M" and r.json()["available"] == 3
+        r = await client.put("/v1/channels/shopify/sku-map/SHOP/TEE-M", json={"sku": "TEE/M"}, headers=auth())
+        assert r.status_code == 200, r.text
+        assert await store.redis.hget(store.keys.sku_map("shopify"), "SHOP/TEE-M") == "TEE/M"
+        metrics = (await client.get("/metrics")).text
+        assert 'route="/v1/skus/{sku}/adjust"' in metrics and ":path" not in metrics
 
 
 async def test_bad_admin_input(settings, store, sync_redis):
@@ -151,7 +168,7 @@ async def test_health_ready_metrics_openapi(settings, store, monkeypatch):
         assert 'stocksync_http_requests_total{method="GET",route="/v1/skus/{sku}",status="404"} 1.0' in metrics
         doc = (await client.get("/openapi.json")).json()
         documented = {(path, method) for path, ops in doc["paths"].items() for method in ops if method != "parameters"}
-        served = {(r.path, m.lower()) for r in client.app.routes for m in r.methods if m != "HEAD"}
+        served = {(template(r.path), m.lower()) for r in client.app.routes for m in r.methods if m != "HEAD"}
         assert served == documented
         # The loaded library is not the version this package expects: not ready.
         monkeypatch.setattr(functions, "library_version", lambda: "99.0.0")
