@@ -25,6 +25,8 @@ import logging
 import uuid
 from typing import Any
 
+from yarl import URL
+
 from .base import Adapter, PermanentError, Result, TransientError, Update, json_body
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ MAX_ROUNDS = 3
 RETRYABLE_CODES = {"THROTTLED", "INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TIMEOUT"}
 IDEMPOTENCY_CODES = {"IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED", "IDEMPOTENCY_KEY_PARAMETER_MISMATCH"}
 MAX_UNANSWERED = 1000  # inputs sent without an answer whose key a retry reuses
+# The mutation's body is json_body({"query": SET_QUANTITIES, "variables": {"input": payload, "key": key}}),
+# assembled from the input's serialization (made once, it is also the input's identity for the key)
+_SET_HEAD = b'{"query":' + json_body(SET_QUANTITIES) + b',"variables":{"input":'
 
 
 class ShopifyAdapter(Adapter):
@@ -63,6 +68,8 @@ class ShopifyAdapter(Adapter):
         self.api_version = str(opts.get("api_version", "2026-04"))
         self.reason = str(opts.get("reason", "correction"))
         self.endpoint = f"{config.url}/admin/api/{self.api_version}/graphql.json"
+        self._url = URL(self.endpoint)  # parsed once, not on every call
+        self._headers: tuple[str, dict[str, str]] | None = None  # (token, headers), rebuilt when it changes
         self.items: dict[str, str] = {}  # channel SKU -> inventory item gid
         self.known: dict[str, int | None] = {}  # channel SKU -> quantity we believe Shopify lists
         # input (serialized) -> its idempotency key, for inputs sent without an answer (a retry reuses it)
@@ -71,11 +78,13 @@ class ShopifyAdapter(Adapter):
     def _key_for(self, payload_json: bytes) -> str:
         """The @idempotent key of one call: the key of the same input sent before without an answer (this
         is a retry of that request), otherwise a fresh one."""
-        return self.unanswered.get(payload_json) or uuid.uuid4().hex
+        return (self.unanswered and self.unanswered.get(payload_json)) or uuid.uuid4().hex
 
     def _answered(self, payload_json: bytes, item_ids: list[str]) -> None:
         """A call got an answer: forget its key, and those of unanswered inputs about the same items
         (a later identical input is a new logical push, not a retry of those)."""
+        if not self.unanswered:
+            return
         self.unanswered.pop(payload_json, None)
         if self.unanswered:
             needles = [json_body(i) for i in item_ids]  # '"gid://..."', as they appear in an input
@@ -83,9 +92,13 @@ class ShopifyAdapter(Adapter):
                 self.unanswered.pop(old, None)
 
     async def _graphql(self, query: str, variables: dict[str, Any], deadline: float | None) -> dict[str, Any]:
-        headers = {"X-Shopify-Access-Token": self.config.secret("token"), "Content-Type": "application/json"}
-        _, data = await self.request("POST", self.endpoint, body=json_body({"query": query, "variables": variables}),
-                                     headers=headers, deadline=deadline)
+        return await self._post(json_body({"query": query, "variables": variables}), deadline)
+
+    async def _post(self, body: bytes, deadline: float | None) -> dict[str, Any]:
+        token = self.config.secret("token")  # read on every call (a rotated token is used at once)
+        if self._headers is None or self._headers[0] != token:
+            self._headers = (token, {"X-Shopify-Access-Token": token, "Content-Type": "application/json"})
+        _, data = await self.request("POST", self._url, body=body, headers=self._headers[1], deadline=deadline)
         if not isinstance(data, dict):
             raise TransientError(f"{self.name}: reply is not a JSON object")
         errors = data.get("errors")
@@ -136,14 +149,15 @@ class ShopifyAdapter(Adapter):
             if not todo:
                 break
             order = list(todo.values())
-            quantities = [{"inventoryItemId": self.items[u.channel_sku], "locationId": self.location_id,
-                           "quantity": u.quantity, "changeFromQuantity": self.known.get(u.channel_sku)}
-                          for u in order]
+            items, known, location_id = self.items, self.known, self.location_id
+            item_ids = [items[u.channel_sku] for u in order]
+            quantities = [{"inventoryItemId": item_id, "locationId": location_id, "quantity": u.quantity,
+                           "changeFromQuantity": known.get(u.channel_sku)} for u, item_id in zip(order, item_ids, strict=True)]
             payload = {"name": "available", "reason": self.reason, "quantities": quantities}
             payload_json = json_body(payload)
             key = self._key_for(payload_json)
             try:
-                data = await self._graphql(SET_QUANTITIES, {"input": payload, "key": key}, deadline)
+                data = await self._post(_SET_HEAD + payload_json + b',"key":' + json_body(key) + b"}}", deadline)
             except TransientError as e:
                 if e.ambiguous:  # it may have been applied: a retry of this same input reuses the key
                     self.unanswered[payload_json] = key
@@ -151,13 +165,13 @@ class ShopifyAdapter(Adapter):
                     while len(self.unanswered) > MAX_UNANSWERED:
                         self.unanswered.popitem(last=False)
                 raise
-            self._answered(payload_json, [q["inventoryItemId"] for q in quantities])
+            self._answered(payload_json, item_ids)
             reply = data.get("inventorySetQuantities") or {}
             errors = reply.get("userErrors") or []
             if not errors:
                 for u in order:
-                    self.known[u.channel_sku] = u.quantity
-                    results[u.sku] = Result.accepted(u.sku)
+                    known[u.channel_sku] = u.quantity
+                    results[u.sku] = Result(u.sku, True)  # Result.accepted(u.sku), one call less
                 todo = {}
                 break
             if any(err.get("code") == "IDEMPOTENCY_CONCURRENT_REQUEST" for err in errors):

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,7 +50,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .base import Call, Faults, Parsed, Reject, Simulator, is_int, json_response
+from .base import Call, Faults, Parsed, Reject, Simulator, json_response
 
 MAX_QUANTITIES = 250
 MUTATION_COST, READ_COST = 10.0, 1.0
@@ -62,6 +63,35 @@ REASONS = frozenset(
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 _ROOTS = ("inventorySetQuantities", "inventoryItems", "inventoryItem", "nodes")
 _VALUE = r'(\$\w+|"(?:[^"\\]|\\.)*"|\[[^\]]*\])'  # a variable, a string or a list literal
+# Compiled once: the parser runs on every call (an adapter sends the same few documents again and again)
+_ROOT_RES = tuple((r, re.compile(rf"\b{r}\s*\(")) for r in _ROOTS)
+_SET_INPUT = re.compile(r"\binventorySetQuantities\s*\(\s*input\s*:\s*\$(\w+)")
+_IDEMPOTENT = re.compile(r'@idempotent\s*\(\s*key\s*:\s*(?:"([^"]*)"|\$(\w+))')
+_QUERY_CACHE_MAX = 256  # documents remembered (root field, input variable, idempotency key)
+_ROOT_OF: dict[str, str | None] = {}  # document -> its root field (None: none supported)
+# mutation document -> (the input variable's name or None, the @idempotent key's (literal, variable) or None)
+_SET_DOCS: dict[str, tuple[str | None, tuple[str | None, str | None] | None]] = {}
+_STAMP: list[Any] = [None, ""]  # (second, createdAt of that second): strftime once a second
+
+
+def _root_of(query: str) -> str | None:
+    try:
+        return _ROOT_OF[query]
+    except KeyError:
+        pass
+    root = next((r for r, pattern in _ROOT_RES if pattern.search(query)), None)
+    if len(_ROOT_OF) >= _QUERY_CACHE_MAX:
+        _ROOT_OF.clear()
+    _ROOT_OF[query] = root
+    return root
+
+
+def _created_at() -> str:
+    """datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), formatted once a second."""
+    second = int(time.time())
+    if _STAMP[0] != second:
+        _STAMP[:] = [second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")]
+    return _STAMP[1]
 
 
 def inventory_item_gid(sku: str) -> str:
@@ -171,7 +201,7 @@ class ShopifySim(Simulator):
         if not isinstance(doc, dict) or not isinstance(doc.get("query"), str):
             raise self.bad_request("expected a JSON object with a 'query' string")
         query, variables = doc["query"], doc.get("variables") or {}
-        root = next((r for r in _ROOTS if re.search(rf"\b{r}\s*\(", query)), None)
+        root = _root_of(query)
         if root is None:
             raise self._graphql_error(
                 "stocksync simulator: supported root fields are " + ", ".join(_ROOTS),
@@ -193,10 +223,18 @@ class ShopifySim(Simulator):
         return Parsed((root, gids, location), items, cost=READ_COST + len(gids))
 
     def _parse_set(self, query: str, variables: dict[str, Any]) -> Parsed:
-        m = re.search(r"\binventorySetQuantities\s*\(\s*input\s*:\s*\$(\w+)", query)
-        data = variables.get(m.group(1)) if m else None
+        doc = _SET_DOCS.get(query)
+        if doc is None:
+            m = _SET_INPUT.search(query)
+            key_m = _IDEMPOTENT.search(query)
+            doc = (m.group(1) if m else None, key_m.groups() if key_m else None)
+            if len(_SET_DOCS) >= _QUERY_CACHE_MAX:
+                _SET_DOCS.clear()
+            _SET_DOCS[query] = doc
+        var, key = doc
+        data = variables.get(var) if var is not None else None
         if not isinstance(data, dict) or not isinstance(data.get("quantities"), list):
-            var = m.group(1) if m else "input"
+            var = var if var is not None else "input"
             raise self._graphql_error(
                 f"Variable ${var} of type InventorySetQuantitiesInput! was provided invalid value",
                 "INVALID_VARIABLE",
@@ -211,12 +249,16 @@ class ShopifySim(Simulator):
                 f" of {MAX_QUANTITIES}.",
                 "MAX_INPUT_SIZE_EXCEEDED",
             )
+        # one pass: check each quantity and build its record item (the request comes from orjson, so
+        # exact type checks are isinstance checks, and bool is not int)
+        known = self._skus
+        items = []
         for i, q in enumerate(quantities):
             if not (
-                isinstance(q, dict)
-                and isinstance(q.get("inventoryItemId"), str)
-                and isinstance(q.get("locationId"), str)
-                and is_int(q.get("quantity"))
+                type(q) is dict
+                and type(item_id := q.get("inventoryItemId")) is str
+                and type(q.get("locationId")) is str
+                and type(quantity := q.get("quantity")) is int
             ):
                 raise self._graphql_error(
                     "Variable $input of type InventorySetQuantitiesInput! was provided invalid value",
@@ -228,17 +270,15 @@ class ShopifySim(Simulator):
                         }
                     ],
                 )
-        key = re.search(r'@idempotent\s*\(\s*key\s*:\s*(?:"([^"]*)"|\$(\w+))', query)
-        idem = (key.group(1) if key.group(1) is not None else variables.get(key.group(2))) if key else None
-        items = [
-            {
-                "sku": self._skus.get(q["inventoryItemId"], q["inventoryItemId"]),
-                "quantity": q["quantity"],
-                "change_from": q.get("changeFromQuantity"),
-                "item_id": q["inventoryItemId"],
-            }
-            for q in quantities
-        ]
+            items.append(
+                {
+                    "sku": known.get(item_id, item_id),
+                    "quantity": quantity,
+                    "change_from": q.get("changeFromQuantity"),
+                    "item_id": item_id,
+                }
+            )
+        idem = (key[0] if key[0] is not None else variables.get(key[1])) if key else None
         return Parsed(("inventorySetQuantities", data, idem), items, cost=MUTATION_COST)
 
     # ----- handling ----------------------------------------------------------------------------
@@ -307,25 +347,27 @@ class ShopifySim(Simulator):
             payload = {"inventoryAdjustmentGroup": None, "userErrors": errors}
         else:
             changes = []
+            listed, apply, location_id = self._quantities, self.apply, self.location_id
             for item in call.items:
                 if "result" in item:
                     continue
-                before = self._quantities.get(item["sku"], 0)
-                self.apply(item["sku"], item["quantity"])
+                sku, quantity = item["sku"], item["quantity"]
+                before = listed.get(sku, 0)
+                apply(sku, quantity)
                 item["result"] = "applied"
                 changes.append(
                     {
                         "name": "available",
-                        "delta": item["quantity"] - before,
-                        "quantityAfterChange": item["quantity"],
-                        "item": {"id": item["item_id"], "sku": item["sku"]},
-                        "location": {"id": self.location_id},
+                        "delta": quantity - before,
+                        "quantityAfterChange": quantity,
+                        "item": {"id": item["item_id"], "sku": sku},
+                        "location": {"id": location_id},
                     }
                 )
             self._groups += 1
             group = {
                 "id": f"gid://shopify/InventoryAdjustmentGroup/{self._groups}",
-                "createdAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "createdAt": _created_at(),
                 "reason": data.get("reason"),
                 "referenceDocumentUri": data.get("referenceDocumentUri"),
                 "changes": changes,
@@ -358,17 +400,19 @@ class ShopifySim(Simulator):
                 item["result"] = "not_applied"
             return errors
         seen: set[tuple[str, str]] = set()
+        known, location_id, listed, rejected = self._skus, self.location_id, self._quantities, self.rejected
+        cas_required = version >= CAS_REQUIRED_FROM
         for i, (q, item) in enumerate(zip(data["quantities"], call.items, strict=True)):
-            at = ["quantities", str(i)]
-            pair = (q["inventoryItemId"], q["locationId"])
+            item_id, location, quantity = q["inventoryItemId"], q["locationId"], q["quantity"]
+            pair = (item_id, location)
             code: str | None
-            if q["inventoryItemId"] not in self._skus:
+            if item_id not in known:
                 code, field, message = (
                     "INVALID_INVENTORY_ITEM",
                     "inventoryItemId",
                     "The specified inventory item could not be found.",
                 )
-            elif q["locationId"] != self.location_id:
+            elif location != location_id:
                 code, field, message = (
                     "INVALID_LOCATION",
                     "locationId",
@@ -380,25 +424,25 @@ class ShopifySim(Simulator):
                     "inventoryItemId",
                     "The combination of inventoryItemId and locationId must be unique.",
                 )
-            elif q["quantity"] < 0:
+            elif quantity < 0:
                 code, field, message = (
                     "INVALID_QUANTITY_NEGATIVE",
                     "quantity",
                     "The quantity can't be negative.",
                 )
-            elif q["quantity"] > 1_000_000_000:
+            elif quantity > 1_000_000_000:
                 code, field, message = (
                     "INVALID_QUANTITY_TOO_HIGH",
                     "quantity",
                     "The total quantity can't be higher than 1,000,000,000.",
                 )
-            elif "changeFromQuantity" not in q and version >= CAS_REQUIRED_FROM:
+            elif cas_required and "changeFromQuantity" not in q:
                 code, field, message = (
                     None,
                     "changeFromQuantity",
                     "changeFromQuantity is required: pass the expected quantity, or null to skip the check.",
                 )
-            elif q.get("changeFromQuantity") is not None and q["changeFromQuantity"] != self._quantities.get(
+            elif (change_from := q.get("changeFromQuantity")) is not None and change_from != listed.get(
                 item["sku"], 0
             ):
                 code, field, message = (
@@ -406,7 +450,7 @@ class ShopifySim(Simulator):
                     "changeFromQuantity",
                     "The changeFromQuantity value does not match persisted value.",
                 )
-            elif self.rejected(item["sku"]):
+            elif rejected(item["sku"]):
                 code, field, message = (
                     "NON_MUTABLE_INVENTORY_ITEM",
                     "inventoryItemId",
@@ -416,7 +460,7 @@ class ShopifySim(Simulator):
                 seen.add(pair)
                 continue
             seen.add(pair)
-            error(code, [*at, field], message)
+            error(code, ["quantities", str(i), field], message)
             item["result"] = code or "CHANGE_FROM_QUANTITY_REQUIRED"
         return errors
 
