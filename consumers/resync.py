@@ -70,6 +70,7 @@ class ResyncReport:
     failed: int = 0
     failures: dict[str, str] = field(default_factory=dict)  # SKU refused (for good) or failed (for now) -> why
     gone_skus: list[str] = field(default_factory=list)
+    busy_skus: list[str] = field(default_factory=list)  # all of them: a few at a time are being pushed
 
     @property
     def ok(self) -> bool:
@@ -90,6 +91,13 @@ class ResyncReport:
             if len(self.failures) < SAMPLE:
                 self.failures[sku] = why
         self.gone_skus += r.gone[: SAMPLE - len(self.gone_skus)]
+        self.busy_skus += r.busy
+
+    def absorb(self, again: ResyncReport) -> None:
+        """Fold in a pass over the SKUs this one found busy (they stay counted as busy here)."""
+        for kind in ("pushed", "current", "gone", "refused", "failed"):
+            setattr(self, kind, getattr(self, kind) + getattr(again, kind))
+        self.failures.update(list(again.failures.items())[: SAMPLE - len(self.failures)])
 
 
 class Pusher:

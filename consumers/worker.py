@@ -601,6 +601,7 @@ class ChannelWorker:
             try:
                 report = await resync.resync(self.redis, self.keys, self.config, partitions=[p], force=False,
                                              adapter=self.adapter, progress=progress, ready=self._channel_open)
+                await self._sync_busy(report)
                 if report.refused:  # (no entry to dead-letter: said here)
                     log.warning("%s: initial sync of partition %d: the channel refused %d SKUs for good, e.g. %s",
                                 self.channel, p, report.refused, _examples(report.failures))
@@ -617,6 +618,17 @@ class ChannelWorker:
                 self.last_error = f"initial sync: {type(e).__name__}: {e}"[:300]
             await self._wait(self._stopping, delay)
             delay = min(delay * 2, 60.0)
+
+    async def _sync_busy(self, report: resync.ResyncReport) -> None:
+        """SKUs another consumer was pushing during the pass are gone over again once their leases are
+        free (that push may fail): the pass is not done before each of them was taken or found current."""
+        busy = report.busy_skus
+        while busy and not self._stopping.is_set():
+            await self._wait(self._stopping, CONTENDED_RETRY_S * 10)
+            again = await resync.resync(self.redis, self.keys, self.config, skus=busy, force=False,
+                                        adapter=self.adapter, ready=self._channel_open)
+            report.absorb(again)
+            busy = again.busy_skus
 
     async def _channel_open(self) -> None:
         """Wait while the channel is paused (a 429's Retry-After) or its circuit is not closed: what runs

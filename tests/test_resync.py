@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis.exceptions
 
-from consumers import groups
+from consumers import groups, ledger
 from consumers.resync import SAMPLE, PushReport, ResyncReport, resync
 from consumers.testing import config, toml_channel, wait_for
 from consumers.worker import ChannelWorker
@@ -109,6 +109,20 @@ async def test_the_initial_sync_goes_over_a_partition_again_until_every_sku_is_t
         assert await store.redis.exists(store.keys.resync(0, "shopify"))  # not done while the channel is down
         sim.outage(False)
         await synced(store, sim, "every SKU listed after the outage")
+
+
+async def test_the_initial_sync_waits_for_a_sku_another_consumer_is_pushing(store, shopify):
+    """A SKU leased by another consumer during the pass is not taken as done: that push may fail."""
+    sim, cfg = shopify
+    await seed_then_trim(store)
+    held = SKUS[3]
+    (claim,) = await ledger.claim(store.redis, store.keys, 0, "shopify", "someone-else", [held], 60_000)
+    assert claim.leased
+    async with running(store, cfg):
+        await wait_for(lambda: lists_current(store, sim, [s for s in SKUS if s != held]), 20, "the other SKUs")
+        assert held not in sim.quantities and await store.redis.exists(store.keys.resync(0, "shopify"))
+        await ledger.done(store.redis, store.keys, 0, "shopify", "someone-else", {}, [], [held])  # that push failed
+        await synced(store, sim, "the SKU listed once its lease was free")
 
 
 async def test_resync_puts_back_hand_edited_listings_and_missing_only_pushes_what_is_not_current(store, shopify):
