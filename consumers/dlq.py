@@ -21,7 +21,7 @@ from stocksync.keys import Keys
 
 from . import ledger
 from .adapters import Adapter
-from .resync import Pusher, owner_name
+from .resync import Pusher, owner_name, partition_batches
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +86,14 @@ async def replay(redis: AnyRedis, keys: Keys, config: ChannelConfig, *, skus: se
         by_sku[(d.partition, d.sku)].append(d.id)
     if not by_sku:
         return report
-    by_partition: dict[int, list[str]] = defaultdict(list)
-    for p, sku in sorted(by_sku):
-        by_partition[p].append(sku)
     async with Pusher(redis, keys, config, adapter=adapter, owner=owner or replay_owner(),
                       lease_ms=lease_ms) as pusher:
-        size = pusher.adapter.batch_size
-        for p, names in by_partition.items():
-            for i in range(0, len(names), size):
-                pushed = await pusher.push(p, names[i : i + size], force=False)
-                settled = {**pushed.current, **pushed.pushed, **dict.fromkeys(pushed.gone, 0)}
-                for sku, version in settled.items():
-                    await ledger.dlq_resolve(redis, keys, p, config.name, sku, version, by_sku[(p, sku)])
-                    report.resolved.append(sku)
-                report.failed.update({**pushed.failed, **pushed.refused})
-                report.failed.update(dict.fromkeys(pushed.busy, "a worker is pushing this SKU right now; replay again shortly"))
+        for p, names in partition_batches(sorted(by_sku), pusher.adapter.batch_size):
+            pushed = await pusher.push(p, names, force=False)
+            settled = {**pushed.current, **pushed.pushed, **dict.fromkeys(pushed.gone, 0)}
+            for sku, version in settled.items():
+                await ledger.dlq_resolve(redis, keys, p, config.name, sku, version, by_sku[(p, sku)])
+                report.resolved.append(sku)
+            report.failed.update({**pushed.failed, **pushed.refused})
+            report.failed.update(dict.fromkeys(pushed.busy, "a worker is pushing this SKU right now; replay again shortly"))
     return report

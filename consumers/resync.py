@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from stocksync.channels import ChannelConfig
@@ -192,16 +192,22 @@ async def resync(redis: AnyRedis, keys: Keys, config: ChannelConfig, *, skus: It
     return report
 
 
+def partition_batches(skus: Iterable[tuple[int, str]], size: int) -> Iterator[tuple[int, list[str]]]:
+    """(partition, up to `size` SKUs of it), partitions in order, from (partition, SKU) pairs."""
+    by_partition: dict[int, list[str]] = {}
+    for p, sku in skus:
+        by_partition.setdefault(p, []).append(sku)
+    for p, names in sorted(by_partition.items()):
+        for i in range(0, len(names), size):
+            yield p, names[i : i + size]
+
+
 async def _batches(redis: AnyRedis, keys: Keys, skus: Iterable[str] | None, partitions: Iterable[int] | None,
                    size: int) -> AsyncIterator[tuple[int, list[str]]]:
     """(partition, up to `size` SKUs of it): the given SKUs, or every SKU of the partitions."""
     if skus is not None:
-        by_partition: dict[int, list[str]] = {}
-        for sku in dict.fromkeys(skus):
-            by_partition.setdefault(keys.partition(sku), []).append(sku)
-        for p, names in sorted(by_partition.items()):
-            for i in range(0, len(names), size):
-                yield p, names[i : i + size]
+        for batch in partition_batches(((keys.partition(s), s) for s in dict.fromkeys(skus)), size):
+            yield batch
         return
     for p in range(keys.partitions) if partitions is None else partitions:
         batch: list[str] = []

@@ -527,19 +527,27 @@ class ChannelWorker:
         its time). Recorded before any entry of those SKUs can be acknowledged (they stay pending until a
         later push is accepted). A settled one is settled with the time it was owed, so a later debt (an
         unanswered push by another worker since) stays."""
-        now, now_ms = time.monotonic(), int(time.time() * 1000)
         due = collections.defaultdict(list)
         for w in owed:
-            self.coalescer.recheck(w.sku, w.partition, now + self.recheck_s, now_ms + int(self.recheck_s * 1000))
-            due[(w.partition, w.owed_ms)].append(w.sku)
-        for (p, ms), skus in due.items():
-            await ledger.recheck(self.redis, self.keys, p, self.channel, "due", ms, skus)
+            due[w.partition].append(w.sku)
+        for p, skus in due.items():
+            await self._owe(p, skus, self.recheck_s)
+        now_ms = int(time.time() * 1000)
         done = collections.defaultdict(list)
         for w in repaid:
             done[(w.partition, w.owed_ms or now_ms)].append(w.sku)
             w.recheck_at, w.owed_ms = 0.0, 0
         for (p, ms), skus in done.items():
             await ledger.recheck(self.redis, self.keys, p, self.channel, "done", ms, skus)
+
+    async def _owe(self, partition: int, skus: list[str], delay_s: float) -> None:
+        """A push of each SKU's current quantity is owed delay_s from now, whatever version the channel has:
+        held here, and in Redis so that another worker pays it if this one dies."""
+        due_ms = int(time.time() * 1000 + delay_s * 1000)
+        at = time.monotonic() + delay_s
+        for sku in skus:
+            self.coalescer.recheck(sku, partition, at, due_ms)
+        await ledger.recheck(self.redis, self.keys, partition, self.channel, "due", due_ms, skus)
 
     async def _take_over_rechecks(self) -> None:
         """Push what other workers owed and did not push reclaim_idle_ms past its time (they died)."""
@@ -686,10 +694,7 @@ class ChannelWorker:
             log.info("%s: channel SKU changed for %d SKUs; pushing them again", self.channel, len(changed))
         self._remapped.update(changed)
         for sku, old in list(self._remapped.items()):
-            p = self.keys.partition(sku)
-            now_ms = int(time.time() * 1000)
-            await ledger.recheck(self.redis, self.keys, p, self.channel, "due", now_ms, [sku])
-            self.coalescer.recheck(sku, p, time.monotonic(), now_ms)
+            await self._owe(self.keys.partition(sku), [sku], 0.0)
             if not getattr(self.adapter, "versioned", False):  # (a versioned receiver owns its names)
                 self._orphans.add(old)
             del self._remapped[sku]
