@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import redis
 
+from consumers.options import WorkerOptions
 from stocksync.keys import Keys
 
 
@@ -50,8 +51,6 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
 
 def worker_options(**kw):
     """WorkerOptions for tests: short blocks, leases, backoffs and beats, no trimming."""
-    from consumers.options import WorkerOptions
-
     base = dict(block_ms=100, reclaim_idle_ms=2000, lease_ms=3000, backoff_base_ms=20, backoff_cap_ms=200,
                 breaker_open_ms=200, breaker_max_open_ms=400, trim_interval_ms=0, heartbeat_ms=200)
     return WorkerOptions(**{**base, **kw})
