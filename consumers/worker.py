@@ -54,7 +54,7 @@ from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
 
 from . import groups, ledger, resync
-from .adapters import Adapter, PushError, Result, TransientError, Update, make_adapter
+from .adapters import Adapter, PushError, Result, TransientError, Update, make_adapter, push_rank
 from .coalescer import NORMAL, URGENT, ZERO, Coalescer, Entry, SkuWork
 from .options import WorkerOptions
 from .retry import CLOSED, CircuitBreaker, backoff_s
@@ -357,6 +357,7 @@ class ChannelWorker:
         return min(self.adapter.max_in_flight, max(2, int(limiter.capacity + limiter.rate * LIMITER_QUEUE_S)))
 
     async def _push(self, batch: list[SkuWork], probe: bool) -> None:
+        push_rank.set(min(w.urgency for w in batch))  # (this task's own context: the rate limiter's order)
         try:
             await self._push_batch(batch, probe)
         except Exception as e:  # Redis down, a bug: hold the SKUs and try again later

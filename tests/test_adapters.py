@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
 import pytest
 
 from consumers.adapters import PermanentError, TransientError, Update, make_adapter
-from consumers.adapters.base import retry_after_s
+from consumers.adapters.base import RateLimiter, push_rank, retry_after_s
 from consumers.testing import (
     SIMULATOR_ENV,
     config,
@@ -180,3 +181,22 @@ def test_retry_after_forms():
 
 def test_permanent_errors_are_not_transient():
     assert PermanentError("x").permanent and not TransientError("x").permanent
+
+
+async def test_the_rate_limiter_serves_a_drop_to_zero_before_calls_waiting_longer():
+    """Calls waiting for the rate limit go by push rank, then arrival: a drop to 0 handed to the adapter
+    after ordinary pushes does not queue behind them (a backlog of 4 at 20/s is 0.2 s it need not wait)."""
+    limiter = RateLimiter(rate=20, burst=1)
+    order: list[str] = []
+
+    async def call(name: str, rank: int) -> None:
+        push_rank.set(rank)
+        await limiter.acquire()
+        order.append(name)
+
+    ordinary = [asyncio.create_task(call(f"normal-{i}", 2)) for i in range(5)]
+    await wait_for(lambda: len(limiter._waiting) == 4, 5, "four ordinary calls waiting")
+    await asyncio.create_task(call("drop-to-0", 0))
+    await asyncio.gather(*ordinary)
+    assert order[:2] == ["normal-0", "drop-to-0"], order
+    assert order[2:] == [f"normal-{i}" for i in range(1, 5)]

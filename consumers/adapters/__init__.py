@@ -7,7 +7,7 @@ import aiohttp
 from stocksync.channels import ChannelConfig
 
 from .amazon import AmazonAdapter
-from .base import Adapter, PermanentError, PushError, Result, TransientError, Update
+from .base import Adapter, PermanentError, PushError, Result, TransientError, Update, push_rank
 from .flipkart import FlipkartAdapter
 from .shopify import ShopifyAdapter
 from .webhook import WebhookAdapter
@@ -24,4 +24,4 @@ def make_adapter(config: ChannelConfig, session: aiohttp.ClientSession | None = 
     return ADAPTERS[config.kind](config, session)
 
 
-__all__ = ["ADAPTERS", "Adapter", "PermanentError", "PushError", "Result", "TransientError", "Update", "make_adapter"]
+__all__ = ["ADAPTERS", "Adapter", "PermanentError", "PushError", "Result", "TransientError", "Update", "make_adapter", "push_rank"]

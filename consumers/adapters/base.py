@@ -9,7 +9,10 @@ every call, credentials read through ChannelConfig.secret() and never logged or 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
+import heapq
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -102,12 +105,19 @@ def retry_after_s(value: str | None) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
+# The rank of the push the current task makes (lower goes first; the worker sets it per push task from
+# its coalescer's ranks: 0 a drop to 0, 1 urgent, 2 the rest). A rate limiter serves waiting calls by it.
+push_rank: contextvars.ContextVar[int] = contextvars.ContextVar("stocksync_push_rank", default=2)
+
+
 class RateLimiter:
     """A client-side token bucket (rate per second, capacity burst) that adapts to the server.
 
-    On a 429 it stops every caller until Retry-After and halves its rate (not below a tenth of the
-    configured one); each success gives back a twentieth. So a channel keeps under the marketplace's
-    limit even when the configured rate is too high, instead of storming it with calls that get 429.
+    Waiting callers are served by push_rank, then in arrival order: a drop to 0 handed to the adapter
+    after ordinary pushes does not queue behind them. On a 429 it stops every caller until Retry-After
+    and halves its rate (not below a tenth of the configured one); each success gives back a twentieth.
+    So a channel keeps under the marketplace's limit even when the configured rate is too high, instead
+    of storming it with calls that get 429.
     """
 
     def __init__(self, rate: float, burst: float) -> None:
@@ -115,24 +125,40 @@ class RateLimiter:
         self.rate, self.capacity = rate, max(burst, 1.0)
         self.tokens, self.stamp = self.capacity, time.monotonic()
         self.blocked_until = 0.0
-        self._lock = asyncio.Lock()
+        self._turns = asyncio.Condition()
+        self._waiting: list[tuple[int, int]] = []  # heap of (rank, arrival) tickets
+        self._arrivals = itertools.count()
 
     def _refill(self, now: float) -> None:
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
 
     async def acquire(self, cost: float = 1.0) -> None:
-        async with self._lock:  # FIFO: callers are served in arrival order
-            while True:
-                now = time.monotonic()
-                if now < self.blocked_until:
-                    await asyncio.sleep(self.blocked_until - now)
-                    continue
-                self._refill(now)
-                if self.tokens >= cost:
-                    self.tokens -= cost
-                    return
-                await asyncio.sleep((cost - self.tokens) / self.rate)
+        ticket = (push_rank.get(), next(self._arrivals))
+        async with self._turns:
+            heapq.heappush(self._waiting, ticket)
+            try:
+                while True:
+                    if self._waiting[0] != ticket:  # another caller goes first: woken when it leaves
+                        await self._turns.wait()
+                        continue
+                    now = time.monotonic()
+                    if now < self.blocked_until:
+                        wait = self.blocked_until - now
+                    else:
+                        self._refill(now)
+                        if self.tokens >= cost:
+                            self.tokens -= cost
+                            return
+                        wait = (cost - self.tokens) / self.rate
+                    try:  # (a more urgent caller arriving meanwhile takes the head and the next token)
+                        await asyncio.wait_for(self._turns.wait(), wait)
+                    except TimeoutError:
+                        pass
+            finally:
+                self._waiting.remove(ticket)
+                heapq.heapify(self._waiting)
+                self._turns.notify_all()
 
     def throttled(self, retry_after: float | None) -> None:
         now = time.monotonic()
