@@ -37,8 +37,8 @@ from pathlib import Path
 import orjson
 import redis
 
+from stocksync.api.webhooks import shopify_signature
 from stocksync.embedded import EmbeddedRedis
-from stocksync.webhooks import shopify_signature
 
 from .common import (
     fmt,
@@ -250,7 +250,7 @@ def main() -> int:
         api_port, bare_port = _free_port(), _free_port()
         try:
             same = ["--loop", uvicorn_opts["loop"], "--http", uvicorn_opts["http"], "--log-level", "warning"]
-            procs.append(subprocess.Popen([sys.executable, "-m", "stocksync.serve", "--port", str(api_port), *same],
+            procs.append(subprocess.Popen([sys.executable, "-m", "stocksync.api.serve", "--port", str(api_port), *same],
                                           env=env))
             procs.append(subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.api:bare_app", "--factory",
                                            "--port", str(bare_port), "--no-access-log", *same], env=env))

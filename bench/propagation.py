@@ -38,7 +38,7 @@ import orjson
 from bench.common import fmt, log, machine, python_versions, table, today, write_json
 from consumers.coalescer import NORMAL, ZERO
 from consumers.groups import ensure_groups
-from consumers.testing import SIMULATOR_ENV, config, toml_channel
+from stocksync.devtools.testing import SIMULATOR_ENV, config, toml_channel
 from stocksync.embedded import EmbeddedRedis
 from stocksync.settings import Settings
 from stocksync.store import StockStore
@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_sim(name: str, faults: dict, realistic: bool, server: str, loop: str) -> tuple[subprocess.Popen, str]:
-    argv = [sys.executable, "-m", "stocksync.simulators", name, "--port", "0", "--json", "--server", server,
+    argv = [sys.executable, "-m", "stocksync.devtools.simulators", name, "--port", "0", "--json", "--server", server,
             "--loop", loop, "--faults", orjson.dumps(faults).decode()]
     if realistic:
         argv.append("--realistic")
@@ -275,7 +275,7 @@ def main() -> int:
                         help="run these channels' workers under cProfile (<workdir>/<channel>.prof; slows them down)")
     parser.add_argument("--out", default="propagation", help="results file name (bench/results/NAME.json)")
     parser.add_argument("--sim-server", choices=["aiohttp", "uvicorn"], default="aiohttp",
-                        help="the simulators' HTTP server (same apps and shapes; see stocksync/simulators/fastserve.py)")
+                        help="the simulators' HTTP server (same apps and shapes; see stocksync/devtools/simulators/fastserve.py)")
     args = parser.parse_args()
     if args.loop == "auto":  # record what auto means here
         args.loop = "uvloop" if find_spec("uvloop") else "asyncio"

@@ -77,7 +77,7 @@ def _register_optional(sub) -> None:
     """Subcommands that live with the parts they drive (the API server, the channel workers)."""
     import importlib
 
-    for module in ("stocksync.serve", "consumers.cli"):
+    for module in ("stocksync.api.serve", "consumers.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -148,7 +148,7 @@ def _redis(args) -> int:
 
 
 def _demo(args) -> int:
-    from .demo import main as demo_main
+    from .devtools.demo import main as demo_main
 
     return demo_main(args.settings, keep=args.keep)
 

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 import httpx
 import orjson
 
-from stocksync.app import create_app
+from stocksync.api.app import create_app
+from stocksync.api.webhooks import flipkart_authorization, shopify_signature
 from stocksync.settings import Settings
-from stocksync.webhooks import flipkart_authorization, shopify_signature
 
 SHOPIFY_SECRET = "shpss_test_secret"
 AMAZON_TOKEN = "amazon-destination-token"

@@ -14,7 +14,7 @@ import uuid
 import pytest
 import redis
 
-from consumers.testing import serving_simulators
+from stocksync.devtools.testing import serving_simulators
 from stocksync.embedded import EmbeddedCluster, EmbeddedRedis, find_server, server_version
 from stocksync.settings import Settings
 from stocksync.store import StockStore

@@ -10,7 +10,7 @@ import pytest
 
 from consumers.adapters import PermanentError, TransientError, Update, make_adapter
 from consumers.adapters.base import RateLimiter, push_rank, retry_after_s
-from consumers.testing import (
+from stocksync.devtools.testing import (
     SIMULATOR_ENV,
     config,
     wait_for,

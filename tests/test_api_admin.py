@@ -7,9 +7,9 @@ import asyncio
 import orjson
 import pytest
 
-from consumers.testing import wait_for
 from stocksync import functions
-from stocksync.app import template
+from stocksync.api.app import template
+from stocksync.devtools.testing import wait_for
 
 from .apihelp import READER, api_settings, auth, running
 from .helpers import snapshot

@@ -19,7 +19,7 @@ import uvicorn  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from stocksync.app import create_app  # noqa: E402
+from stocksync.api.app import create_app  # noqa: E402
 from stocksync.settings import Settings  # noqa: E402
 
 from .apihelp import ADMIN, api_settings  # noqa: E402

@@ -10,10 +10,10 @@ import redis
 
 from consumers.groups import ensure_groups
 from consumers.resync import resync
-from consumers.testing import config, use_simulator_credentials
+from stocksync.devtools.simulators import WebhookSim, serve
+from stocksync.devtools.testing import config, use_simulator_credentials
 from stocksync.events import read_range
 from stocksync.settings import Settings
-from stocksync.simulators import WebhookSim, serve
 from stocksync.store import StockStore, scan_skus
 
 pytestmark = pytest.mark.cluster

@@ -141,9 +141,9 @@ def test_compose_file_is_consistent():
     import tomllib
 
     from consumers.adapters import make_adapter
+    from stocksync.api.webhooks import build
     from stocksync.channels import load_channels
     from stocksync.settings import Settings
-    from stocksync.webhooks import build
 
     yaml = pytest.importorskip("yaml")  # PyYAML: not a dev dependency of its own (schemathesis brings it)
     doc = yaml.safe_load((ROOT / "compose.yaml").read_text())

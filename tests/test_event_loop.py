@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from consumers.runner import use_event_loop
+from stocksync.devtools.simulators import AmazonSim
+from stocksync.devtools.simulators.fastserve import new_event_loop, serve_aiohttp
 from stocksync.settings import SettingsError
-from stocksync.simulators import AmazonSim
-from stocksync.simulators.fastserve import new_event_loop, serve_aiohttp
 
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from consumers.testing import SIMULATOR_ENV, config, toml_channel
 from stocksync import functions
 from stocksync.cli import _parser
+from stocksync.devtools.testing import SIMULATOR_ENV, config, toml_channel
 from stocksync.embedded import EmbeddedRedis
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()

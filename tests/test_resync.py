@@ -15,9 +15,9 @@ import redis.exceptions
 
 from consumers import groups, ledger
 from consumers.resync import SAMPLE, PushReport, ResyncReport, resync
-from consumers.testing import config, toml_channel, wait_for
 from consumers.worker import ChannelWorker
 from stocksync.channels import Rules
+from stocksync.devtools.testing import config, toml_channel, wait_for
 
 from .helpers import worker_options
 

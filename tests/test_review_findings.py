@@ -19,9 +19,9 @@ from starlette.routing import Route
 from consumers import dlq, ledger
 from consumers.adapters import Update, make_adapter
 from consumers.options import WorkerOptions
-from consumers.testing import config, use_simulator_credentials, wait_for
 from consumers.worker import ChannelWorker
-from stocksync.simulators import AmazonSim, ShopifySim, WebhookSim, serve
+from stocksync.devtools.simulators import AmazonSim, ShopifySim, WebhookSim, serve
+from stocksync.devtools.testing import config, use_simulator_credentials, wait_for
 
 from .apihelp import (
     amazon_notification,

@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from stocksync.simulators import (
+from stocksync.devtools.simulators import (
     AmazonSim,
     FlipkartSim,
     ShopifySim,
@@ -23,7 +23,7 @@ from stocksync.simulators import (
     inventory_item_gid,
     serve,
 )
-from stocksync.simulators.flipkart import INVENTORY_PATH
+from stocksync.devtools.simulators.flipkart import INVENTORY_PATH
 
 FSN = "MOBFDG3VACEXZEYZ"
 SET_QUANTITIES = """

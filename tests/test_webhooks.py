@@ -278,7 +278,7 @@ async def test_flipkart_signature_events_and_cancellation(settings, store):
 
 
 async def test_batcher_keeps_replies_in_order_and_survives_errors_and_dropped_connections(settings, store, sync_redis):
-    from stocksync.intake import Batcher, _pack
+    from stocksync.api.intake import Batcher, _pack
 
     assert _pack(("SET", "k", 12, b"\x00v", "é")) == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$2\r\n\x00v\r\n$2\r\n\xc3\xa9\r\n"
     batcher = Batcher(store.redis)

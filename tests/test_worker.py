@@ -11,13 +11,13 @@ import pytest
 from consumers.dlq import list_dead_letters, replay
 from consumers.options import WorkerOptions
 from consumers.status import channel_status
-from consumers.testing import (
+from consumers.worker import ChannelWorker
+from stocksync.channels import Rules
+from stocksync.devtools.testing import (
     config,
     in_version_order,
     wait_for,
 )
-from consumers.worker import ChannelWorker
-from stocksync.channels import Rules
 
 from .helpers import worker_options as opts
 

@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from consumers.status import channel_status
-from consumers.testing import (
+from stocksync.devtools.simulators import serve
+from stocksync.devtools.testing import (
     SIM_CLASSES,
     config,
     in_version_order,
@@ -21,7 +22,6 @@ from consumers.testing import (
     use_simulator_credentials,
     wait_for,
 )
-from stocksync.simulators import serve
 
 CHANNELS = ("shopify", "amazon", "flipkart")
 ROOT = Path(__file__).resolve().parent.parent

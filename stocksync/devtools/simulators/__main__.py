@@ -1,8 +1,8 @@
 """Serve the marketplace simulators by hand or for the demo.
 
-    python -m stocksync.simulators amazon --port 8602
-    python -m stocksync.simulators all --port 8601 --realistic
-    python -m stocksync.simulators shopify --faults '{"latency_ms": 50, "error_rate": 0.1}' --json
+    python -m stocksync.devtools.simulators amazon --port 8602
+    python -m stocksync.devtools.simulators all --port 8601 --realistic
+    python -m stocksync.devtools.simulators shopify --faults '{"latency_ms": 50, "error_rate": 0.1}' --json
 
 ``all`` serves the four on consecutive ports from ``--port`` (shopify, amazon, flipkart, webhook;
 ``--port 0`` picks free ports; ``--server aiohttp`` serves the same apps with aiohttp's
@@ -48,7 +48,7 @@ def describe(sim: Simulator, url: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m stocksync.simulators", description=__doc__.split("\n\n")[0]
+        prog="python -m stocksync.devtools.simulators", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("which", choices=[*SIMULATORS, "all"])
     parser.add_argument("--host", default="127.0.0.1")

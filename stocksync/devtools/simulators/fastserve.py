@@ -12,7 +12,7 @@ response shapes, the latency, the faults, the rate limit and the call record are
     with serve_aiohttp(AmazonSim(Faults(latency_ms=20))) as url:
         ...
 
-``python -m stocksync.simulators amazon --server aiohttp`` serves it by hand.
+``python -m stocksync.devtools.simulators amazon --server aiohttp`` serves it by hand.
 
 The Amazon simulator (one SKU a call, so about 1,000 calls/s in the benchmark) gets a smaller server
 still: a minimal HTTP/1.1 server on asyncio streams (keep-alive, Content-Length bodies; a chunked

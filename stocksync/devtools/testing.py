@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from stocksync.channels import ChannelConfig, Rules
-from stocksync.simulators import AmazonSim, FlipkartSim, ShopifySim, WebhookSim, serve
+from stocksync.devtools.simulators import AmazonSim, FlipkartSim, ShopifySim, WebhookSim, serve
 
 SIMULATOR_ENV = {
     "TEST_SHOPIFY_TOKEN": "shpat_stocksync_simulator",

@@ -1,6 +1,6 @@
 """The Starlette app: marketplace webhooks in, the admin API, health, readiness, metrics, OpenAPI.
 
-    create_app(settings)          the app (uvicorn: `stocksync.app:create_app` with factory=True)
+    create_app(settings)          the app (uvicorn: `stocksync.api.app:create_app` with factory=True)
 
 Settings of the API (the [api] table of the config file):
 
@@ -9,10 +9,10 @@ Settings of the API (the [api] table of the config file):
     webhook_seen_ttl_s = 604800   # how long a webhook id / NotificationId is remembered
     line_ttl_days = 120           # how long a taken order line is remembered for its restock
     sse_keepalive_s = 15
-    [api.tokens.<name>]           # see stocksync.admin
+    [api.tokens.<name>]           # see stocksync.api.admin
 
 Routes: POST /webhooks/{channel} (the channel's kind picks Shopify, Amazon or Flipkart handling), /v1/...
-(stocksync.admin), GET /healthz, /readyz, /metrics, /openapi.json.
+(stocksync.api.admin), GET /healthz, /readyz, /metrics, /openapi.json.
 """
 
 from __future__ import annotations
@@ -29,14 +29,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import admin, functions, openapi
-from .channels import ChannelConfig, load_channels
-from .errors import InvalidArgument
+from stocksync import functions
+from stocksync.channels import ChannelConfig, load_channels
+from stocksync.errors import InvalidArgument
+from stocksync.settings import Settings
+from stocksync.store import StockStore
+
+from . import admin, openapi
 from .httputil import HTTPError, json_response, read_body, send_json
 from .intake import Intake, IntakeSettings
 from .metrics import Metrics, MetricsMiddleware
-from .settings import Settings
-from .store import StockStore
 from .webhooks import Unverified, Webhook, build
 
 log = logging.getLogger(__name__)

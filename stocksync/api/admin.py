@@ -36,7 +36,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from .events import follow
+from stocksync.events import follow
+from stocksync.settings import SettingsError
+from stocksync.store import Outcome
+
 from .httputil import (
     HTTPError,
     check_keys,
@@ -50,8 +53,6 @@ from .httputil import (
     want_str,
 )
 from .intake import _bounded
-from .settings import SettingsError
-from .store import Outcome
 
 if TYPE_CHECKING:
     from .app import Context

@@ -1,7 +1,7 @@
 """`make demo` / `stocksync demo [--keep]`: the whole system on this machine, and two replays.
 
 It starts Redis (embedded, or REDIS_URL), three marketplace simulators, the API and one worker per channel
-(stocksync.sandbox), then replays:
+(stocksync.devtools.sandbox), then replays:
 
 1. the article's scenario: 10 units; Amazon sells 10, then Shopify 3, then Flipkart 2, as signed
    marketplace webhooks into the API, on a compressed clock (one minute = MINUTE_S real seconds);
@@ -11,7 +11,7 @@ It starts Redis (embedded, or REDIS_URL), three marketplace simulators, the API 
 
 For each: a timeline, what stocksync did (sold, orders flagged for cancellation, oversold units, how long
 until every simulator listed the final quantity, from the simulators' own call records), and the same
-buyers under a 15-minute polling sync (stocksync.polling). Exit code 0 only if stocksync oversold nothing
+buyers under a 15-minute polling sync (stocksync.devtools.polling). Exit code 0 only if stocksync oversold nothing
 and every channel converged. With --keep everything stays up, with what to try, until Ctrl-C.
 """
 
@@ -33,11 +33,12 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from stocksync.api.webhooks import flipkart_authorization, shopify_signature
+from stocksync.settings import Settings
+
 from .polling import Buyer, simulate
 from .sandbox import CHANNELS, Sandbox, SandboxError
-from .settings import Settings
 from .simulators import Simulator
-from .webhooks import flipkart_authorization, shopify_signature
 
 ARTICLE_SKU, ARTICLE_STOCK = "MUG-BLUE", 10
 ARTICLE_ORDERS = ((0, "amazon", 10), (2, "shopify", 3), (5, "flipkart", 2))  # (minute, channel, units)

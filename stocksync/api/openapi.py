@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from . import functions
+from stocksync import functions
+
 from .admin import SCOPES
 
 MAX_QTY = 2**31 - 1

@@ -43,11 +43,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connection import is_cluster
-from .errors import InvalidArgument
+from stocksync.connection import is_cluster
+from stocksync.errors import InvalidArgument
+from stocksync.store import Outcome, StockStore
+
 from .httputil import MAX_SKU_BYTES
 from .metrics import Metrics
-from .store import Outcome, StockStore
 from .webhooks import Delivery, Line, Restock, Webhook
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ import time
 import orjson
 import uvicorn
 
-from .settings import Settings
+from stocksync.settings import Settings
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 
@@ -58,7 +58,7 @@ def log_config(level: str = "info") -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "stocksync.serve.JsonFormatter"}},
+        "formatters": {"json": {"()": "stocksync.api.serve.JsonFormatter"}},
         "handlers": {"stderr": handler},
         "root": {"handlers": ["stderr"], "level": level.upper()},
         "loggers": {name: {"handlers": [], "level": level.upper(), "propagate": True}
@@ -75,7 +75,7 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers: 
     logging.config.dictConfig(common["log_config"])
     logging.getLogger(__name__).info("starting: %s on %s:%d, %d worker(s)", settings, host, port, workers)
     if workers > 1:
-        uvicorn.run("stocksync.app:create_app", factory=True, workers=workers, **common)
+        uvicorn.run("stocksync.api.app:create_app", factory=True, workers=workers, **common)
         return
     from .app import create_app
 

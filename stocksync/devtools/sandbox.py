@@ -29,9 +29,10 @@ from pathlib import Path
 
 import redis
 
-from .embedded import EmbeddedRedis, free_port
-from .keys import Keys
-from .settings import Settings
+from stocksync.embedded import EmbeddedRedis, free_port
+from stocksync.keys import Keys
+from stocksync.settings import Settings
+
 from .simulators import AmazonSim, FlipkartSim, ShopifySim, Simulator, serve
 
 CHANNELS = ("shopify", "amazon", "flipkart")

@@ -10,7 +10,7 @@ each module's docstring for its API's shapes.
     with serve(sim) as url:
         ...  # point the adapter at url; then look at sim.calls, sim.quantities, sim.history(sku)
 
-``python -m stocksync.simulators shopify|amazon|flipkart|webhook|all --port N`` serves them by hand.
+``python -m stocksync.devtools.simulators shopify|amazon|flipkart|webhook|all --port N`` serves them by hand.
 """
 
 from .amazon import AmazonSim

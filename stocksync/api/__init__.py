@@ -1,0 +1,1 @@
+"""The HTTP side: marketplace webhooks in, the admin API, health, metrics, the OpenAPI document, the server."""
