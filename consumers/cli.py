@@ -17,7 +17,7 @@ import time
 import orjson
 
 from stocksync.channels import load_channels
-from stocksync.keys import MAX_SKU_BYTES
+from stocksync.limits import MAX_SKU_BYTES
 from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 

@@ -15,11 +15,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from stocksync import library
 from stocksync.channels import ChannelConfig
 from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
 
-from . import ledger
 from .adapters import Adapter
 from .resync import Pusher, owner_name, partition_batches
 
@@ -92,7 +92,7 @@ async def replay(redis: AnyRedis, keys: Keys, config: ChannelConfig, *, skus: se
             pushed = await pusher.push(p, names, force=False)
             settled = {**pushed.current, **pushed.pushed, **dict.fromkeys(pushed.gone, 0)}
             for sku, version in settled.items():
-                await ledger.dlq_resolve(redis, keys, p, config.name, sku, version, by_sku[(p, sku)])
+                await library.dlq_resolve(keys, p, config.name, sku, version, by_sku[(p, sku)]).run(redis)
                 report.resolved.append(sku)
             report.failed.update({**pushed.failed, **pushed.refused})
             report.failed.update(dict.fromkeys(pushed.busy, "a worker is pushing this SKU right now; replay again shortly"))

@@ -1,94 +1,14 @@
-"""The consumer side's calls into the function library (see the channel propagation section of
-lua/stocksync.lua for each function's contract). Every call touches one partition's keys."""
+"""Group commit of the workers' stocksync_push_claim and stocksync_push_done calls (stocksync.library lays
+them out; see the channel propagation section of lua/stocksync.lua for their contract)."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
+from stocksync import library
 from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
-
-
-def lease_key(keys: Keys, partition: int, channel: str, sku: str) -> str:
-    return keys.lease(partition, channel, sku)
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    sku: str
-    leased: bool
-    available: int | None  # None: the SKU does not exist
-    version: int | None
-    pushed: int  # the version the channel last accepted (0: none)
-
-
-async def claim(redis: AnyRedis, keys: Keys, partition: int, channel: str, owner: str, skus: list[str],
-                lease_ms: int) -> list[Claim]:
-    args = [keys.pushed(partition, channel)]
-    args += [keys.sku(s) for s in skus] + [lease_key(keys, partition, channel, s) for s in skus]
-    _, rows = await redis.execute_command("FCALL", "stocksync_push_claim", len(args), *args, channel, owner, lease_ms)
-    return [Claim(sku, bool(leased), None if v is None else int(a), None if v is None else int(v), int(p))
-            for sku, leased, a, v, p in rows]
-
-
-async def done(redis: AnyRedis, keys: Keys, partition: int, channel: str, owner: str,
-               accepted: dict[str, int], ack_ids: list[str], release: list[str]) -> tuple[int, int, int]:
-    """Record accepted versions (never lowering), XACK ack_ids, release the owner's leases of `release`."""
-    k = [keys.pushed(partition, channel), keys.events(partition)]
-    k += [lease_key(keys, partition, channel, s) for s in release]
-    argv: list = [channel, owner, len(accepted)]
-    for sku, version in accepted.items():
-        argv += [sku, version]
-    argv += ack_ids
-    _, raised, acked, released = await redis.execute_command("FCALL", "stocksync_push_done", len(k), *k, *argv)
-    return int(raised), int(acked), int(released)
-
-
-async def dead_letter(redis: AnyRedis, keys: Keys, partition: int, channel: str, sku: str, version: int,
-                      reason: str, attempts: int, error: str, ids: list[str]) -> str | None:
-    """Move the entries to the channel's dead-letter stream with their XACK; None if none was pending."""
-    status, dlq_id, _ = await redis.execute_command(
-        "FCALL", "stocksync_dead_letter", 2, keys.events(partition), keys.dlq(partition, channel),
-        channel, sku, version, reason, attempts, error or "-", *ids)
-    return dlq_id if status == "ok" else None
-
-
-async def dlq_resolve(redis: AnyRedis, keys: Keys, partition: int, channel: str, sku: str, version: int,
-                      dlq_ids: list[str]) -> int:
-    _, _, deleted = await redis.execute_command(
-        "FCALL", "stocksync_dlq_resolve", 2, keys.pushed(partition, channel), keys.dlq(partition, channel),
-        channel, sku, version, *dlq_ids)
-    return int(deleted)
-
-
-async def trim(redis: AnyRedis, keys: Keys, partition: int, retention_ms: int) -> tuple[int, str]:
-    _, trimmed, minid = await redis.execute_command("FCALL", "stocksync_trim", 1, keys.events(partition), retention_ms)
-    return int(trimmed), minid
-
-
-async def reap_consumers(redis: AnyRedis, keys: Keys, partition: int, group: str, idle_ms: int,
-                         keep: str) -> list[str]:
-    _, removed = await redis.execute_command(
-        "FCALL", "stocksync_reap_consumers", 1, keys.events(partition), group, idle_ms, keep)
-    return list(removed)
-
-
-async def recheck(redis: AnyRedis, keys: Keys, partition: int, channel: str, op: str, ms: int, skus: list[str]) -> int:
-    """op 'due': a push of each SKU's current quantity is owed from `ms` on; 'done': the recheck owed at
-    `ms` was paid (a push started after it was accepted); a later debt stays."""
-    _, changed = await redis.execute_command("FCALL", "stocksync_recheck", 1, keys.recheck(partition, channel),
-                                             channel, op, ms, *skus)
-    return int(changed)
-
-
-async def owed(redis: AnyRedis, keys: Keys, partition: int, channel: str, until_ms: int,
-               count: int = 1000) -> list[tuple[str, int]]:
-    """(SKU, when owed), for up to `count` SKUs owed a push (stocksync_recheck 'due') at or before until_ms
-    and not settled since, the oldest first."""
-    rows = await redis.zrangebyscore(keys.recheck(partition, channel), "-inf", until_ms, start=0, num=count,
-                                     withscores=True)
-    return [(sku, int(ms)) for sku, ms in rows]
+from stocksync.library import Claim
 
 
 class LedgerBatcher:
@@ -158,7 +78,7 @@ class LedgerBatcher:
 
     async def _claim(self, partition: int, batch: list) -> None:
         skus = [s for item, _ in batch for s in item]
-        rows = await claim(self.redis, self.keys, partition, self.channel, self.owner, skus, self.lease_ms)
+        rows = await library.push_claim(self.keys, partition, self.channel, self.owner, skus, self.lease_ms).run(self.redis)
         i = 0
         for item, fut in batch:
             if not fut.done():
@@ -175,7 +95,7 @@ class LedgerBatcher:
                     accepted[sku] = version
             acks += ids
             release += rel
-        await done(self.redis, self.keys, partition, self.channel, self.owner, accepted, acks, release)
+        await library.push_done(self.keys, partition, self.channel, self.owner, accepted, acks, release).run(self.redis)
         for *_, fut in batch:
             if not fut.done():
                 fut.set_result(None)

@@ -27,12 +27,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from stocksync import library
 from stocksync.channels import ChannelConfig
 from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
 from stocksync.store import scan_skus
 
-from . import ledger
 from .adapters import Adapter, PushError, Result, Update, make_adapter
 from .skumap import ChannelSkus
 
@@ -125,8 +125,8 @@ class Pusher:
         unless `force`, skip those the channel already has at their current version."""
         report = PushReport()
         deadline = time.monotonic() + self.lease_ms / 1000 - 0.25
-        claims = await ledger.claim(self.redis, self.keys, partition, self.config.name, self.owner, skus,
-                                    self.lease_ms)
+        claims = await library.push_claim(self.keys, partition, self.config.name, self.owner, skus,
+                                    self.lease_ms).run(self.redis)
         leased = [c.sku for c in claims if c.leased]
         updates = []
         for c in claims:
@@ -144,13 +144,13 @@ class Pusher:
             if updates:
                 unanswered = await self._call(updates, deadline, report)
         finally:
-            await ledger.done(self.redis, self.keys, partition, self.config.name, self.owner, report.pushed, [],
-                              leased)
+            await library.push_done(self.keys, partition, self.config.name, self.owner, report.pushed, [],
+                              leased).run(self.redis)
         if unanswered:
             # Sent without an answer: the channel may apply it after a newer push by a worker. Owe the
             # channel the current quantity once it can no longer land; the workers pay what is owed.
             due_ms = int(time.time() * 1000 + 4000 * self.adapter.timeout_s)
-            await ledger.recheck(self.redis, self.keys, partition, self.config.name, "due", due_ms, unanswered)
+            await library.recheck(self.keys, partition, self.config.name, "due", due_ms, unanswered).run(self.redis)
         return report
 
     async def _call(self, updates: list[Update], deadline: float, report: PushReport) -> list[str]:

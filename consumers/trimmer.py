@@ -8,16 +8,15 @@ run it (running it twice at once is harmless).
 
 from __future__ import annotations
 
+from stocksync import library
 from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
-
-from . import ledger
 
 
 async def trim_all(redis: AnyRedis, keys: Keys, retention_ms: int) -> int:
     """Trim every partition's stream; answers the number of entries removed."""
     total = 0
     for p in range(keys.partitions):
-        trimmed, _ = await ledger.trim(redis, keys, p, retention_ms)
+        trimmed, _ = await library.trim(keys, p, retention_ms).run(redis)
         total += trimmed
     return total

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import orjson
 from redis.exceptions import RedisError
 
+from stocksync import library
 from stocksync.channels import ChannelConfig
 from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
@@ -236,8 +237,8 @@ class ChannelWorker:
             if e is None:
                 if fields:  # not a stock event: keep it for an operator
                     try:
-                        await ledger.dead_letter(self.redis, self.keys, p, self.channel, fields.get("sku") or "?", 0,
-                                                 "malformed", 0, f"fields {sorted(fields)}", [entry_id])
+                        await library.dead_letter(self.keys, p, self.channel, fields.get("sku") or "?", 0,
+                                                 "malformed", 0, f"fields {sorted(fields)}", [entry_id]).run(self.redis)
                     except RedisError as err:
                         self._take_in_failed("dead-lettering malformed entry " + entry_id, err)
                         self._defer(p, entry_id)
@@ -539,7 +540,7 @@ class ChannelWorker:
             done[(w.partition, w.owed_ms or now_ms)].append(w.sku)
             w.recheck_at, w.owed_ms = 0.0, 0
         for (p, ms), skus in done.items():
-            await ledger.recheck(self.redis, self.keys, p, self.channel, "done", ms, skus)
+            await library.recheck(self.keys, p, self.channel, "done", ms, skus).run(self.redis)
 
     async def _owe(self, partition: int, skus: list[str], delay_s: float) -> None:
         """A push of each SKU's current quantity is owed delay_s from now, whatever version the channel has:
@@ -548,14 +549,14 @@ class ChannelWorker:
         at = time.monotonic() + delay_s
         for sku in skus:
             self.coalescer.recheck(sku, partition, at, due_ms)
-        await ledger.recheck(self.redis, self.keys, partition, self.channel, "due", due_ms, skus)
+        await library.recheck(self.keys, partition, self.channel, "due", due_ms, skus).run(self.redis)
 
     async def _take_over_rechecks(self) -> None:
         """Push what other workers owed and did not push reclaim_idle_ms past its time (they died)."""
         until_ms = int(time.time() * 1000) - self.options.reclaim_idle_ms
         now = time.monotonic()
         for p in range(self.keys.partitions):
-            for sku, owed_ms in await ledger.owed(self.redis, self.keys, p, self.channel, until_ms):
+            for sku, owed_ms in await library.owed(self.redis, self.keys, p, self.channel, until_ms):
                 w = self.coalescer.work.get(sku)
                 if w is None or not w.recheck_at:
                     self.stats["rechecks_taken_over"] += 1
@@ -564,8 +565,8 @@ class ChannelWorker:
 
     async def _dead_letter(self, sku: str, p: int, entries: list[Entry], reason: str, attempts: int, error: str) -> None:
         version = max((e.version for e in entries), default=0)
-        dlq_id = await ledger.dead_letter(self.redis, self.keys, p, self.channel, sku, version, reason, attempts,
-                                          error, [e.id for e in entries])
+        dlq_id = await library.dead_letter(self.keys, p, self.channel, sku, version, reason, attempts,
+                                          error, [e.id for e in entries]).run(self.redis)
         if dlq_id:
             self.stats["dead_letters"] += 1
             log.warning("%s: SKU %s dead-lettered (%s after %d attempts): %s", self.channel, sku, reason, attempts, error)
@@ -679,8 +680,8 @@ class ChannelWorker:
                 if now >= due["reap"]:
                     due["reap"] = now + min(o.reap_idle_ms / 4000, 60.0)
                     for p in range(self.keys.partitions):
-                        for name in await ledger.reap_consumers(self.redis, self.keys, p, self.channel, o.reap_idle_ms,
-                                                                self.consumer):
+                        for name in await library.reap_consumers(self.keys, p, self.channel, o.reap_idle_ms,
+                                                                self.consumer).run(self.redis):
                             log.info("%s: removed idle consumer %s", self.channel, name)
             except RedisError as e:
                 log.warning("%s: housekeeping failed: %s", self.channel, e)

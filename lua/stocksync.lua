@@ -27,6 +27,8 @@ local MAX_SKU_LEN = 255
 local MAX_REF_LEN = 256
 local MAX_SOURCE_LEN = 64
 local MAX_ORDER_LINES = 250
+local MAX_VERSION = 99999999999  -- 11 digits: the most integer() reads
+local MAX_DURATION_MS = 99999999999  -- a retention or idle time (3 years)
 
 -- Errors -----------------------------------------------------------------------------------------------
 
@@ -242,7 +244,7 @@ local function set(keys, args)
   local target = integer(args[1], 'available', 0, MAX_QTY)
   local expected = nil
   if args[4] ~= nil then
-    expected = integer(args[4], 'expected_version', 0, 99999999999)
+    expected = integer(args[4], 'expected_version', 0, MAX_VERSION)
   end
   if #args > 4 then
     fail('expected at most 4 arguments, got ' .. #args)
@@ -555,7 +557,7 @@ local function push_done(keys, args)
   local versions = {}
   for i = 1, n do
     local sku = text(args[2 + 2 * i], 'sku', MAX_SKU_LEN)
-    versions[i] = {sku, integer(args[3 + 2 * i], 'version', 1, 99999999999)}
+    versions[i] = {sku, integer(args[3 + 2 * i], 'version', 1, MAX_VERSION)}
   end
   local ids = entry_ids(args, 4 + 2 * n, 'entry ID', 0)
   local lease_head = tag .. ':lease:' .. channel .. ':'
@@ -605,7 +607,7 @@ local function dead_letter(keys, args)
   end
   local channel = text(args[1], 'channel', MAX_GROUP_LEN)
   local sku = text(args[2], 'sku', MAX_SKU_LEN)
-  local version = integer(args[3], 'version', 0, 99999999999)
+  local version = integer(args[3], 'version', 0, MAX_VERSION)
   local reason = text(args[4], 'reason', 64)
   local attempts = integer(args[5], 'attempts', 0, 1000000000)
   local err = text(args[6], 'error', 4096)
@@ -637,7 +639,7 @@ local function dlq_resolve(keys, args)
   end
   local channel = text(args[1], 'channel', MAX_GROUP_LEN)
   local sku = text(args[2], 'sku', MAX_SKU_LEN)
-  local version = integer(args[3], 'version', 0, 99999999999)
+  local version = integer(args[3], 'version', 0, MAX_VERSION)
   local ids = entry_ids(args, 4, 'dead-letter entry ID', 1)
   local tag = tag_of(keys[1], 'pushed', channel)
   if keys[2] ~= tag .. ':dlq:' .. channel then
@@ -664,7 +666,7 @@ local function trim(keys, args)
   if #keys ~= 1 then
     fail('expected 1 key (events), got ' .. #keys)
   end
-  local retention = integer(args[1], 'retention (ms)', 0, 99999999999)
+  local retention = integer(args[1], 'retention (ms)', 0, MAX_DURATION_MS)
   if not string.find(keys[1], '^%b{}:events$') then
     fail('not an events key: ' .. string.format('%q', keys[1]))
   end
@@ -703,7 +705,7 @@ local function reap_consumers(keys, args)
     fail('expected 1 key (events)')
   end
   local group = text(args[1], 'group', MAX_GROUP_LEN)
-  local idle = integer(args[2], 'minimum idle (ms)', 0, 99999999999)
+  local idle = integer(args[2], 'minimum idle (ms)', 0, MAX_DURATION_MS)
   local keep = args[3] or ''
   local removed = {}
   if redis.call('EXISTS', keys[1]) == 0 then

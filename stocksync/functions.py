@@ -17,6 +17,7 @@ from pathlib import Path
 
 from redis.exceptions import ResponseError
 
+from . import library
 from .connection import AnyRedis, is_cluster
 
 LIBRARY = "stocksync"
@@ -59,8 +60,8 @@ class LoadResult:
 
 async def _loaded(redis: AnyRedis, **target) -> tuple[str | None, int | None]:
     try:
-        version = await redis.execute_command("FCALL", "stocksync_version", 0, **target)
-        ttl = await redis.execute_command("FCALL", "stocksync_idem_ttl", 0, **target)
+        version = await library.version().run(redis, **target)
+        ttl = await library.idem_ttl().run(redis, **target)
     except ResponseError as e:
         if "function not found" in str(e).lower():
             return None, None

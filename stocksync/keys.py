@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "stocksync"
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-MAX_SKU_BYTES = 255  # the function library refuses longer SKUs
 
 
 def crc16(data: bytes) -> int:

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import redis.exceptions
 
-from consumers import groups, ledger
+from consumers import groups
 from consumers.resync import SAMPLE, PushReport, ResyncReport, resync
 from consumers.worker import ChannelWorker
+from stocksync import library
 from stocksync.channels import Rules
 from stocksync.devtools.testing import config, toml_channel, wait_for
 
@@ -116,12 +117,12 @@ async def test_the_initial_sync_waits_for_a_sku_another_consumer_is_pushing(stor
     sim, cfg = shopify
     await seed_then_trim(store)
     held = SKUS[3]
-    (claim,) = await ledger.claim(store.redis, store.keys, 0, "shopify", "someone-else", [held], 60_000)
+    (claim,) = await library.push_claim(store.keys, 0, "shopify", "someone-else", [held], 60_000).run(store.redis)
     assert claim.leased
     async with running(store, cfg):
         await wait_for(lambda: lists_current(store, sim, [s for s in SKUS if s != held]), 20, "the other SKUs")
         assert held not in sim.quantities and await store.redis.exists(store.keys.resync(0, "shopify"))
-        await ledger.done(store.redis, store.keys, 0, "shopify", "someone-else", {}, [], [held])  # that push failed
+        await library.push_done(store.keys, 0, "shopify", "someone-else", {}, [], [held]).run(store.redis)  # that push failed
         await synced(store, sim, "the SKU listed once its lease was free")
 
 

@@ -16,10 +16,11 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from consumers import dlq, ledger
+from consumers import dlq
 from consumers.adapters import Update, make_adapter
 from consumers.options import WorkerOptions
 from consumers.worker import ChannelWorker
+from stocksync import library
 from stocksync.devtools.simulators import AmazonSim, ShopifySim, WebhookSim, serve
 from stocksync.devtools.testing import config, use_simulator_credentials, wait_for
 
@@ -161,8 +162,8 @@ async def test_two_replays_cannot_both_hold_a_sku(store):
     await store.set("A", 1, source="test")
     p = store.keys.partition("A")
     one, two = dlq.replay_owner(), dlq.replay_owner()
-    (first,) = await ledger.claim(store.redis, store.keys, p, "amazon", one, ["A"], 15000)
-    (second,) = await ledger.claim(store.redis, store.keys, p, "amazon", two, ["A"], 15000)
+    (first,) = await library.push_claim(store.keys, p, "amazon", one, ["A"], 15000).run(store.redis)
+    (second,) = await library.push_claim(store.keys, p, "amazon", two, ["A"], 15000).run(store.redis)
     assert first.leased and not second.leased
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.exceptions import ResponseError
 
-from consumers import ledger
-from consumers.ledger import lease_key
+from stocksync import library
 
 
 @pytest.fixture
@@ -22,20 +21,20 @@ async def test_push_done_records_versions_monotonically_acks_and_releases(store,
     await store.set("A", 4)
     (entries,) = [e for _, e in await r.xreadgroup("shop", "c1", {k.events(0): ">"})]
     ids = [i for i, _ in entries]
-    (c,) = await ledger.claim(r, k, 0, "shop", "c1", ["A"], 5000)
+    (c,) = await library.push_claim(k, 0, "shop", "c1", ["A"], 5000).run(r)
     assert (c.leased, c.available, c.version, c.pushed) == (True, 4, 2, 0)
-    (other,) = await ledger.claim(r, k, 0, "shop", "c2", ["A"], 5000)
+    (other,) = await library.push_claim(k, 0, "shop", "c2", ["A"], 5000).run(r)
     assert not other.leased and other.version == 2  # never two pushes of one SKU at once
-    assert await ledger.done(r, k, 0, "shop", "c1", {"A": 2}, ids, ["A"]) == (1, 2, 1)
-    assert await ledger.done(r, k, 0, "shop", "c1", {"A": 1}, [], []) == (0, 0, 0)  # never backwards
+    assert await library.push_done(k, 0, "shop", "c1", {"A": 2}, ids, ["A"]).run(r) == (1, 2, 1)
+    assert await library.push_done(k, 0, "shop", "c1", {"A": 1}, [], []).run(r) == (0, 0, 0)  # never backwards
     assert await r.hget(k.pushed(0, "shop"), "A") == "2"
     assert (await r.xpending(k.events(0), "shop"))["pending"] == 0
-    (c2,) = await ledger.claim(r, k, 0, "shop", "c2", ["A"], 5000)
+    (c2,) = await library.push_claim(k, 0, "shop", "c2", ["A"], 5000).run(r)
     assert c2.leased and c2.pushed == 2
     # a consumer only releases its own lease
-    assert (await ledger.done(r, k, 0, "shop", "c1", {}, [], ["A"]))[2] == 0
-    assert await r.get(lease_key(k, 0, "shop", "A")) == "c2"
-    (missing,) = await ledger.claim(r, k, 0, "shop", "c2", ["nope"], 5000)
+    assert (await library.push_done(k, 0, "shop", "c1", {}, [], ["A"]).run(r))[2] == 0
+    assert await r.get(k.lease(0, "shop", "A")) == "c2"
+    (missing,) = await library.push_claim(k, 0, "shop", "c2", ["nope"], 5000).run(r)
     assert missing.version is None and missing.available is None
 
 
@@ -44,16 +43,16 @@ async def test_dead_letter_moves_atomically_with_the_ack(store, stream):
     await store.set("B", 3)
     (entries,) = [e for _, e in await r.xreadgroup("shop", "c1", {k.events(0): ">"})]
     ids = [i for i, _ in entries]
-    dlq_id = await ledger.dead_letter(r, k, 0, "shop", "B", 1, "permanent", 1, "NON_MUTABLE", ids)
+    dlq_id = await library.dead_letter(k, 0, "shop", "B", 1, "permanent", 1, "NON_MUTABLE", ids).run(r)
     assert dlq_id
     (entry,) = await r.xrange(k.dlq(0, "shop"))
     assert entry[1]["sku"] == "B" and entry[1]["reason"] == "permanent" and entry[1]["ids"] == ids[0]
     assert entry[1]["error"] == "NON_MUTABLE" and entry[1]["attempts"] == "1"
     assert (await r.xpending(k.events(0), "shop"))["pending"] == 0
     # settled elsewhere already: nothing added
-    assert await ledger.dead_letter(r, k, 0, "shop", "B", 1, "permanent", 1, "x", ids) is None
+    assert await library.dead_letter(k, 0, "shop", "B", 1, "permanent", 1, "x", ids).run(r) is None
     assert await r.xlen(k.dlq(0, "shop")) == 1
-    assert await ledger.dlq_resolve(r, k, 0, "shop", "B", 1, [dlq_id]) == 1
+    assert await library.dlq_resolve(k, 0, "shop", "B", 1, [dlq_id]).run(r) == 1
     assert await r.xlen(k.dlq(0, "shop")) == 0 and await r.hget(k.pushed(0, "shop"), "B") == "1"
 
 
@@ -68,17 +67,17 @@ async def test_trim_stops_at_the_oldest_entry_a_group_still_needs(store, stream)
     await r.xack(k.events(0), "shop", *ids)
     await r.xreadgroup("slow", "c", {k.events(0): ">"}, count=4)
     await r.xack(k.events(0), "slow", *ids[:2])
-    trimmed, minid = await ledger.trim(r, k, 0, 0)
+    trimmed, minid = await library.trim(k, 0, 0).run(r)
     assert trimmed == 2 and minid == ids[2]
     await r.xack(k.events(0), "slow", *ids[2:4])
-    trimmed, _ = await ledger.trim(r, k, 0, 0)
+    trimmed, _ = await library.trim(k, 0, 0).run(r)
     assert trimmed == 2  # up to the first undelivered entry, not past it
     assert [i for i, _ in await r.xrange(k.events(0))] == ids[4:]
     # a retention keeps recent history even when every group is done
     await r.xreadgroup("slow", "c", {k.events(0): ">"})
     await r.xack(k.events(0), "slow", *ids[4:])
-    assert (await ledger.trim(r, k, 0, 3_600_000))[0] == 0
-    assert (await ledger.trim(r, k, 0, 0))[0] == 6
+    assert (await library.trim(k, 0, 3_600_000).run(r))[0] == 0
+    assert (await library.trim(k, 0, 0).run(r))[0] == 6
 
 
 async def test_reap_removes_only_idle_consumers_with_nothing_pending(store, stream):
@@ -87,7 +86,7 @@ async def test_reap_removes_only_idle_consumers_with_nothing_pending(store, stre
     await r.xreadgroup("shop", "holder", {k.events(0): ">"})
     await r.xgroup_createconsumer(k.events(0), "shop", "idle")
     await r.xgroup_createconsumer(k.events(0), "shop", "me")
-    removed = await ledger.reap_consumers(r, k, 0, "shop", 0, "me")
+    removed = await library.reap_consumers(k, 0, "shop", 0, "me").run(r)
     assert removed == ["idle"]
     names = {c["name"] for c in await r.xinfo_consumers(k.events(0), "shop")}
     assert names == {"holder", "me"}
@@ -122,11 +121,11 @@ async def test_bad_arguments_get_a_clear_error_and_change_nothing(store, call, m
 async def test_a_recheck_is_settled_only_by_a_push_started_after_it_was_owed(store, stream):
     k, r = stream, store.redis
     key = k.recheck(0, "shop")
-    assert await ledger.recheck(r, k, 0, "shop", "due", 1_795_000_000_000, ["A", "B"]) == 2
-    assert await ledger.recheck(r, k, 0, "shop", "due", 1_794_000_000_000, ["A"]) == 0  # the later time is kept
+    assert await library.recheck(k, 0, "shop", "due", 1_795_000_000_000, ["A", "B"]).run(r) == 2
+    assert await library.recheck(k, 0, "shop", "due", 1_794_000_000_000, ["A"]).run(r) == 0  # the later time is kept
     assert await r.zscore(key, "A") == 1_795_000_000_000
-    assert await ledger.owed(r, k, 0, "shop", 1_795_000_000_000) == [("A", 1_795_000_000_000), ("B", 1_795_000_000_000)]
-    assert await ledger.owed(r, k, 0, "shop", 1_794_999_999_999) == []
-    assert await ledger.recheck(r, k, 0, "shop", "due", 1_796_000_000_000, ["B"]) == 1  # owed again, later
-    assert await ledger.recheck(r, k, 0, "shop", "done", 1_795_500_000_000, ["A", "B"]) == 1  # A settled, B not
+    assert await library.owed(r, k, 0, "shop", 1_795_000_000_000) == [("A", 1_795_000_000_000), ("B", 1_795_000_000_000)]
+    assert await library.owed(r, k, 0, "shop", 1_794_999_999_999) == []
+    assert await library.recheck(k, 0, "shop", "due", 1_796_000_000_000, ["B"]).run(r) == 1  # owed again, later
+    assert await library.recheck(k, 0, "shop", "done", 1_795_500_000_000, ["A", "B"]).run(r) == 1  # A settled, B not
     assert await r.zrange(key, 0, -1) == ["B"]

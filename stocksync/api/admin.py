@@ -37,8 +37,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from stocksync.events import follow
+from stocksync.library import Outcome
+from stocksync.limits import MAX_BATCH_ITEMS, MAX_ORDER_LINES, MAX_QTY, MAX_VERSION
 from stocksync.settings import SettingsError
-from stocksync.store import Outcome
 
 from .httputil import (
     HTTPError,
@@ -59,8 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SCOPES = ("stock:read", "stock:write", "orders:write", "events:read", "channels:read", "channels:write")
-MAX_BATCH = 1000
-MAX_ORDER_LINES = 250
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
 _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
@@ -191,7 +190,7 @@ async def put_sku(request: Request) -> Response:
     available = want_int(doc.get("available"), "available", 0)
     expected = doc.get("expected_version")
     if expected is not None:
-        expected = want_int(expected, "expected_version", 0, 99_999_999_999)
+        expected = want_int(expected, "expected_version", 0, MAX_VERSION)
     await _bind_key(request, ctx, key, doc)
     o = await ctx.store.set(sku, available, ref=_ref(key, sku), source=token.name, expected_version=expected)
     return _outcome_response(o, "set", ctx)
@@ -203,7 +202,7 @@ async def adjust_sku(request: Request) -> Response:
     sku, key = _sku_param(request), _idempotency_key(request)
     doc = want_object(await read_json(request, ctx.max_body), "body")
     check_keys(doc, {"delta"})
-    delta = want_int(doc.get("delta"), "delta", -(2**31 - 1))
+    delta = want_int(doc.get("delta"), "delta", -MAX_QTY)
     if delta == 0:
         raise invalid("delta", "must not be 0")
     await _bind_key(request, ctx, key, doc)
@@ -219,7 +218,7 @@ async def batch_set(request: Request) -> Response:
     doc = want_object(await read_json(request, ctx.max_body), "body")
     check_keys(doc, {"items"})
     items, seen = [], set()
-    for i, item in enumerate(want_list(doc.get("items"), "items", MAX_BATCH)):
+    for i, item in enumerate(want_list(doc.get("items"), "items", MAX_BATCH_ITEMS)):
         item = want_object(item, f"items[{i}]")
         check_keys(item, {"sku", "available", "expected_version"}, f"items[{i}].")
         sku = want_sku(item.get("sku"), f"items[{i}].sku")
@@ -228,7 +227,7 @@ async def batch_set(request: Request) -> Response:
         seen.add(sku)
         expected = item.get("expected_version")
         if expected is not None:
-            expected = want_int(expected, f"items[{i}].expected_version", 0, 99_999_999_999)
+            expected = want_int(expected, f"items[{i}].expected_version", 0, MAX_VERSION)
         items.append((sku, want_int(item.get("available"), f"items[{i}].available", 0), expected))
     await _bind_key(request, ctx, key, doc)
     outcomes = await ctx.store.set_many(items, ref_of=lambda sku: _ref(key, sku), source=token.name)

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stocksync import functions
+from stocksync import functions, library
 from stocksync.channels import ChannelConfig, load_channels
 from stocksync.errors import InvalidArgument
 from stocksync.settings import Settings
@@ -120,7 +120,7 @@ async def readyz(request: Request) -> Response:
     expected = functions.library_version()
     try:
         await ctx.store.redis.ping()
-        loaded = await ctx.store.redis.execute_command("FCALL", "stocksync_version", 0)
+        loaded = await library.version().run(ctx.store.redis)
     except RedisError as e:
         return json_response({"status": "unavailable", "redis": f"error: {type(e).__name__}",
                               "library_expected": expected}, 503)

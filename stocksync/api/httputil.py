@@ -12,9 +12,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from stocksync.keys import MAX_SKU_BYTES
-
-MAX_QTY = 2**31 - 1  # the library's bound on quantities and deltas
+from stocksync.limits import MAX_QTY, MAX_SKU_BYTES
 
 
 class HTTPError(Exception):

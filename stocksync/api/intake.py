@@ -43,16 +43,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stocksync import library
 from stocksync.connection import is_cluster
 from stocksync.errors import InvalidArgument
-from stocksync.store import Outcome, StockStore
+from stocksync.library import Outcome, RestockStatus
+from stocksync.limits import MAX_REF_BYTES, MAX_SKU_BYTES
+from stocksync.store import StockStore
 
-from .httputil import MAX_SKU_BYTES
 from .metrics import Metrics
 from .webhooks import Delivery, Line, Restock, Webhook
 
 log = logging.getLogger(__name__)
-MAX_REF_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -325,10 +326,8 @@ class Intake:
         if not calls:
             return results
         # The call StockStore.decrement makes, sent through the batcher (one atomic FCALL per line).
-        command, take_ref = self.store.command, self.take_ref
-        commands = [command("stocksync_decrement", sku, line.qty, channel, take_ref(channel, line))
-                    for _, line, sku in calls]
-        outcomes = await self._outcomes([sku for _, _, sku in calls], commands)
+        outcomes = await self._outcomes([library.decrement(self.keys, sku, line.qty, channel,
+                                                           self.take_ref(channel, line)) for _, line, sku in calls])
         ttl = self.settings.line_ttl_s
         for (result, line, sku), outcome in zip(calls, outcomes, strict=True):
             if isinstance(outcome, Exception):
@@ -348,10 +347,10 @@ class Intake:
                 checks.append((len(writes) - 1, result, line, sku))
         return results
 
-    async def _outcomes(self, skus: list[str], commands: list[tuple]) -> list[Outcome | InvalidArgument]:
+    async def _outcomes(self, calls: list[library.Call[Outcome]]) -> list[Outcome | InvalidArgument]:
         """The replies of stocksync_decrement/adjust calls as Outcomes (a stocksync: error as InvalidArgument)."""
-        outcomes = [self.store.outcome(sku, reply)
-                    for sku, reply in zip(skus, await self.batcher.call(commands), strict=True)]
+        replies = await self.batcher.call([call.command for call in calls])
+        outcomes = [call.result(reply) for call, reply in zip(calls, replies, strict=True)]
         for outcome in outcomes:
             if isinstance(outcome, Exception) and not isinstance(outcome, InvalidArgument):
                 raise outcome
@@ -418,29 +417,27 @@ class Intake:
         claims = []
         for result, restock, sku, taken, before in items:
             result.update(sku=sku, qty=restock.line.qty)
-            claims.append(("FCALL", "stocksync_restock_claim", 1,
-                           self.keys.webhook_line_restocks(channel, restock.line.key),
-                           _bounded(restock.suffix, 200, "h"), restock.line.qty, max(0, taken), ttl, before))
+            claims.append(library.restock_claim(self.keys, channel, restock.line.key,
+                                                _bounded(restock.suffix, 200, "h"), restock.line.qty, max(0, taken),
+                                                ttl, before))
         adjusts = []
-        for item, reply in zip(items, await self.batcher.call(claims), strict=True):
+        replies = await self.batcher.call([claim.command for claim in claims])
+        for item, claim, reply in zip(items, claims, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply
-            result = item[0]
-            status, units, replayed = reply[0], int(reply[1]), bool(reply[2])
-            result["qty"] = units
-            if status == "reserved":
-                adjusts.append((item, units))
-            elif status == "done":  # applied before (the library may have forgotten its reference by now)
+            result, got = item[0], claim.parse(reply)
+            result["qty"] = got.units
+            if got.status == RestockStatus.RESERVED:
+                adjusts.append((item, got.units))
+            elif got.status == RestockStatus.DONE:  # applied before (the library may have forgotten its reference by now)
                 result.update(status="ok", available=None, version=None, replayed=True)
                 self.metrics.outcome("restock", "ok", True)
             else:  # everything taken was restocked already, by other restocks of this line
-                result.update(status="restocked_already", replayed=replayed)
+                result.update(status="restocked_already", replayed=got.replayed)
         if not adjusts:
             return
-        command = self.store.command
-        commands = [command("stocksync_adjust", sku, units, channel, self.restock_ref(channel, restock))
-                    for (_, restock, sku, _, _), units in adjusts]
-        outcomes = await self._outcomes([item[2] for item, _ in adjusts], commands)
+        outcomes = await self._outcomes([library.adjust(self.keys, sku, units, channel, self.restock_ref(channel, restock))
+                                         for (_, restock, sku, _, _), units in adjusts])
         for ((result, restock, _, _, _), units), outcome in zip(adjusts, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 result.update(status="invalid", reason=str(outcome))

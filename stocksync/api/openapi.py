@@ -11,10 +11,9 @@ from typing import Any
 import orjson
 
 from stocksync import functions
+from stocksync.limits import MAX_ORDER_LINES, MAX_QTY, MAX_VERSION
 
 from .admin import SCOPES
-
-MAX_QTY = 2**31 - 1
 
 
 def _ref(name: str) -> dict:
@@ -30,7 +29,7 @@ ERR = _json(_ref("Error"), "Error")
 SKU = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f]+$"}
 SKU_PATH = {**SKU, "pattern": "^[^\\x00-\\x1f/]+$", "description": "a SKU with '/' cannot be addressed in a path"}
 QTY = {"type": "integer", "minimum": 0, "maximum": MAX_QTY}
-VERSION = {"type": "integer", "minimum": 0, "maximum": 99_999_999_999}
+VERSION = {"type": "integer", "minimum": 0, "maximum": MAX_VERSION}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error", "message"], "properties": {
@@ -54,7 +53,7 @@ SCHEMAS: dict[str, Any] = {
     "BatchResult": {"type": "object", "required": ["results"], "properties": {
         "results": {"type": "array", "items": _ref("Outcome")}}},
     "Order": {"type": "object", "required": ["lines"], "additionalProperties": False, "properties": {
-        "lines": {"type": "array", "minItems": 1, "maxItems": 250, "items": {
+        "lines": {"type": "array", "minItems": 1, "maxItems": MAX_ORDER_LINES, "items": {
             "type": "object", "required": ["sku", "qty"], "additionalProperties": False,
             "properties": {"sku": SKU, "qty": {"type": "integer", "minimum": 1, "maximum": MAX_QTY}}}}}},
     "OrderLine": {"type": "object", "properties": {

@@ -32,10 +32,9 @@ from email.utils import parsedate_to_datetime
 from starlette.requests import Request
 
 from stocksync.channels import ChannelConfig
+from stocksync.limits import MAX_QTY, MAX_WEBHOOK_LINES
 
 from .httputil import invalid, parse_json, want_list, want_object
-
-MAX_LINES = 250
 
 
 class Unverified(Exception):
@@ -168,7 +167,7 @@ class ShopifyWebhook(Webhook):
     def _lines(self, doc: dict, order_id: str, required: bool = True) -> list[Line | None]:
         if not required:
             return []
-        items = want_list(doc.get("line_items"), "line_items", MAX_LINES, 0)
+        items = want_list(doc.get("line_items"), "line_items", MAX_WEBHOOK_LINES, 0)
         out: list[Line | None] = []
         for i, item in enumerate(items):
             item = want_object(item, f"line_items[{i}]")
@@ -182,7 +181,7 @@ class ShopifyWebhook(Webhook):
 
     def _refund(self, refund: dict, order_id: str, where: str) -> list[Restock]:
         restock_types = ("cancel", "return", "legacy_restock") if self.policy == "refund" else ("return", "legacy_restock")
-        items = want_list(refund.get("refund_line_items", []), f"{where}refund_line_items", MAX_LINES, 0)
+        items = want_list(refund.get("refund_line_items", []), f"{where}refund_line_items", MAX_WEBHOOK_LINES, 0)
         out = []
         for i, item in enumerate(items):
             at = f"{where}refund_line_items[{i}]."
@@ -242,7 +241,7 @@ class AmazonWebhook(Webhook):
             delivery.ignored = "fulfilled by Amazon (AFN): not the shared stock"
             return delivery
         lines = []
-        for i, item in enumerate(want_list(summary.get("OrderItems"), f"{where}.OrderItems", MAX_LINES, 0)):
+        for i, item in enumerate(want_list(summary.get("OrderItems"), f"{where}.OrderItems", MAX_WEBHOOK_LINES, 0)):
             at = f"{where}.OrderItems[{i}]."
             item = want_object(item, at[:-1])
             item_id = _id(item, "OrderItemId", at)
@@ -300,7 +299,7 @@ class FlipkartWebhook(Webhook):
         delivery = Delivery(None, str(event))
         attributes = doc.get("attributes") if isinstance(doc.get("attributes"), dict) else {}
         if event == "shipment_created":
-            items = want_list(attributes.get("orderItems"), "attributes.orderItems", MAX_LINES, 0)
+            items = want_list(attributes.get("orderItems"), "attributes.orderItems", MAX_WEBHOOK_LINES, 0)
             for i, item in enumerate(items):
                 at = f"attributes.orderItems[{i}]."
                 item = want_object(item, at[:-1])
@@ -310,7 +309,7 @@ class FlipkartWebhook(Webhook):
         elif event == "shipment_cancelled":
             stamp = doc.get("timestamp") if isinstance(doc.get("timestamp"), str) else ""
             shipment = str(doc.get("shipmentId") or "")
-            items = want_list(attributes.get("orderItems"), "attributes.orderItems", MAX_LINES, 0)
+            items = want_list(attributes.get("orderItems"), "attributes.orderItems", MAX_WEBHOOK_LINES, 0)
             for i, item in enumerate(items):
                 at = f"attributes.orderItems[{i}]."
                 item = want_object(item, at[:-1])
@@ -357,7 +356,7 @@ def _qty(doc: dict, name: str, where: str, allow_zero: bool = False) -> int:
     # Flipkart sends 1.0 where it means 1; a fraction is still refused.
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1) or value > 2**31 - 1:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1) or value > MAX_QTY:
         raise invalid(f"{where}{name}", f"must be a whole number >= {0 if allow_zero else 1}")
     return value
 
