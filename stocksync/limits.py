@@ -7,6 +7,8 @@ again, since other services call it directly.
 
 from __future__ import annotations
 
+import hashlib
+
 # The function library's bounds (lua/stocksync.lua; the name there in the comment).
 MAX_QTY = 2**31 - 1  # MAX_QTY: a quantity, delta or available
 MAX_VERSION = 99_999_999_999  # MAX_VERSION: a version number (11 digits: the library's integer parser)
@@ -31,3 +33,11 @@ LUA_NAMES = {
 # The API's own.
 MAX_BATCH_ITEMS = 1000  # items of one POST /v1/stock:batch
 MAX_WEBHOOK_LINES = MAX_ORDER_LINES  # line items of one marketplace order (Shopify's own cap is 250 too)
+
+
+def fit(text: str, limit: int, head: str) -> str:
+    """`text` if it fits `limit` bytes, else `<head>:#<digest of text>`: a reference or name built from a
+    marketplace's ids stays within the library's bounds and stays the same for the same ids."""
+    if len(text.encode()) <= limit:
+        return text
+    return f"{head}:#{hashlib.blake2b(text.encode(), digest_size=16).hexdigest()}"

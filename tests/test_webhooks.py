@@ -274,29 +274,6 @@ async def test_flipkart_signature_events_and_cancellation(settings, store):
         assert (await post_flipkart(client, created, flipkart_headers(date=stale))).status_code == 401
 
 
-# The intake's batching of Redis commands -----------------------------------------------------------------
-
-
-async def test_batcher_keeps_replies_in_order_and_survives_errors_and_dropped_connections(settings, store, sync_redis):
-    from stocksync.api.intake import Batcher, _pack
-
-    assert _pack(("SET", "k", 12, b"\x00v", "é")) == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$2\r\n\x00v\r\n$2\r\n\xc3\xa9\r\n"
-    batcher = Batcher(store.redis)
-    key = f"{settings.prefix}:batcher-test"
-    # Concurrent callers share a batch; an error reply is that command's value and the rest stay in step.
-    replies = await asyncio.gather(
-        batcher.call([("SET", key, "abc"), ("INCR", key)]),
-        batcher.call([("GET", key), ("EXISTS", key + ":none"), ("HMGET", key + ":h", "a", "b")]),
-    )
-    assert replies[0][0] in ("OK", True) and "not an integer" in str(replies[0][1])
-    assert isinstance(replies[0][1], Exception)
-    assert replies[1] == ["abc", 0, [None, None]]
-    # A killed connection: the next batch reconnects (or goes through redis-py's retrying pipeline).
-    sync_redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-    assert await batcher.call([("GET", key)]) == ["abc"]
-    sync_redis.delete(key)
-
-
 async def test_webhook_requests_are_counted_by_route_and_status(settings, store):
     await store.set("A", 10, source="test")
     async with running(api_settings(settings)) as client:

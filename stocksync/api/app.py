@@ -2,14 +2,7 @@
 
     create_app(settings)          the app (uvicorn: `stocksync.api.app:create_app` with factory=True)
 
-Settings of the API (the [api] table of the config file):
-
-    [api]
-    max_body_bytes = 1048576      # larger bodies get 413 before they are read whole
-    webhook_seen_ttl_s = 604800   # how long a webhook id / NotificationId is remembered
-    line_ttl_days = 120           # how long a taken order line is remembered for its restock
-    sse_keepalive_s = 15
-    [api.tokens.<name>]           # see stocksync.api.admin
+Settings of the API: the [api] table (stocksync.api.context).
 
 Routes: POST /webhooks/{channel} (the channel's kind picks Shopify, Amazon or Flipkart handling), /v1/...
 (stocksync.api.admin), GET /healthz, /readyz, /metrics, /openapi.json.
@@ -19,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -30,49 +22,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stocksync import functions, library
-from stocksync.channels import ChannelConfig, load_channels
 from stocksync.errors import InvalidArgument
 from stocksync.settings import Settings
-from stocksync.store import StockStore
 
-from . import admin, openapi
+from . import admin, channel_admin, event_stream, openapi
+from .context import Context, build_context
 from .httputil import HTTPError, json_response, read_body, send_json
-from .intake import Intake, IntakeSettings
 from .metrics import Metrics, MetricsMiddleware
-from .webhooks import Unverified, Webhook, build
+from .webhooks import Unverified
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Context:
-    """What every endpoint needs, built once at startup."""
-
-    settings: Settings
-    store: StockStore
-    metrics: Metrics
-    auth: admin.Auth
-    intake: Intake
-    channels: dict[str, ChannelConfig]
-    hooks: dict[str, Webhook]
-    disabled: dict[str, str] = field(default_factory=dict)
-    max_body: int = 1 << 20
-    sse_keepalive_s: float = 15.0
-
-
-async def build_context(settings: Settings, metrics: Metrics) -> Context:
-    api = settings.section("api")
-    store = await StockStore.connect(settings)
-    channels = load_channels(settings)
-    hooks, disabled = build(channels)
-    for name, reason in disabled.items():
-        log.warning("webhook of channel %s disabled: %s", name, reason)
-    return Context(
-        settings=settings, store=store, metrics=metrics, auth=admin.Auth(api.get("tokens", {})),
-        intake=Intake(store, metrics, IntakeSettings.from_section(api)), channels=channels, hooks=hooks,
-        disabled=disabled, max_body=int(api.get("max_body_bytes", 1 << 20)),
-        sse_keepalive_s=float(api.get("sse_keepalive_s", 15)),
-    )
 
 
 # Webhooks ----------------------------------------------------------------------------------------------
@@ -177,6 +136,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route("/webhooks/{channel}", webhook, methods=["POST"]),
         *admin.routes(),
+        *event_stream.routes(),
+        *channel_admin.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),

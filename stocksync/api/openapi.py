@@ -13,7 +13,7 @@ import orjson
 from stocksync import functions
 from stocksync.limits import MAX_ORDER_LINES, MAX_QTY, MAX_VERSION
 
-from .admin import SCOPES
+from .auth import SCOPES
 
 
 def _ref(name: str) -> dict:

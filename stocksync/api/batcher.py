@@ -1,0 +1,109 @@
+"""Group commit for the webhook intake: the commands of concurrent requests go out together, one round trip.
+
+While a batch is in flight, callers queue; when it returns, everything queued goes in the next one. Alone,
+a caller waits one round trip as before; under load the cost of a round trip (most of a webhook's CPU
+time in redis-py) is shared by every request in the batch. Each command is still its own atomic call:
+batching changes when commands are sent, never what they do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from stocksync.connection import is_cluster
+
+
+class Batcher:
+    """Sends the commands of concurrent requests together: one pipeline, one round trip for many."""
+
+    def __init__(self, redis, max_batch: int = 1000) -> None:
+        self.redis, self.max_batch = redis, max_batch
+        self._queue: list[tuple[list[tuple], asyncio.Future]] = []
+        self._busy = False
+        # A single Redis: the batch is packed here and written on one pooled connection (redis-py's
+        # Pipeline packs and parses each command through several layers of Python, most of the batch's
+        # cost). A cluster routes each command to its node: RedisCluster's pipeline does that.
+        self._pool = None if is_cluster(redis) else redis.connection_pool
+
+    async def call(self, commands: list[tuple]) -> list:
+        """The replies of `commands` (errors as ResponseError values, not raised)."""
+        if not commands:
+            return []
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((commands, future))
+        if not self._busy:
+            self._busy = True
+            asyncio.get_running_loop().call_soon(self._start)
+        return await future
+
+    def _start(self) -> None:
+        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+        task = asyncio.ensure_future(self._send(batch))
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task) -> None:
+        if self._queue:
+            self._start()
+        else:
+            self._busy = False
+
+    async def _send(self, batch: list[tuple[list[tuple], asyncio.Future]]) -> None:
+        commands = [command for each, _ in batch for command in each]
+        try:
+            if self._pool is None:
+                replies = await self._pipeline(commands)
+            else:
+                try:
+                    replies = await self._direct(commands)
+                except (RedisConnectionError, RedisTimeoutError):
+                    # Every command the intake batches can be sent twice (reads, FCALLs with their
+                    # reference, a restock reservation by its id, SETs of the same value): sent again
+                    # through redis-py, with its retries. One answer can differ: a line record's SET ... GET
+                    # that was applied the first time answers its own value, so a cancellation marker it
+                    # replaced then is not seen (the take is not put back; see Intake._cancel).
+                    replies = await self._pipeline(commands)
+        except BaseException as e:  # noqa: BLE001 - every waiter gets the failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return
+        i = 0
+        for each, future in batch:
+            if not future.done():
+                future.set_result(replies[i: i + len(each)])
+            i += len(each)
+
+    async def _pipeline(self, commands: list[tuple]) -> list:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute(raise_on_error=False)
+
+    async def _direct(self, commands: list[tuple]) -> list:
+        conn = await self._pool.get_connection()
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands))
+            replies: list = []
+            # One deadline for the whole batch (the connection's socket_timeout), not a timer per reply.
+            try:
+                async with asyncio.timeout(conn.socket_timeout):
+                    for _ in commands:
+                        try:
+                            replies.append(await conn.read_response(timeout=math.inf))
+                        except ResponseError as e:  # that command's error; the connection is still in step
+                            replies.append(e)
+            except TimeoutError:
+                raise RedisTimeoutError(f"Timeout reading {len(commands)} replies from Redis") from None
+            return replies
+        except BaseException:
+            await conn.disconnect(nowait=True)  # replies may be left unread: never reuse it as it is
+            raise
+        finally:
+            await self._pool.release(conn)

@@ -1,0 +1,103 @@
+"""GET /v1/events: every partition's events stream as server-sent events; the id: field resumes it
+(Last-Event-ID: one entry ID, or one per partition joined by commas)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import orjson
+from redis.exceptions import ResponseError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from stocksync.events import follow
+
+from .context import context
+from .httputil import HTTPError, invalid
+
+log = logging.getLogger(__name__)
+_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+def _parse_cursor(text: str, partitions: int) -> list[str] | None:
+    """A Last-Event-ID: one entry ID for every partition, or one per partition joined by commas."""
+    parts = text.split(",")
+    if not all(_ENTRY_ID.match(p) for p in parts) or len(parts) not in (1, partitions):
+        raise HTTPError(400, "bad_event_id", "Last-Event-ID must be an entry ID (or one per partition, "
+                        "comma-separated) as sent in the id: field")
+    return parts * partitions if len(parts) == 1 else parts
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def events(request: Request) -> Response:
+    """Every event of every partition as server-sent events; the id: field resumes (Last-Event-ID)."""
+    ctx = context(request)
+    ctx.auth.require(request, "events:read")
+    store = ctx.store
+    partitions = store.keys.partitions
+    text = request.headers.get("last-event-id") or request.query_params.get("since") or ""
+    limit = request.query_params.get("limit", "")
+    if limit and not limit.isdigit():
+        raise invalid("limit", "must be a whole number")
+    limit_n = int(limit or 0)
+    if text:
+        cursor = _parse_cursor(text, partitions)
+    else:  # from now: the current last ID of each partition, so the first id: sent resumes exactly
+        cursor = []
+        for p in range(partitions):
+            try:
+                cursor.append((await store.redis.xinfo_stream(store.keys.events(p)))["last-generated-id"])
+            except ResponseError:
+                cursor.append("0-0")
+    queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
+
+    async def pump() -> None:
+        try:
+            async for event in follow(store.redis, store.keys, since=min(cursor, key=_id_tuple)):
+                await queue.put(event)
+        except Exception as e:  # noqa: BLE001 - handed to the stream, which ends
+            await queue.put(e)
+
+    async def stream():
+        task = asyncio.create_task(pump())
+        sent = 0
+        try:
+            yield b"retry: 2000\n\n"
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=ctx.sse_keepalive_s)
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+                    continue
+                if isinstance(event, Exception):
+                    log.warning("events stream ended: %s", event)
+                    return
+                if _id_tuple(event.id) <= _id_tuple(cursor[event.partition]):
+                    continue  # read again because another partition's cursor is older
+                cursor[event.partition] = event.id
+                data = orjson.dumps({"id": event.id, "partition": event.partition, "type": event.type,
+                                     "sku": event.sku, "available": event.available, "delta": event.delta,
+                                     "version": event.version, "source": event.source, "ref": event.ref,
+                                     "reason": event.reason, "ts_ms": event.ts_ms})
+                event_id = cursor[0] if partitions == 1 else ",".join(cursor)
+                yield b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id.encode(), event.type.encode(), data)
+                sent += 1
+                if limit_n and sent >= limit_n:
+                    return
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def routes() -> list[Route]:
+    return [Route("/v1/events", events, methods=["GET"])]

@@ -1,0 +1,92 @@
+"""Orders the marketplaces took that stocksync could not cover: kept until someone resolves them.
+
+A line that cannot be covered is still answered 200 (the marketplace took the order): the library writes
+its stock.rejected event, and the order is listed by GET /v1/rejections until it is resolved.
+
+    <prefix>:rejections:order:<channel>|<order id>   hash line id -> JSON of an uncovered line
+    <prefix>:rejections:index                  sorted set "<channel>|<order id>" by first rejection time (ms)
+    <prefix>:rejections                        hash "<channel>|<order id>" -> JSON (before 0.3; read, resolved)
+
+One field per line, so that the deliveries of one order (Flipkart's shipments, Amazon's notifications)
+add lines and never replace them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import orjson
+
+from stocksync.keys import Keys
+
+from .metrics import Metrics
+
+if TYPE_CHECKING:  # (the intake imports this module: its result type is only named here)
+    from .intake import LineResult
+
+log = logging.getLogger(__name__)
+
+
+class Rejections:
+    def __init__(self, redis, keys: Keys, metrics: Metrics) -> None:
+        self.redis, self.keys, self.metrics = redis, keys, metrics
+
+    def writes(self, channel: str, refused: Iterable[LineResult]) -> list[tuple]:
+        """The commands that list each refused take line under its order (sent with the delivery's writes)."""
+        now = int(time.time() * 1000)
+        orders: dict[str, list[tuple[LineResult, bytes]]] = {}
+        for r in refused:
+            line = {"line_id": r.line_id, "channel_sku": r.channel_sku, "sku": r.sku, "qty": r.qty,
+                    "reason": r.status, "available": r.known("available"), "ts_ms": now}
+            orders.setdefault(r.order_id, []).append((r, orjson.dumps(line)))
+        writes: list[tuple] = []
+        for order_id, lines in orders.items():
+            member = f"{channel}|{order_id}"
+            log.warning("order %s of %s has %d line(s) that cannot be covered", order_id, channel, len(lines))
+            writes.append(("ZADD", self.keys.rejections_index, "NX", now, member))
+            key, fields = self.keys.rejection_lines(member), []
+            for r, doc in lines:
+                if r.replayed is True:  # the first outcome's line stays as it was listed
+                    writes.append(("HSETNX", key, r.line_id, doc))
+                else:
+                    self.metrics.rejections.labels(channel, r.status).inc()
+                    fields += [r.line_id, doc]
+            if fields:
+                writes.append(("HSET", key, *fields))
+        return writes
+
+    async def list(self, limit: int = 100, channel: str | None = None) -> list[dict]:
+        """Orders with uncovered lines, newest first."""
+        index = self.keys.rejections_index
+        members = await self.redis.zrevrange(index, 0, -1 if channel else limit - 1, withscores=True)
+        if channel:
+            members = [m for m in members if m[0].startswith(channel + "|")][:limit]
+        if not members:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys.rejections, [m for m, _ in members])  # documents written before 0.3
+            for member, _ in members:
+                pipe.hgetall(self.keys.rejection_lines(member))
+            old, *per_order = await pipe.execute()
+        out = []
+        for (member, score), doc, fields in zip(members, old, per_order, strict=True):
+            lines = {line["line_id"]: line for line in orjson.loads(doc)["lines"]} if doc else {}
+            lines.update({line_id: orjson.loads(value) for line_id, value in fields.items()})
+            if not lines:
+                continue
+            channel_name, order_id = member.split("|", 1)
+            ordered = sorted(lines.values(), key=lambda x: (x.get("ts_ms", 0), len(x["line_id"]), x["line_id"]))
+            out.append({"channel": channel_name, "order_id": order_id, "lines": ordered, "ts_ms": int(score)})
+        return out
+
+    async def resolve(self, channel: str, order_id: str) -> bool:
+        member = f"{channel}|{order_id}"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self.keys.rejection_lines(member))
+            pipe.hdel(self.keys.rejections, member)
+            pipe.zrem(self.keys.rejections_index, member)
+            lines, old, _ = await pipe.execute()
+        return bool(lines or old)
