@@ -34,7 +34,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .base import Call, Faults, Parsed, Simulator, is_int, json_response
+from .amazon_orders import AmazonOrders
+from .base import Call, Faults, Parsed, TokenBucket, is_int, json_response
+from .market import MarketSim
 
 API_PREFIX = "/listings/2021-08-01/items"
 ATTRIBUTE = "/attributes/fulfillment_availability"
@@ -47,7 +49,7 @@ _ERROR_CODES = {
 }
 
 
-class AmazonSim(Simulator):
+class AmazonSim(AmazonOrders, MarketSim):
     name = "amazon"
 
     def __init__(
@@ -79,12 +81,14 @@ class AmazonSim(Simulator):
         return [
             Route(path, self.endpoint(self._parse_patch, self._handle_patch), methods=["PATCH"]),
             Route(path, self.endpoint(self._parse_get, self._handle_get), methods=["GET"]),
+            *self.order_routes(),
         ]
 
     def authorized(self, request: Request, body: bytes) -> bool:
         return (
             request.headers.get("x-amz-access-token") == self.access_token
-            and request.path_params.get("seller_id") == self.seller_id
+            # the Orders API's paths name no seller: the token alone is the credential
+            and request.path_params.get("seller_id", self.seller_id) == self.seller_id
         )
 
     def error_response(self, kind: str, status: int, message: str) -> Response:
@@ -93,8 +97,11 @@ class AmazonSim(Simulator):
             message = "Access to requested resource is denied."
         response = json_response({"errors": [{"code": code, "message": message, "details": ""}]}, status)
         response.headers["x-amzn-RequestId"] = str(uuid.uuid4())
-        if kind == "throttled" and (status_ := self.bucket_status()):
-            response.headers["x-amzn-RateLimit-Limit"] = f"{status_[2]:g}"
+        return response
+
+    def throttled_response(self, wait_s: float, cost: float, bucket: TokenBucket) -> Response:
+        response = super().throttled_response(wait_s, cost, bucket)
+        response.headers["x-amzn-RateLimit-Limit"] = f"{bucket.rate:g}"  # the refusing operation's rate
         return response
 
     # ----- patchListingsItem -------------------------------------------------------------------

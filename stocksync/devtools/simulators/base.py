@@ -149,6 +149,7 @@ class Call:
     outcome: str = "ok"
     accepted: bool = False  # let through by the rate limiter (counts towards max_rate)
     cost: float = 0.0
+    op: str = ""  # "" for the listing API; an order API's operation name (it has its own limit, see endpoint)
 
 
 class TokenBucket:
@@ -169,6 +170,10 @@ class TokenBucket:
             self.tokens -= cost
             return 0.0
         return (cost - self.tokens) / self.rate
+
+    def give(self, tokens: float) -> None:
+        """Put back tokens taken for more than was used (Shopify refunds requested minus actual cost)."""
+        self.tokens = min(self.capacity, self.tokens + tokens)
 
 
 class Simulator:
@@ -208,13 +213,18 @@ class Simulator:
         """An error in the API's own shape; kind is one of the Call outcomes."""
         return json_response({"error": kind, "message": message}, status)
 
-    def throttled_response(self, wait_s: float, cost: float) -> Response:
+    def throttled_response(self, wait_s: float, cost: float, bucket: TokenBucket) -> Response:
+        """The reply to a call that ``bucket`` (the faults' limiter or an operation's own) refused."""
         response = self.error_response("throttled", 429, "rate limit exceeded")
         response.headers["Retry-After"] = str(max(1, math.ceil(wait_s)))  # HTTP wants whole seconds
         return response
 
     def _reset_state(self) -> None:
         """Clear simulator-specific state (called under the lock by reset())."""
+
+    def control_routes(self) -> list[Route]:
+        """Extra control endpoints under /_sim/ (the marketplaces' order book, see ``market``)."""
+        return []
 
     # ----- state from Python -------------------------------------------------------------------
 
@@ -295,10 +305,10 @@ class Simulator:
             else:
                 self._outage_until = math.inf if on else None
 
-    def max_rate(self, window_s: float = 1.0, *, cost: bool = False) -> float:
-        """The most calls (or, with ``cost``, cost points) the rate limiter let through in any
-        half-open window (t - window_s, t]."""
-        accepted = [(c.t, c.cost if cost else 1.0) for c in self.calls if c.accepted]
+    def max_rate(self, window_s: float = 1.0, *, cost: bool = False, op: str = "") -> float:
+        """The most calls (or, with ``cost``, cost points) of operation ``op`` (default: the listing
+        API's) the rate limiter let through in any half-open window (t - window_s, t]."""
+        accepted = [(c.t, c.cost if cost else 1.0) for c in self.calls if c.accepted and c.op == op]
         accepted.sort()
         best = total = 0.0
         lo = 0
@@ -362,6 +372,7 @@ class Simulator:
                 Route("/_sim/faults", self._ctl_faults, methods=["GET", "POST"]),
                 Route("/_sim/seed", self._ctl_seed, methods=["POST"]),
                 Route("/_sim/reset", self._ctl_reset, methods=["POST"]),
+                *self.control_routes(),
             ]
             api = self.api_routes()
             self._app = _ApiFirst(Starlette(routes=control + api), api)
@@ -371,8 +382,13 @@ class Simulator:
         self,
         parse: Callable[[Request, bytes], Parsed],
         handle: Callable[[Request, Parsed, Call], Response],
+        *,
+        op: str = "",
+        limit: Callable[[], TokenBucket | None] | None = None,
     ) -> Callable[[Request], Any]:
-        """Wrap an API operation (a parser and a handler, both synchronous) in the pipeline."""
+        """Wrap an API operation (a parser and a handler, both synchronous) in the pipeline. ``op`` names
+        it in the record; ``limit`` gives the operation's own rate limiter (None from it: no limit), for
+        APIs whose operations are limited apart (SP-API); without it the faults' limiter applies."""
 
         async def run(request: Request) -> Response:
             body = await request.body()
@@ -392,6 +408,7 @@ class Simulator:
                         k: ("<redacted>" if k in SECRET_HEADERS else v) for k, v in request.headers.items()
                     },
                     items=[],
+                    op=op,
                 )
                 parsed: Parsed | None = None
                 rejection: Reject | None = None
@@ -400,7 +417,7 @@ class Simulator:
                     call.items = parsed.items
                 except Reject as exc:
                     rejection = exc
-                response = self._gate(request, body, parsed, call)
+                response = self._gate(request, body, parsed, call, self._bucket if limit is None else limit())
                 if response is None and rejection is not None:
                     response, call.outcome = rejection.response, rejection.outcome
                 elif response is None:
@@ -412,7 +429,9 @@ class Simulator:
 
         return run
 
-    def _gate(self, request: Request, body: bytes, parsed: Parsed | None, call: Call) -> Response | None:
+    def _gate(
+        self, request: Request, body: bytes, parsed: Parsed | None, call: Call, bucket: TokenBucket | None
+    ) -> Response | None:
         if self._outage_on(call.t):
             call.outcome = "outage"
             return self.error_response("outage", 503, "service unavailable (simulated outage)")
@@ -420,11 +439,11 @@ class Simulator:
             call.outcome = "unauthorized"
             return self.error_response("unauthorized", self.auth_status, "missing or invalid credentials")
         cost = parsed.cost if parsed is not None else 1.0
-        if self._bucket is not None:
-            wait = self._bucket.take(cost, call.t)
+        if bucket is not None:
+            wait = bucket.take(cost, call.t)
             if wait > 0:
                 call.outcome = "throttled"
-                return self.throttled_response(wait, cost)
+                return self.throttled_response(wait, cost, bucket)
         call.accepted, call.cost = True, cost
         if self._faults.error_rate and self._error_rng.random() < self._faults.error_rate:
             call.outcome = "server_error"

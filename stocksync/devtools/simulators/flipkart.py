@@ -27,13 +27,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .base import Call, Faults, Parsed, Simulator, is_int, json_response
+from .base import Call, Faults, Parsed, is_int, json_response
+from .flipkart_orders import FlipkartOrders
+from .market import MarketSim
 
 INVENTORY_PATH = "/sellers/listings/v3/update/inventory"
 MAX_SKUS = 10
 
 
-class FlipkartSim(Simulator):
+class FlipkartSim(FlipkartOrders, MarketSim):
     name = "flipkart"
 
     def __init__(
@@ -50,7 +52,7 @@ class FlipkartSim(Simulator):
         return {"Authorization": f"Bearer {self.access_token}", "Content-Type": "application/json"}
 
     def api_routes(self) -> list[Route]:
-        return [Route(INVENTORY_PATH, self.endpoint(self._parse, self._handle), methods=["POST"])]
+        return [Route(INVENTORY_PATH, self.endpoint(self._parse, self._handle), methods=["POST"]), *self.order_routes()]
 
     def authorized(self, request: Request, body: bytes) -> bool:
         return request.headers.get("authorization") == f"Bearer {self.access_token}"

@@ -50,7 +50,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .base import Call, Faults, Parsed, Reject, Simulator, json_response
+from .base import Call, Faults, Parsed, Reject, TokenBucket, json_response
+from .market import MarketSim
+from .shopify_orders import ShopifyOrders
 
 MAX_QUANTITIES = 250
 MUTATION_COST, READ_COST = 10.0, 1.0
@@ -61,7 +63,7 @@ REASONS = frozenset(
     "reservation_deleted reservation_updated restock safety_stock shrinkage".split()
 )
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
-_ROOTS = ("inventorySetQuantities", "inventoryItems", "inventoryItem", "nodes")
+_ROOTS = ("inventorySetQuantities", "inventoryItems", "inventoryItem", "nodes", "orders")  # orders: shopify_orders
 _VALUE = r'(\$\w+|"(?:[^"\\]|\\.)*"|\[[^\]]*\])'  # a variable, a string or a list literal
 # Compiled once: the parser runs on every call (an adapter sends the same few documents again and again)
 _ROOT_RES = tuple((r, re.compile(rf"\b{r}\s*\(")) for r in _ROOTS)
@@ -99,7 +101,7 @@ def inventory_item_gid(sku: str) -> str:
     return f"gid://shopify/InventoryItem/{int(hashlib.sha1(sku.encode()).hexdigest()[:12], 16)}"
 
 
-class ShopifySim(Simulator):
+class ShopifySim(ShopifyOrders, MarketSim):
     name = "shopify"
 
     def __init__(
@@ -142,6 +144,7 @@ class ShopifySim(Simulator):
             return {sku: self.item_id(sku) for sku in quantities}
 
     def _reset_state(self) -> None:
+        super()._reset_state()
         self._skus: dict[str, str] = {}  # gid -> sku
         self._idempotency: dict[str, tuple[bytes, dict[str, Any], bool]] = {}
         self._groups = 0
@@ -169,7 +172,7 @@ class ShopifySim(Simulator):
         )
         return json_response({"errors": [{"message": message, "extensions": {"code": code}}]}, status)
 
-    def throttled_response(self, wait_s: float, cost: float) -> Response:
+    def throttled_response(self, wait_s: float, cost: float, bucket: TokenBucket) -> Response:
         error = {
             "message": "Throttled",
             "extensions": {"code": "THROTTLED", "documentation": "https://shopify.dev/api/usage/rate-limits"},
@@ -209,6 +212,8 @@ class ShopifySim(Simulator):
             )
         if root == "inventorySetQuantities":
             return self._parse_set(query, variables)
+        if root == "orders":
+            return self._parse_orders(query, variables)
         location = _arg(query, "inventoryLevel", "locationId", variables)
         if root == "inventoryItems":
             search = _arg(query, root, "query", variables) or ""
@@ -285,6 +290,8 @@ class ShopifySim(Simulator):
 
     def _handle(self, request: Request, parsed: Parsed, call: Call) -> Response:
         root = parsed.data[0]
+        if root == "orders":
+            return self._handle_orders(parsed, call)
         if root == "inventorySetQuantities":
             _, data, idem = parsed.data
             payload = self._set_quantities(request.path_params["version"], data, idem, call)
@@ -309,6 +316,16 @@ class ShopifySim(Simulator):
             else:
                 result = {root: nodes if root == "nodes" else nodes[0]}
         return json_response({"data": result, "extensions": self._cost(parsed.cost, parsed.cost)})
+
+    def _handle_orders(self, parsed: Parsed, call: Call) -> Response:
+        connection, search, actual = self._orders_result(parsed)
+        if self._bucket is not None:  # Shopify charges the actual cost: the rest of the requested goes back
+            self._bucket.give(parsed.cost - actual)
+        call.cost = actual
+        extensions = self._cost(parsed.cost, actual)
+        if search:
+            extensions["search"] = search
+        return json_response({"data": {"orders": connection}, "extensions": extensions})
 
     def _item_node(self, gid: Any, location: Any) -> dict[str, Any] | None:
         sku = self._skus.get(gid) if isinstance(gid, str) else None
