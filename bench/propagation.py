@@ -1,4 +1,4 @@
-"""Propagation benchmark (issue 3): `python -m bench.propagation [--seconds N] [--rate R] [--skus N]`.
+"""Propagation benchmark: `python -m bench.propagation [--seconds N] [--rate R] [--skus N]`.
 
 Commit-to-acceptance lag: from a change's commit (its entry ID's time) to the moment each channel
 accepted that version or a newer one, per change, p50/p99/max per channel.

@@ -404,7 +404,7 @@ redis.register_function{function_name = 'stocksync_version', callback = function
 redis.register_function{function_name = 'stocksync_idem_ttl', callback = function() return IDEM_TTL_S end,
   flags = {'no-writes'}}
 
--- Channel propagation (issue 3) -------------------------------------------------------------------------
+-- Channel propagation ----------------------------------------------------------------------------------
 --[[
   The consumer side. Each channel has one consumer group (named after the channel) on every events
   stream. Around a push, a worker takes a short lease per SKU (pushes of one SKU to one channel never
@@ -775,7 +775,7 @@ redis.register_function('stocksync_trim', guarded(trim))
 redis.register_function('stocksync_reap_consumers', guarded(reap_consumers))
 redis.register_function('stocksync_recheck', guarded(recheck))
 
--- Webhook intake (issue 4) ------------------------------------------------------------------------------
+-- Webhook intake ---------------------------------------------------------------------------------------
 --[[
   The webhook intake restocks an order line (a cancellation, a return, a partial cancellation) never
   beyond what was taken, however many distinct restocks of that line arrive at once or from several API

@@ -20,14 +20,50 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .settings import Settings, SettingsError
 
-KINDS = ("shopify", "amazon", "flipkart", "webhook")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A marketplace API stocksync pushes stock to (an adapter in consumers/adapters/) and, where
+    `orders_in`, whose order webhooks it receives (stocksync/api/webhooks.py)."""
+
+    name: str
+    marketplace: str
+    orders_in: bool
+
+
+# The one registry of channel kinds: every table of implementations (adapters, webhook receivers,
+# simulators) is built with by_kind() against it, so a kind cannot be half added.
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("shopify", "Shopify", orders_in=True),
+    Kind("amazon", "Amazon", orders_in=True),
+    Kind("flipkart", "Flipkart", orders_in=True),
+    Kind("webhook", "a generic HTTP receiver", orders_in=False),
+)}
+
+T = TypeVar("T")
+
+
+def by_kind(implementations: Iterable[T], what: str, *, orders_in: bool = False) -> dict[str, T]:
+    """{kind name: implementation} of classes that each name their `kind`, checked against KINDS: every
+    kind (or every kind with orders_in) has exactly one, and no class names a kind KINDS lacks."""
+    table: dict[str, T] = {}
+    for impl in implementations:
+        kind = impl.kind  # type: ignore[attr-defined]
+        if kind not in KINDS or kind in table:
+            raise RuntimeError(f"{what} {impl!r}: kind {kind!r} is unknown or taken (stocksync.channels.KINDS)")
+        table[kind] = impl
+    wanted = {k.name for k in KINDS.values() if k.orders_in or not orders_in}
+    if set(table) != wanted:
+        raise RuntimeError(f"{what}s missing for kind(s) {sorted(wanted - set(table))} (stocksync.channels.KINDS)")
+    return table
 
 
 @dataclass(frozen=True)
@@ -72,15 +108,6 @@ class ChannelConfig:
         if not value:
             raise SettingsError(f"channel {self.name}: environment variable {var} (credential {name!r}) is not set")
         return value
-
-    def canonical_sku(self, channel_sku: str) -> str:
-        return self.sku_map.get(channel_sku, channel_sku)
-
-    def channel_sku(self, canonical: str) -> str:
-        for theirs, ours in self.sku_map.items():
-            if ours == canonical:
-                return theirs
-        return canonical
 
 
 def load_channels(settings: Settings) -> dict[str, ChannelConfig]:

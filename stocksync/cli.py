@@ -22,7 +22,11 @@ import threading
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from . import functions
+from consumers import cli as consumers_cli
+
+from . import __version__, functions
+from .api import serve
+from .embedded import EmbeddedRedis
 from .errors import InvalidArgument
 from .events import follow
 from .settings import Settings, SettingsError
@@ -31,6 +35,7 @@ from .store import StockStore
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stocksync", description="Multichannel inventory sync over Redis.")
+    parser.add_argument("--version", action="version", version=f"stocksync {__version__}")
     parser.add_argument("--config", help="TOML settings file (also STOCKSYNC_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -69,22 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave everything running afterwards, until Ctrl-C")
     demo.set_defaults(run=_demo, sync=True)
 
-    _register_optional(sub)
+    # Subcommands that live with the parts they drive: the API server, the channel workers.
+    serve.register(sub)
+    consumers_cli.register(sub)
     return parser
-
-
-def _register_optional(sub) -> None:
-    """Subcommands that live with the parts they drive (the API server, the channel workers)."""
-    import importlib
-
-    for module in ("stocksync.api.serve", "consumers.cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        mod.register(sub)
 
 
 async def _open(args) -> StockStore:
@@ -135,8 +128,6 @@ async def _tail(args) -> int:
 
 
 def _redis(args) -> int:
-    from .embedded import EmbeddedRedis
-
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -148,6 +139,8 @@ def _redis(args) -> int:
 
 
 def _demo(args) -> int:
+    # Imported here, when asked for: the product never loads the dev tools (simulators, sandbox), and
+    # `stocksync demo` is the one command that runs them (tests/test_layout.py holds this).
     from .devtools.demo import main as demo_main
 
     return demo_main(args.settings, keep=args.keep)

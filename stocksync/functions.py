@@ -20,7 +20,6 @@ from redis.exceptions import ResponseError
 from . import library
 from .connection import AnyRedis, is_cluster
 
-LIBRARY = "stocksync"
 log = logging.getLogger(__name__)
 _TTL_LINE = re.compile(r"^local IDEM_TTL_S = \d+$", re.M)
 

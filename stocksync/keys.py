@@ -127,9 +127,6 @@ class Keys:
         """sorted set of the same members by first rejection time (ms)."""
         return f"{self.prefix}:rejections:index"
 
-    def all_events(self) -> list[str]:
-        return [self.events(p) for p in range(self.partitions)]
-
     def sku_pattern(self, partition: int) -> str:
         """A SCAN pattern for every SKU hash of a partition."""
         tag = self.tag(partition).replace("{", r"\{").replace("}", r"\}")

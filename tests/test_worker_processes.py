@@ -13,9 +13,8 @@ import orjson
 import pytest
 
 from consumers.status import channel_status
-from stocksync.devtools.simulators import serve
+from stocksync.devtools.simulators import SIMULATORS, serve
 from stocksync.devtools.testing import (
-    SIM_CLASSES,
     config,
     in_version_order,
     toml_channel,
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def sims():
     use_simulator_credentials()
-    sims = {name: SIM_CLASSES[name]() for name in CHANNELS}
+    sims = {name: SIMULATORS[name]() for name in CHANNELS}
     with serve(sims["shopify"]) as s, serve(sims["amazon"]) as a, serve(sims["flipkart"]) as f:
         yield {"shopify": (sims["shopify"], s), "amazon": (sims["amazon"], a), "flipkart": (sims["flipkart"], f)}
 

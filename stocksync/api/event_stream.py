@@ -36,26 +36,31 @@ def _id_tuple(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-async def events(request: Request) -> Response:
-    """Every event of every partition as server-sent events; the id: field resumes (Last-Event-ID)."""
-    ctx = context(request)
-    ctx.auth.require(request, "events:read")
-    store = ctx.store
-    partitions = store.keys.partitions
+async def _start(request: Request, store) -> list[str]:
+    """Where each partition's stream starts: the Last-Event-ID (or ?since=), else now (the current last ID
+    of each partition, so that the first id: sent resumes exactly)."""
     text = request.headers.get("last-event-id") or request.query_params.get("since") or ""
-    limit = request.query_params.get("limit", "")
-    if limit and not limit.isdigit():
-        raise invalid("limit", "must be a whole number")
-    limit_n = int(limit or 0)
     if text:
-        cursor = _parse_cursor(text, partitions)
-    else:  # from now: the current last ID of each partition, so the first id: sent resumes exactly
-        cursor = []
-        for p in range(partitions):
-            try:
-                cursor.append((await store.redis.xinfo_stream(store.keys.events(p)))["last-generated-id"])
-            except ResponseError:
-                cursor.append("0-0")
+        return _parse_cursor(text, store.keys.partitions)
+    cursor = []
+    for p in range(store.keys.partitions):
+        try:
+            cursor.append((await store.redis.xinfo_stream(store.keys.events(p)))["last-generated-id"])
+        except ResponseError:
+            cursor.append("0-0")
+    return cursor
+
+
+def _frame(event, cursor: list[str]) -> bytes:
+    data = orjson.dumps({"id": event.id, "partition": event.partition, "type": event.type, "sku": event.sku,
+                         "available": event.available, "delta": event.delta, "version": event.version,
+                         "source": event.source, "ref": event.ref, "reason": event.reason, "ts_ms": event.ts_ms})
+    event_id = cursor[0] if len(cursor) == 1 else ",".join(cursor)
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id.encode(), event.type.encode(), data)
+
+
+async def _frames(store, cursor: list[str], keepalive_s: float, limit: int):
+    """The SSE frames: events after the cursor (which they move on), a comment when idle, `limit` at most."""
     queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
 
     async def pump() -> None:
@@ -65,37 +70,38 @@ async def events(request: Request) -> Response:
         except Exception as e:  # noqa: BLE001 - handed to the stream, which ends
             await queue.put(e)
 
-    async def stream():
-        task = asyncio.create_task(pump())
-        sent = 0
-        try:
-            yield b"retry: 2000\n\n"
-            while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), timeout=ctx.sse_keepalive_s)
-                except TimeoutError:
-                    yield b": keepalive\n\n"
-                    continue
-                if isinstance(event, Exception):
-                    log.warning("events stream ended: %s", event)
-                    return
-                if _id_tuple(event.id) <= _id_tuple(cursor[event.partition]):
-                    continue  # read again because another partition's cursor is older
-                cursor[event.partition] = event.id
-                data = orjson.dumps({"id": event.id, "partition": event.partition, "type": event.type,
-                                     "sku": event.sku, "available": event.available, "delta": event.delta,
-                                     "version": event.version, "source": event.source, "ref": event.ref,
-                                     "reason": event.reason, "ts_ms": event.ts_ms})
-                event_id = cursor[0] if partitions == 1 else ",".join(cursor)
-                yield b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id.encode(), event.type.encode(), data)
-                sent += 1
-                if limit_n and sent >= limit_n:
-                    return
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    task, sent = asyncio.create_task(pump()), 0
+    try:
+        yield b"retry: 2000\n\n"
+        while not limit or sent < limit:
+            try:
+                event = await asyncio.wait_for(queue.get(), timeout=keepalive_s)
+            except TimeoutError:
+                yield b": keepalive\n\n"
+                continue
+            if isinstance(event, Exception):
+                log.warning("events stream ended: %s", event)
+                return
+            if _id_tuple(event.id) <= _id_tuple(cursor[event.partition]):
+                continue  # read again because another partition's cursor is older
+            cursor[event.partition] = event.id
+            yield _frame(event, cursor)
+            sent += 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
+
+async def events(request: Request) -> Response:
+    """Every event of every partition as server-sent events; the id: field resumes (Last-Event-ID)."""
+    ctx = context(request)
+    ctx.auth.require(request, "events:read")
+    limit = request.query_params.get("limit", "")
+    if limit and not limit.isdigit():
+        raise invalid("limit", "must be a whole number")
+    cursor = await _start(request, ctx.store)
+    return StreamingResponse(_frames(ctx.store, cursor, ctx.sse_keepalive_s, int(limit or 0)),
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the API, written by hand to match what the endpoints accept and return.
 
-tests/test_api_openapi.py checks that every route is documented and runs schemathesis against it.
+tests/test_api_schemathesis.py checks that every route is documented and runs schemathesis against it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from stocksync import functions
+from stocksync import __version__, functions
+from stocksync.library import Status
 from stocksync.limits import MAX_ORDER_LINES, MAX_QTY, MAX_VERSION
 
 from .auth import SCOPES
@@ -39,7 +40,7 @@ SCHEMAS: dict[str, Any] = {
               "properties": {"sku": SKU, "available": QTY, "reserved": QTY, "version": VERSION,
                              "updated_ms": {"type": "integer"}, "source": {"type": "string"}}},
     "Outcome": {"type": "object", "required": ["sku", "status", "available", "version", "replayed"],
-                "properties": {"sku": SKU, "status": {"enum": ["ok", "insufficient", "conflict", "unknown_sku"]},
+                "properties": {"sku": SKU, "status": {"enum": [s.value for s in Status]},
                                "available": QTY, "version": VERSION, "replayed": {"type": "boolean"}}},
     "SetStock": {"type": "object", "required": ["available"], "additionalProperties": False,
                  "properties": {"available": QTY, "expected_version": {
@@ -209,7 +210,7 @@ PATHS = {
 def document() -> dict:
     return {
         "openapi": "3.1.0",
-        "info": {"title": "stocksync", "version": functions.library_version(),
+        "info": {"title": "stocksync", "version": __version__, "x-function-library-version": functions.library_version(),
                  "description": "Webhooks in, stock admin, health and metrics. Scopes: " + ", ".join(SCOPES)},
         "paths": PATHS,
         "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},

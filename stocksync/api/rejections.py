@@ -16,16 +16,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import orjson
 
 from stocksync.keys import Keys
 
 from .metrics import Metrics
-
-if TYPE_CHECKING:  # (the intake imports this module: its result type is only named here)
-    from .intake import LineResult
+from .records import LineResult
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,8 @@ import uvicorn
 
 from stocksync.settings import Settings
 
+from .app import create_app
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 
 
@@ -77,8 +79,6 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers: 
     if workers > 1:
         uvicorn.run("stocksync.api.app:create_app", factory=True, workers=workers, **common)
         return
-    from .app import create_app
-
     uvicorn.run(create_app(settings), **common)
 
 

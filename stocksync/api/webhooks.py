@@ -31,7 +31,7 @@ from email.utils import parsedate_to_datetime
 
 from starlette.requests import Request
 
-from stocksync.channels import ChannelConfig
+from stocksync.channels import ChannelConfig, by_kind
 from stocksync.limits import MAX_QTY, MAX_WEBHOOK_LINES
 
 from .httputil import invalid, parse_json, want_list, want_object
@@ -326,7 +326,8 @@ class FlipkartWebhook(Webhook):
         return Line(item_id, order_id, item_id, _sku(item, at), _qty(item, "quantity", at))
 
 
-KINDS: dict[str, type[Webhook]] = {"shopify": ShopifyWebhook, "amazon": AmazonWebhook, "flipkart": FlipkartWebhook}
+RECEIVERS: dict[str, type[Webhook]] = by_kind((ShopifyWebhook, AmazonWebhook, FlipkartWebhook), "webhook receiver",
+                                              orders_in=True)
 
 
 # Field helpers -----------------------------------------------------------------------------------------
@@ -365,7 +366,7 @@ def build(channels: dict[str, ChannelConfig]) -> tuple[dict[str, Webhook], dict[
     """The webhooks of every channel of a known kind, and why the others' are disabled (no secret, ...)."""
     hooks, disabled = {}, {}
     for name, channel in channels.items():
-        cls = KINDS.get(channel.kind)
+        cls = RECEIVERS.get(channel.kind)
         if cls is None:
             continue
         try:

@@ -251,13 +251,23 @@ async def article(api: Api, box: Sandbox) -> bool:
     return out.ok
 
 
+async def cancel_all(tasks: list[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def flash_buyers(rng: random.Random) -> list[Buyer]:
+    """BUYERS buyers over FLASH_WINDOW_S on random channels, one in ten buying 2, by arrival time."""
+    return sorted((Buyer(rng.uniform(0, FLASH_WINDOW_S), rng.choice(CHANNELS), 2 if rng.random() < 0.1 else 1,
+                         f"b{i}") for i in range(BUYERS)), key=lambda b: b.t)
+
+
 async def flash_sale(api: Api, box: Sandbox) -> bool:
     sku, stock = FLASH_SKU, FLASH_STOCK
     say(f"\n== 2. Flash sale: {BUYERS} buyers on three channels within {FLASH_WINDOW_S:g} s for {stock} units of {sku} ==")
     say("   A buyer orders only if their channel still shows stock; real time, no compression.\n")
-    rng = random.Random(42)
-    buyers = sorted((Buyer(rng.uniform(0, FLASH_WINDOW_S), rng.choice(CHANNELS), 2 if rng.random() < 0.1 else 1,
-                           f"b{i}") for i in range(BUYERS)), key=lambda b: b.t)
+    buyers = flash_buyers(random.Random(42))
     await api.set_stock(sku, stock)
     if not await wait_listed(box, sku, stock):
         say("  !! the channels did not list the initial stock")
@@ -275,8 +285,8 @@ async def flash_sale(api: Api, box: Sandbox) -> bool:
             out.flagged_orders += 1
             out.flagged_units += b.qty
 
-    say(f"{'':50}what each channel shows")
-    say("   time   buyers  orders  sold  flagged  stock   " + "  ".join(f"{c:>8}" for c in CHANNELS))
+    say(f"{'':50}what each channel shows\n   time   buyers  orders  sold  flagged  stock   "
+        + "  ".join(f"{c:>8}" for c in CHANNELS))
     tasks, start, step, seen = [], time.monotonic(), 0.1, 0
     last_row: list = []
 
@@ -297,16 +307,13 @@ async def flash_sale(api: Api, box: Sandbox) -> bool:
                 next_row += step
             await asyncio.sleep(max(0.0, start + b.t - time.monotonic()))
             seen += 1
-            if fronts[b.channel].sell(b.qty):
-                state["orders"] += 1
+            sold = fronts[b.channel].sell(b.qty)
+            state["orders" if sold else "sold_out"] += 1
+            if sold:
                 tasks.append(asyncio.create_task(buy(b, now_ms())))
-            else:
-                state["sold_out"] += 1
         await asyncio.gather(*tasks)
     finally:  # interrupted: no order left in flight
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
     row(FLASH_WINDOW_S, always=True)
     await finish(api, box, sku, stock, out, state["last_sale_ms"])
     say(f"\n  {state['orders']} orders were taken by the marketplaces; {state['sold_out']} buyers saw 'sold out'.")

@@ -29,14 +29,14 @@ from pathlib import Path
 
 import redis
 
+from stocksync.channels import KINDS
 from stocksync.embedded import EmbeddedRedis, free_port
 from stocksync.keys import Keys
 from stocksync.settings import Settings
 
-from .simulators import AmazonSim, FlipkartSim, ShopifySim, Simulator, serve
+from .simulators import SIMULATORS, Simulator, serve
 
-CHANNELS = ("shopify", "amazon", "flipkart")
-SIM_CLASSES: dict[str, type[Simulator]] = {"shopify": ShopifySim, "amazon": AmazonSim, "flipkart": FlipkartSim}
+CHANNELS = tuple(k.name for k in KINDS.values() if k.orders_in)  # the marketplaces: they sell
 STOP_GRACE_S = 10.0
 
 
@@ -134,7 +134,7 @@ class Sandbox:
             r.ping()
 
         for name in CHANNELS:
-            cls = SIM_CLASSES[name]
+            cls = SIMULATORS[name]
             sim = cls(cls.realistic_faults())
             self.sims[name] = sim
             self.sim_urls[name] = self._stack.enter_context(serve(sim))

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from stocksync.channels import ChannelConfig, Rules
-from stocksync.devtools.simulators import AmazonSim, FlipkartSim, ShopifySim, WebhookSim, serve
+from stocksync.devtools.simulators import SIMULATORS, serve
 
 SIMULATOR_ENV = {
     "TEST_SHOPIFY_TOKEN": "shpat_stocksync_simulator",
@@ -30,14 +30,13 @@ def serving_simulators() -> Iterator[dict[str, tuple]]:
     use_simulator_credentials()
     with contextlib.ExitStack() as stack:
         yield {name: (sim, stack.enter_context(serve(sim))) for name, sim in
-               ((name, cls()) for name, cls in SIM_CLASSES.items())}
+               ((name, cls()) for name, cls in SIMULATORS.items())}
 
 
 def use_simulator_credentials(env=os.environ) -> dict[str, str]:
     env.update(SIMULATOR_ENV)
     return dict(SIMULATOR_ENV)
 
-SIM_CLASSES = {"shopify": ShopifySim, "amazon": AmazonSim, "flipkart": FlipkartSim, "webhook": WebhookSim}
 
 
 def config(name: str, url: str, rules: Rules | None = None, **options) -> ChannelConfig:
@@ -80,10 +79,6 @@ async def wait_for(condition: Callable[[], object], seconds: float = 15.0, what:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {seconds} s waiting for {what}")
         await asyncio.sleep(interval)
-
-
-def versions_monotonic(history: list[int]) -> bool:
-    return all(a <= b for a, b in zip(history, history[1:], strict=False))
 
 
 def in_version_order(history, sequence) -> bool:
