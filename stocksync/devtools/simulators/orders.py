@@ -7,10 +7,12 @@ or the cancellation and, of those, the units put back on the listing) and its re
 never going backwards within a book, so "updated since" pages cannot miss an order because the
 clock stepped back.
 
-Two orders of the book serve the order-list APIs: by creation (the order's number) and by last
-update, kept sorted as (updated_ms, number) so that a page starts with a bisect, not a scan: a
-position in either is the pair (time_ms, number) of the last order a page returned, which is what
-the APIs' cursors and next-page tokens carry.
+Two orders of the book serve the order-list APIs: by creation, (created_ms, number), and by last
+update, (updated_ms, change), where change counts every change to the book, so that an order changed
+twice within a millisecond still moves behind every other. Both are kept sorted, so that a page
+starts with a bisect, not a scan: a position in either is the pair of the last order a page
+returned, which is what the APIs' cursors and next-page tokens carry. An order changed after a page
+moves behind the position and is read again by the next pages, as a poller wants.
 
 Ids follow each marketplace's format (``Ids``); every book draws a random run number that goes into
 them, so two runs (or a reset) against the same stocksync never reuse an order or line id, which
@@ -70,6 +72,7 @@ class Order:
     status: str = "open"
     cancelled_ms: int | None = None
     refunds: list[Refund] = field(default_factory=list)
+    change: int = 0  # the book's count of changes when this order last changed: its place in update order
 
     def view(self) -> dict[str, Any]:
         """The order as GET /_sim/orders/{id} shows it."""
@@ -112,7 +115,8 @@ class OrderBook:
         self._by_number: list[Order] = []
         self._by_id: dict[str, Order] = {}
         self._by_line: dict[str, Order] = {}
-        self._updated: list[tuple[int, int]] = []  # (updated_ms, number), sorted
+        self._updated: list[tuple[int, int, int]] = []  # (updated_ms, change, number), sorted
+        self._changes = 0
         self._last_ms = 0
         self._lines = self._refunds = self._refund_lines = 0
 
@@ -152,10 +156,9 @@ class OrderBook:
         self._by_id[order.order_id] = order
         for line in order.lines:
             self._by_line[line.line_id] = order
-        if not self._updated or self._updated[-1] <= (now, number):
-            self._updated.append((now, number))  # the usual case: the newest order is the last updated
-        else:
-            bisect.insort(self._updated, (now, number))
+        self._changes += 1
+        order.change = self._changes
+        self._updated.append((now, order.change, number))  # now is the book's latest time: still sorted
         return order
 
     def refund(self, order: Order, taken: list[tuple[Line, int]], restock_type: str, restock: bool,
@@ -185,23 +188,23 @@ class OrderBook:
 
     def touch(self, order: Order, now_ms: int) -> None:
         """The order changed: move it to the end of the update order."""
-        old = (order.updated_ms, order.number)
-        del self._updated[bisect.bisect_left(self._updated, old)]
-        order.updated_ms = now_ms
-        self._updated.append((now_ms, order.number))  # now_ms is the book's latest time
+        del self._updated[bisect.bisect_left(self._updated, (order.updated_ms, order.change))]
+        self._changes += 1
+        order.updated_ms, order.change = now_ms, self._changes
+        self._updated.append((now_ms, order.change, order.number))  # now_ms is the book's latest time
 
     # ----- reading, for the order-list APIs ---------------------------------------------------------
 
     def scan(self, by: str, lo_ms: int, hi_ms: int | None, after: tuple[int, int] | None = None) -> Iterator[Order]:
-        """Orders whose ``by`` time ("updated" or "created") is in [lo_ms, hi_ms), in that time's order
-        (then by number), strictly after the position ``after`` (a (time_ms, number) of a previous page).
+        """Orders whose ``by`` time ("updated" or "created") is in [lo_ms, hi_ms), in that order,
+        strictly after the position ``after`` (``position()`` of the last order of a previous page).
         Lazy: a page takes what it needs. Do not change the book while iterating."""
         start = (lo_ms, 0) if after is None or after < (lo_ms, 0) else (after[0], after[1] + 1)
         # indexes, not slices: a slice would copy the rest of a 100,000-order book for every page
         if by == "updated":
             keys, orders = self._updated, self._by_number
             for i in range(bisect.bisect_left(keys, start), len(keys)):
-                updated_ms, number = keys[i]
+                updated_ms, _, number = keys[i]
                 if hi_ms is not None and updated_ms >= hi_ms:
                     return
                 yield orders[number - 1]
@@ -215,7 +218,7 @@ class OrderBook:
 
 def position(order: Order, by: str) -> tuple[int, int]:
     """Where ``order`` stands in the ``by`` order: what a cursor carries."""
-    return (order.updated_ms if by == "updated" else order.created_ms, order.number)
+    return (order.updated_ms, order.change) if by == "updated" else (order.created_ms, order.number)
 
 
 def shortfall(listed: dict[str, int], lines: list[tuple[str, int]]) -> dict[str, Any] | None:

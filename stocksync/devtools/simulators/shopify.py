@@ -66,7 +66,8 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 _ROOTS = ("inventorySetQuantities", "inventoryItems", "inventoryItem", "nodes", "orders")  # orders: shopify_orders
 _VALUE = r'(\$\w+|"(?:[^"\\]|\\.)*"|\[[^\]]*\])'  # a variable, a string or a list literal
 # Compiled once: the parser runs on every call (an adapter sends the same few documents again and again)
-_ROOT_RES = tuple((r, re.compile(rf"\b{r}\s*\(")) for r in _ROOTS)
+# a connection without arguments is still the root (`orders { ... }` is refused later, for its missing `first`)
+_ROOT_RES = tuple((r, re.compile(rf"\b{r}\s*[({'{' if r == 'orders' else ''}]")) for r in _ROOTS)
 _SET_INPUT = re.compile(r"\binventorySetQuantities\s*\(\s*input\s*:\s*\$(\w+)")
 _IDEMPOTENT = re.compile(r'@idempotent\s*\(\s*key\s*:\s*(?:"([^"]*)"|\$(\w+))')
 _QUERY_CACHE_MAX = 256  # documents remembered (root field, input variable, idempotency key)
