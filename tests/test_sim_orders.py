@@ -25,6 +25,7 @@ from starlette.routing import Route
 from stocksync.api.webhooks import AmazonWebhook, FlipkartWebhook, ShopifyWebhook, Unverified
 from stocksync.channels import ChannelConfig
 from stocksync.devtools.simulators import AmazonSim, FlipkartSim, ShopifySim, serve
+from stocksync.devtools.simulators.fastserve import serve_aiohttp
 from stocksync.devtools.simulators.flipkart_orders import flipkart_signature
 from stocksync.devtools.simulators.market import MarketSim
 
@@ -537,6 +538,30 @@ def test_order_apis_need_the_inventory_apis_credentials(
                            headers={"Content-Type": "application/json", **(headers if credential == "wrong" else {})})
     assert r.status_code == 401, r.text
     assert sim.calls[-1].outcome == "unauthorized"
+
+
+def listed_order_ids(client: httpx.Client, sim: MarketSim) -> list[str]:
+    """The first page of the marketplace's own order-list API, as order ids."""
+    if isinstance(sim, ShopifySim):
+        nodes = _graphql(client, sim, ORDERS_QUERY, first=10)["data"]["orders"]["edges"]
+        return [e["node"]["legacyResourceId"] for e in nodes]
+    if isinstance(sim, AmazonSim):
+        r = client.get("/orders/v0/orders", params={"MarketplaceIds": sim.marketplace_id, "CreatedAfter": "2020-01-01"})
+        return [o["AmazonOrderId"] for o in r.json()["payload"]["Orders"]]
+    r = client.post("/sellers/v3/shipments/filter", json={"filter": {"type": "preDispatch"}})
+    return [s["orderItems"][0]["orderId"] for s in r.json()["shipments"]]
+
+
+@pytest.mark.parametrize("name", list(SIMS))
+def test_the_aiohttp_server_serves_the_order_endpoints(name: str) -> None:
+    sim = type(SIMS[name])()  # a server of its own: fastserve's (the benchmarks'), not uvicorn
+    sim.seed({"A": 3})
+    with serve_aiohttp(sim, loop="asyncio") as url, httpx.Client(base_url=url, headers=sim.auth_headers()) as client:
+        placed = order(client, [("A", 2)], webhook="drop")["order_id"]
+        assert listed_order_ids(client, sim) == [placed]
+        assert client.get(f"/_sim/orders/{placed}").json()["status"] == "open"
+        assert client.post(f"/_sim/orders/{placed}/cancel", json={"webhook": "drop"}).json()["restocked"] == {"A": 2}
+    assert sim.quantities == {"A": 3}
 
 
 # ----- bulk, settings, reset --------------------------------------------------------------------------

@@ -10,8 +10,17 @@ each module's docstring for its API's shapes.
     with serve(sim) as url:
         ...  # point the adapter at url; then look at sim.calls, sim.quantities, sim.history(sku)
 
+The Shopify, Amazon and Flipkart simulators also sell (``market``): ``POST /_sim/orders`` places an
+order that the listed quantity must cover, lowers the listing and sends the marketplace's signed order
+webhook to the receiver set with ``POST /_sim/webhooks`` (delivered, dropped, late or twice); orders
+can be cancelled and refunded, and read back through each marketplace's own order-list API (Shopify's
+GraphQL ``orders``, SP-API Orders v0, Flipkart's v3 shipment search) with its pagination and rate
+limits. See ``market`` for the control endpoints and ``<marketplace>_orders`` for the shapes.
+
 ``python -m stocksync.devtools.simulators shopify|amazon|flipkart|webhook|all --port N`` serves them by hand.
 """
+
+from stocksync.channels import by_kind
 
 from .amazon import AmazonSim
 from .base import Call, Faults, Simulator, aserve, serve
@@ -19,12 +28,8 @@ from .flipkart import FlipkartSim
 from .shopify import ShopifySim, inventory_item_gid
 from .webhook import WebhookSim, sign
 
-SIMULATORS: dict[str, type[Simulator]] = {
-    "shopify": ShopifySim,
-    "amazon": AmazonSim,
-    "flipkart": FlipkartSim,
-    "webhook": WebhookSim,
-}
+# One simulator per channel kind, checked against the registry (a kind cannot be half added).
+SIMULATORS: dict[str, type[Simulator]] = by_kind((ShopifySim, AmazonSim, FlipkartSim, WebhookSim), "simulator")
 
 __all__ = [
     "SIMULATORS",

@@ -8,7 +8,9 @@
 ``--port 0`` picks free ports; ``--server aiohttp`` serves the same apps with aiohttp's
 HTTP server instead of uvicorn's, see ``fastserve``). Prints each simulator's URL, API endpoint and credentials (one JSON
 line with ``--json``), then serves until interrupted. Faults can be changed while it runs with
-``POST <url>/_sim/faults``; ``GET <url>/_sim/state`` shows the listed quantities.
+``POST <url>/_sim/faults``; ``GET <url>/_sim/state`` shows the listed quantities. The marketplaces sell
+through ``POST <url>/_sim/orders`` (webhooks to the receiver set with ``POST <url>/_sim/webhooks``) and
+serve their order-list APIs (``orders`` in the description; see ``market``).
 """
 
 from __future__ import annotations
@@ -23,21 +25,24 @@ from typing import Any
 import orjson
 
 from . import SIMULATORS, AmazonSim, FlipkartSim, ShopifySim, Simulator, WebhookSim, serve
+from .amazon_orders import ORDERS_PATH
 from .fastserve import serve_aiohttp
 from .flipkart import INVENTORY_PATH
+from .flipkart_orders import FILTER_PATH, SHIPMENTS_PATH
 
 
 def describe(sim: Simulator, url: str) -> dict[str, Any]:
     """What a client needs to talk to ``sim``."""
     if isinstance(sim, ShopifySim):
         endpoint = f"POST {sim.graphql_path}"
-        extra = {"location_id": sim.location_id}
+        extra = {"location_id": sim.location_id, "orders": f"POST {sim.graphql_path} (query orders)"}
     elif isinstance(sim, AmazonSim):
         endpoint = "PATCH " + sim.listing_path("SKU").replace("/SKU?", "/{sku}?")
-        extra = {"seller_id": sim.seller_id, "marketplace_id": sim.marketplace_id}
+        extra = {"seller_id": sim.seller_id, "marketplace_id": sim.marketplace_id,
+                 "orders": f"GET {ORDERS_PATH}, GET {ORDERS_PATH}/{{id}}/orderItems"}
     elif isinstance(sim, FlipkartSim):
         endpoint = f"POST {INVENTORY_PATH}"
-        extra = {"location_id": sim.location_id}
+        extra = {"location_id": sim.location_id, "orders": f"POST {FILTER_PATH}, GET {SHIPMENTS_PATH}"}
     else:
         assert isinstance(sim, WebhookSim)
         endpoint = f"POST {sim.path}"
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                     + (f"\n{'':9} {extra}" if extra else "")
                 )
             print(
-                "control: GET <url>/_sim/state, GET <url>/_sim/calls, POST <url>/_sim/faults; Ctrl-C stops",
+                "control: GET <url>/_sim/state, GET <url>/_sim/calls, POST <url>/_sim/faults; marketplaces: POST"
+                " <url>/_sim/orders, POST <url>/_sim/webhooks (stocksync.devtools.simulators.market); Ctrl-C stops",
                 flush=True,
             )
         with contextlib.suppress(KeyboardInterrupt):

@@ -22,6 +22,9 @@ ServiceUnavailable. A missing or wrong token, or a sellerId other than ``seller_
 pass ``auth_status=403`` to get that). Issue codes are the simulator's own: an adapter should go by
 ``severity``. The documented usage plan of patchListingsItem is 5 requests/s with a burst of 10
 (``AmazonSim.realistic_faults()``); GET shares the same bucket here.
+
+The simulator also sells: ORDER_CHANGE notifications and the Orders API v0, with their own rate
+limits (``amazon_orders``).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ _ERROR_CODES = {
 
 
 class AmazonSim(AmazonOrders, MarketSim):
-    name = "amazon"
+    name = kind = "amazon"  # kind: its entry in stocksync.channels.KINDS
 
     def __init__(
         self,

@@ -10,14 +10,16 @@ here, so that each of them is only its API's parsing, validation and reply shape
 * The pipeline every API call goes through, in this order (the order real gateways use):
   latency, outage (503), auth (401), rate limit (429 + Retry-After, or the API's own throttle
   shape), injected 5xx, malformed request (400), and only then the simulator's handler. Parsing,
-  the gate and the handler run under one lock, so a call is atomic against the Python API.
+  the gate and the handler run under one lock, so a call is atomic against the Python API. An
+  operation may have a rate limiter of its own instead of the faults' (``endpoint(op=, limit=)``:
+  SP-API limits each operation apart); its calls are recorded under its ``op``.
 * The record: every API call becomes a ``Call`` (monotonic time, wall ms, method, path, status,
   outcome, items with SKU and quantity, headers with secrets redacted), and each SKU keeps the
   history of the quantities the API accepted, in order. ``max_rate()`` gives the most calls (or
   cost) ever let through the rate limiter in any window.
 * Control endpoints, outside the faults: ``GET /_sim/state``, ``GET /_sim/calls?since=N``,
   ``GET|POST /_sim/faults``, ``POST /_sim/seed`` ({sku: qty}), ``POST /_sim/reset``,
-  ``GET /_sim/health``.
+  ``GET /_sim/health``, and a subclass's ``control_routes()`` (the order book's, see ``market``).
 * ``serve()`` / ``aserve()``: run any ASGI app (or a simulator) with uvicorn on a free loopback
   port in a background thread, wait until it answers, and stop it cleanly.
 """

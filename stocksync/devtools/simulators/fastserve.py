@@ -269,6 +269,12 @@ def serve_aiohttp(app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout: 
         loop.run_forever()
         if "plain" in state:
             state["plain"].close()
+            # Connections still open (keep-alive) are tasks parked in a read: end them while the loop
+            # runs, or their coroutines are collected after loop.close() and fail closing their socket.
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
         else:
             loop.run_until_complete(state["runner"].cleanup())
         loop.close()

@@ -17,6 +17,8 @@ wrong, an inventory is not a non-negative integer, or the SKU is in ``reject_sku
 SKUs, or a body that is not such a map, answers 400 and changes nothing. The seller has one
 location, ``sim.location_id``. Error codes and the bodies of 400/401 are the simulator's own (the
 public docs do not show them): an adapter should go by ``status`` and the HTTP status.
+
+The simulator also sells: order notifications and the v3 shipment search (``flipkart_orders``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ MAX_SKUS = 10
 
 
 class FlipkartSim(FlipkartOrders, MarketSim):
-    name = "flipkart"
+    name = kind = "flipkart"  # kind: its entry in stocksync.channels.KINDS
 
     def __init__(
         self,

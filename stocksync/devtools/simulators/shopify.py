@@ -35,6 +35,9 @@ Rate limit: Shopify's cost-based leaky bucket. ``Faults.rate_limit`` is the rest
 per second and ``Faults.burst`` the bucket size; a mutation costs 10 points, a read 1 + one per
 item. A throttled call answers HTTP 200 with ``errors[0].extensions.code == "THROTTLED"``; every
 reply carries ``extensions.cost.throttleStatus`` (huge numbers when no limit is set).
+
+The shop also sells: order webhooks and the ``orders`` query, which shares this bucket with its own
+calculated cost (``shopify_orders``).
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ def inventory_item_gid(sku: str) -> str:
 
 
 class ShopifySim(ShopifyOrders, MarketSim):
-    name = "shopify"
+    name = kind = "shopify"  # kind: its entry in stocksync.channels.KINDS
 
     def __init__(
         self,

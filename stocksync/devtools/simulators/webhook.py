@@ -34,7 +34,7 @@ def sign(body: bytes, secret: str) -> str:
 
 
 class WebhookSim(Simulator):
-    name = "webhook"
+    name = kind = "webhook"  # kind: its entry in stocksync.channels.KINDS
 
     def __init__(
         self,
