@@ -654,6 +654,16 @@ BAD: list[tuple[str, str, str, Any, int, str]] = [
     ("POST", "/_sim/market", "", {"timeout_s": 0}, 400, "timeout_s"),
     ("POST", "/_sim/market", "", {"speed": 2}, 400, "unknown setting"),
     ("POST", "/_sim/market", "", {"late_s": 1, "limits": {"nope": None}}, 400, "unknown operation"),
+    # the control endpoints every simulator had before it sold
+    ("POST", "/_sim/seed", "{", None, 400, "malformed JSON"),
+    ("POST", "/_sim/seed", "", {"A": -1}, 400, ">= 0"),
+    ("POST", "/_sim/seed", "", {"A": "7"}, 400, "{sku: quantity}"),
+    ("GET", "/_sim/calls?since=x", "", None, 400, "since"),
+    ("POST", "/_sim/faults", "[]", None, 400, "JSON object"),
+    ("POST", "/_sim/faults", "", {"latency_ms": 5, "nope": 1}, 400, "unknown fault"),
+    ("POST", "/_sim/faults", "", {"rate_limit": 0}, 400, "rate_limit must be > 0"),
+    ("POST", "/_sim/reset", "{", None, 400, "malformed JSON"),
+    ("POST", "/_sim/reset", "", {"faults": "yes"}, 400, "faults"),
 ]
 
 

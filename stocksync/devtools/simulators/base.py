@@ -491,27 +491,45 @@ class Simulator:
         return json_response(self.state())
 
     async def _ctl_calls(self, request: Request) -> Response:
-        since = int(request.query_params.get("since", "0"))
-        return json_response([dataclasses.asdict(c) for c in self.calls if c.seq > since])
+        since = request.query_params.get("since", "0")
+        if not since.isdigit():
+            return _bad("since must be a call seq (a whole number)")
+        return json_response([dataclasses.asdict(c) for c in self.calls if c.seq > int(since)])
 
     async def _ctl_faults(self, request: Request) -> Response:
         if request.method == "POST":
             try:
-                self.set_faults(**orjson.loads(await request.body() or b"{}"))
-            except (ValueError, TypeError) as exc:
-                return json_response({"error": str(exc)}, 400)
+                changes = orjson.loads(await request.body() or b"{}")
+                if not isinstance(changes, dict):
+                    raise ValueError("expected a JSON object of Faults fields")
+                self.set_faults(**changes)
+            except (ValueError, TypeError) as exc:  # orjson's JSONDecodeError is a ValueError
+                return _bad(str(exc))
         return json_response({**self.faults.to_json(), "outage": self._outage_on(time.monotonic())})
 
     async def _ctl_seed(self, request: Request) -> Response:
-        data = orjson.loads(await request.body() or b"{}")
-        if not isinstance(data, dict) or not all(is_int(v) for v in data.values()):
-            return json_response({"error": "expected {sku: quantity}"}, 400)
+        try:
+            data = orjson.loads(await request.body() or b"{}")
+        except orjson.JSONDecodeError as exc:
+            return _bad(f"malformed JSON: {exc}")
+        if not isinstance(data, dict) or not all(is_int(v) and v >= 0 for v in data.values()):
+            return _bad("expected {sku: quantity}, quantities whole numbers >= 0")
         return json_response({"seeded": len(data), "ids": self.seed(data)})
 
     async def _ctl_reset(self, request: Request) -> Response:
-        data = orjson.loads(await request.body() or b"{}")
-        self.reset(faults=bool(data.get("faults", True)) if isinstance(data, dict) else True)
+        try:
+            data = orjson.loads(await request.body() or b"{}")
+        except orjson.JSONDecodeError as exc:
+            return _bad(f"malformed JSON: {exc}")
+        if not isinstance(data, dict) or not isinstance(data.get("faults", True), bool):
+            return _bad('expected {"faults": true | false} or no body')
+        self.reset(faults=data.get("faults", True))
         return json_response({"ok": True})
+
+
+def _bad(message: str) -> Response:
+    """A control endpoint's 400, in the shape of the order book's (``market``)."""
+    return json_response({"error": "bad_request", "message": message}, 400)
 
 
 # ----- the runner --------------------------------------------------------------------------------
