@@ -37,8 +37,8 @@ from pathlib import Path
 import orjson
 import redis
 
-from stocksync.api.webhooks import shopify_signature
 from stocksync.embedded import EmbeddedRedis
+from stocksync.orders.webhooks import shopify_signature
 
 from .common import (
     fmt,

@@ -32,7 +32,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 @dataclass(frozen=True)
 class Kind:
     """A marketplace API stocksync pushes stock to (an adapter in consumers/adapters/) and, where
-    `orders_in`, whose order webhooks it receives (stocksync/api/webhooks.py)."""
+    `orders_in`, whose order webhooks it receives (stocksync/orders/webhooks.py)."""
 
     name: str
     marketplace: str

@@ -98,7 +98,7 @@ class Keys:
         """hash: consumer name -> JSON heartbeat of that worker (last push, circuit state, ...)."""
         return f"{self.prefix}:status:{channel}"
 
-    # The webhook intake (stocksync/api/intake.py): shortcuts and bookkeeping around the library's references.
+    # The webhook intake (stocksync/orders/intake.py): shortcuts and bookkeeping around the library's references.
 
     def webhook_seen(self, channel: str) -> str:
         """string per delivery: <this>:<delivery id>, a delivery already processed (TTL)."""

@@ -10,7 +10,7 @@ import httpx
 import orjson
 
 from stocksync.api.app import create_app
-from stocksync.api.webhooks import flipkart_authorization, shopify_signature
+from stocksync.orders.webhooks import flipkart_authorization, shopify_signature
 from stocksync.settings import Settings
 
 SHOPIFY_SECRET = "shpss_test_secret"

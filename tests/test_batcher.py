@@ -1,10 +1,10 @@
-"""The intake's group commit (stocksync.api.batcher), against a real server."""
+"""The intake's group commit (stocksync.orders.batcher), against a real server."""
 
 from __future__ import annotations
 
 import asyncio
 
-from stocksync.api.batcher import Batcher
+from stocksync.orders.batcher import Batcher
 
 
 class CountingBatcher(Batcher):

@@ -141,8 +141,8 @@ def test_compose_file_is_consistent():
     import tomllib
 
     from consumers.adapters import make_adapter
-    from stocksync.api.webhooks import build
     from stocksync.channels import load_channels
+    from stocksync.orders.webhooks import build
     from stocksync.settings import Settings
 
     yaml = pytest.importorskip("yaml")  # PyYAML: not a dev dependency of its own (schemathesis brings it)

@@ -22,12 +22,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stocksync.api.webhooks import AmazonWebhook, FlipkartWebhook, ShopifyWebhook, Unverified
 from stocksync.channels import ChannelConfig
 from stocksync.devtools.simulators import AmazonSim, FlipkartSim, ShopifySim, serve
 from stocksync.devtools.simulators.fastserve import serve_aiohttp
 from stocksync.devtools.simulators.flipkart_orders import flipkart_signature
 from stocksync.devtools.simulators.market import MarketSim
+from stocksync.orders.webhooks import AmazonWebhook, FlipkartWebhook, ShopifyWebhook, Unverified
 
 SECRETS = {"shopify": "shpss_sim_orders", "amazon": "amazon-destination-token", "flipkart": "fk-app-secret"}
 FK_APP = "fk-app-id"
@@ -60,7 +60,7 @@ class Got:
 
 class Receiver:
     """A tiny Starlette app on loopback: POST /hook/{kind} verifies the delivery as stocksync's receiver
-    would (stocksync.api.webhooks), records it, and answers the next of ``statuses`` (200 when none)."""
+    would (stocksync.orders.webhooks), records it, and answers the next of ``statuses`` (200 when none)."""
 
     def __init__(self) -> None:
         self.got: list[Got] = []

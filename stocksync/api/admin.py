@@ -11,19 +11,10 @@ from starlette.routing import Route
 
 from stocksync.library import Outcome
 from stocksync.limits import MAX_BATCH_ITEMS, MAX_ORDER_LINES, MAX_QTY, MAX_VERSION
+from stocksync.validate import check_keys, invalid, want_int, want_list, want_object, want_sku
 
 from .context import Context, context
-from .httputil import (
-    HTTPError,
-    check_keys,
-    invalid,
-    json_response,
-    read_json,
-    want_int,
-    want_list,
-    want_object,
-    want_sku,
-)
+from .httputil import HTTPError, json_response, read_json
 from .idempotency import bind_key, idempotency_key, reference
 
 

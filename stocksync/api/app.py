@@ -23,13 +23,15 @@ from starlette.routing import Route
 
 from stocksync import functions, library
 from stocksync.errors import InvalidArgument
+from stocksync.metrics import Metrics
+from stocksync.orders.webhooks import Unverified
 from stocksync.settings import Settings
+from stocksync.validate import Invalid
 
 from . import admin, channel_admin, event_stream, openapi
+from . import metrics as http_metrics
 from .context import Context, build_context
 from .httputil import HTTPError, json_response, read_body, send_json
-from .metrics import Metrics, MetricsMiddleware
-from .webhooks import Unverified
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,11 @@ async def _starlette_error(request: Request, exc: HTTPException) -> Response:
     return json_response({"error": code, "message": str(exc.detail)}, exc.status_code, exc.headers)
 
 
+async def _invalid_input(request: Request, exc: Invalid) -> Response:
+    field = {"field": exc.field} if exc.field else {}
+    return json_response({"error": exc.code, "message": str(exc), **field}, 400 if exc.code == "invalid_json" else 422)
+
+
 async def _invalid_argument(request: Request, exc: InvalidArgument) -> Response:
     return json_response({"error": "invalid", "message": str(exc)}, 422)
 
@@ -140,14 +147,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *channel_admin.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics.endpoint, methods=["GET"]),
+        Route("/metrics", http_metrics.endpoint(metrics), methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
     templates = {r.endpoint: template(r.path) for r in routes}
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(MetricsMiddleware, metrics=metrics, routes=templates)],
+        middleware=[Middleware(http_metrics.MetricsMiddleware, metrics=metrics, routes=templates)],
         exception_handlers={HTTPError: _http_error, HTTPException: _starlette_error,
-                            InvalidArgument: _invalid_argument, Exception: _server_error},
+                            Invalid: _invalid_input, InvalidArgument: _invalid_argument, Exception: _server_error},
     )

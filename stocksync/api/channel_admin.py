@@ -10,19 +10,10 @@ from starlette.routing import Route
 from consumers import dlq
 from consumers.status import channel_status
 from stocksync.settings import SettingsError
+from stocksync.validate import check_keys, invalid, want_list, want_object, want_sku, want_str
 
 from .context import Context, context
-from .httputil import (
-    HTTPError,
-    check_keys,
-    invalid,
-    json_response,
-    read_json,
-    want_list,
-    want_object,
-    want_sku,
-    want_str,
-)
+from .httputil import HTTPError, json_response, read_json
 from .idempotency import idempotency_key
 
 

@@ -21,13 +21,13 @@ from typing import Any
 from starlette.requests import Request
 
 from stocksync.channels import ChannelConfig, load_channels
+from stocksync.metrics import Metrics
+from stocksync.orders.intake import Intake, IntakeSettings
+from stocksync.orders.webhooks import Webhook, build
 from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 
 from .auth import Auth
-from .intake import Intake, IntakeSettings
-from .metrics import Metrics
-from .webhooks import Webhook, build
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from stocksync.events import follow
+from stocksync.validate import invalid
 
 from .context import context
-from .httputil import HTTPError, invalid
+from .httputil import HTTPError
 
 log = logging.getLogger(__name__)
 _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")

@@ -33,7 +33,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from stocksync.api.webhooks import flipkart_authorization, shopify_signature
+from stocksync.orders.webhooks import flipkart_authorization, shopify_signature
 from stocksync.settings import Settings
 
 from .polling import Buyer, simulate

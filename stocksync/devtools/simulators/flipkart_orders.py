@@ -1,6 +1,6 @@
 """The Flipkart simulator's orders: order notifications and the Orders API v3 shipment search.
 
-Notifications, as stocksync's receiver (stocksync/api/webhooks.py) reads them: ``shipment_created``
+Notifications, as stocksync's receiver (stocksync/orders/webhooks.py) reads them: ``shipment_created``
 (``attributes.orderItems[]`` of orderItemId, orderId, sku, quantity, status APPROVED) for a new order,
 ``shipment_cancelled`` (``attributes.orderItems[]`` of orderItemId and the quantity cancelled now) for
 a cancellation and for a refund, which on Flipkart is a partial cancellation before dispatch (so

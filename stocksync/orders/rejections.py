@@ -20,8 +20,8 @@ from collections.abc import Iterable
 import orjson
 
 from stocksync.keys import Keys
+from stocksync.metrics import Metrics
 
-from .metrics import Metrics
 from .records import LineResult
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Marketplace webhooks: verify the request, then turn the body into order lines to take or restock.
 
 Nothing here touches Redis: a verifier checks the raw body and headers before anything is parsed, and a
-parser returns a `Delivery` (stocksync.api.intake applies it). Every line carries a key built from the
+parser returns a `Delivery` (stocksync.orders.intake applies it). Every line carries a key built from the
 marketplace's own order and line ids, so the same line gets the same reference however it is delivered
 (a Shopify redelivery under a new webhook id, the fifth Amazon ORDER_CHANGE of one order, ...).
 
@@ -33,8 +33,7 @@ from starlette.requests import Request
 
 from stocksync.channels import ChannelConfig, by_kind
 from stocksync.limits import MAX_QTY, MAX_WEBHOOK_LINES
-
-from .httputil import invalid, parse_json, want_list, want_object
+from stocksync.validate import invalid, parse_json, want_list, want_object
 
 
 class Unverified(Exception):

@@ -5,7 +5,7 @@ The stock changes only through the library's functions; the reference of each li
 record makes every redelivery, under any webhook id, change nothing. What this module keeps besides:
 
     <prefix>:wh:seen:<channel>:<delivery id>   a delivery already processed (a shortcut, not the guarantee)
-    <prefix>:wh:line:<channel>:<line key>      "state|qty|sku" of a line (stocksync.api.records)
+    <prefix>:wh:line:<channel>:<line key>      "state|qty|sku" of a line (stocksync.orders.records)
     <prefix>:wh:line:<channel>:<line key>:restocks    hash restock id -> p<units> reserved / d<units>
                                                applied, kept by the library's stocksync_restock_claim, so
                                                that the restocks of a line never exceed what was taken
@@ -34,10 +34,10 @@ from stocksync import library
 from stocksync.errors import InvalidArgument
 from stocksync.library import Outcome, RestockStatus, Status
 from stocksync.limits import MAX_REF_BYTES, MAX_RESTOCK_ID_BYTES, MAX_SKU_BYTES, fit
+from stocksync.metrics import Metrics
 from stocksync.store import StockStore
 
 from .batcher import Batcher
-from .metrics import Metrics
 from .records import LineRecord, LineResult, LineState, RestockItem
 from .rejections import Rejections
 from .webhooks import Delivery, Line, Restock, Webhook
