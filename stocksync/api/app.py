@@ -63,7 +63,7 @@ class WebhookEndpoint:
             ctx.metrics.child(ctx.metrics.verification_failures, name).inc()
             raise HTTPError(401, "unverified", str(e)) from None
         delivery = hook.parse(request, body)
-        await send_json(send, await ctx.intake.apply(hook, delivery))
+        await send_json(send, await ctx.intake.apply(hook.channel, delivery))
 
 
 webhook = WebhookEndpoint()

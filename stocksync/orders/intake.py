@@ -1,4 +1,4 @@
-"""Applying a verified webhook delivery: map SKUs, take or restock each line exactly once, report the rest.
+"""Applying a delivery of orders (a verified webhook, or what the order poller read): map SKUs, take or restock each line exactly once, report the rest.
 
 The stock changes only through the library's functions; the reference of each line is
 `<channel>:<marketplace order id>:<line id>` (restocks add a suffix), so the library's exactly-once
@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from stocksync import library
+from stocksync.channels import ChannelConfig
 from stocksync.errors import InvalidArgument
 from stocksync.library import Outcome, RestockStatus, Status
 from stocksync.limits import MAX_REF_BYTES, MAX_RESTOCK_ID_BYTES, MAX_SKU_BYTES, fit
@@ -40,7 +41,7 @@ from stocksync.store import StockStore
 from .batcher import Batcher
 from .records import LineRecord, LineResult, LineState, RestockItem
 from .rejections import Rejections
-from .webhooks import Delivery, Line, Restock, Webhook
+from .webhooks import Delivery, Line, Restock
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,12 @@ class Intake:
 
     # Applying a delivery ----------------------------------------------------------------------------------
 
-    async def apply(self, hook: Webhook, delivery: Delivery) -> dict:
-        """Read, apply, record: three round trips for an order. A cancellation adds one (its markers go
+    async def apply(self, config: ChannelConfig, delivery: Delivery) -> dict:
+        """Apply a delivery of the channel's orders (a webhook's, or a page the order poller read).
+
+        Read, apply, record: three round trips for an order. A cancellation adds one (its markers go
         first, see _cancel), a restock two or three (reserve, adjust; its record rides with the last)."""
-        channel = hook.name
+        channel = config.name
         if delivery.ignored:
             self.metrics.child(self.metrics.deliveries, channel, "ignored").inc()
             return {"status": "ignored", "event": delivery.kind, "reason": delivery.ignored}
@@ -109,7 +112,7 @@ class Intake:
         def canonical(line: Line) -> str | None:
             if not line.channel_sku:
                 return None
-            return read.mapped.get(line.channel_sku) or hook.channel.sku_map.get(line.channel_sku) or line.channel_sku
+            return read.mapped.get(line.channel_sku) or config.sku_map.get(line.channel_sku) or line.channel_sku
 
         if delivery.cancels:
             await self._cancel(channel, delivery.cancels, read, canonical)
