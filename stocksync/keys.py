@@ -112,6 +112,11 @@ class Keys:
         """hash per order line: restock id -> p<units> reserved / d<units> applied (stocksync_restock_claim)."""
         return f"{self.prefix}:wh:line:{channel}:{line_key}:restocks"
 
+    def webhook_line_waiting(self, channel: str, line_key: str) -> str:
+        """hash per order line: restock id -> units ("all": whatever is taken) of restocks that came before
+        the line's take; the take applies them (stocksync.orders.intake)."""
+        return f"{self.prefix}:wh:line:{channel}:{line_key}:waiting"
+
     @property
     def rejections(self) -> str:
         """hash "<channel>|<order id>" -> JSON of the order lines that could not be covered (before 0.3:

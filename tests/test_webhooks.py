@@ -101,12 +101,15 @@ async def test_shopify_cancellation_restocks_once_per_policy(settings, store):
             assert (await post_shopify(client, cancelled, topic="orders/cancelled")).status_code == 200
             assert (await post_shopify(client, refund, topic="refunds/create")).status_code == 200
         assert await _available(store, "A") == 10
-        # A refund without restock, and a cancellation of an order never taken, change nothing.
+        # A refund without restock changes nothing; a refund of an order not seen yet waits for its take.
         no_restock = {**refund, "id": 901, "refund_line_items": [{**refund["refund_line_items"][0], "id": 52,
                                                                   "restock_type": "no_restock"}]}
         await post_shopify(client, no_restock, topic="refunds/create")
         r = await post_shopify(client, {**refund, "order_id": 4444}, topic="refunds/create")
-        assert r.json()["lines"][0]["status"] == "not_taken"
+        assert r.json()["lines"][0]["status"] == "waiting"
+        assert await _available(store, "A") == 10
+        r = await post_shopify(client, shopify_order(4444, [(1, "A", 2)]))
+        assert [(line["op"], line["status"]) for line in r.json()["lines"]] == [("take", "ok"), ("restock", "ok")]
     assert await _available(store, "A") == 10
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 import orjson
 
 from stocksync.keys import Keys
+from stocksync.library import Status
 from stocksync.metrics import Metrics
 
 from .records import LineResult
@@ -31,11 +32,14 @@ class Rejections:
     def __init__(self, redis, keys: Keys, metrics: Metrics) -> None:
         self.redis, self.keys, self.metrics = redis, keys, metrics
 
-    def writes(self, channel: str, refused: Iterable[LineResult]) -> list[tuple]:
-        """The commands that list each refused take line under its order (sent with the delivery's writes)."""
+    def writes(self, channel: str, results: Iterable[LineResult]) -> list[tuple]:
+        """The commands that list each take line that could not be covered under its order (sent with the
+        delivery's writes)."""
         now = int(time.time() * 1000)
         orders: dict[str, list[tuple[LineResult, bytes]]] = {}
-        for r in refused:
+        for r in results:
+            if r.op != "take" or r.status in (Status.OK, "cancelled"):
+                continue
             line = {"line_id": r.line_id, "channel_sku": r.channel_sku, "sku": r.sku, "qty": r.qty,
                     "reason": r.status, "available": r.known("available"), "ts_ms": now}
             orders.setdefault(r.order_id, []).append((r, orjson.dumps(line)))
@@ -54,6 +58,11 @@ class Rejections:
             if fields:
                 writes.append(("HSET", key, *fields))
         return writes
+
+    def forget(self, channel: str, order_id: str, line_id: str) -> tuple:
+        """The command that takes a line off the list (it was applied since); an order left with no line
+        is dropped from the index when listed."""
+        return ("HDEL", self.keys.rejection_lines(f"{channel}|{order_id}"), line_id)
 
     async def list(self, limit: int = 100, channel: str | None = None) -> list[dict]:
         """Orders with uncovered lines, newest first."""
