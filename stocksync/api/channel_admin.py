@@ -37,6 +37,20 @@ async def resolve_rejection(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def apply_rejection(request: Request) -> Response:
+    """Take again the lines of a listed order that wait for a fixed SKU map (action fix_map)."""
+    ctx = context(request)
+    ctx.auth.require(request, "orders:write")
+    idempotency_key(request)  # applying again is itself exactly once per line (the lines' references)
+    channel = _channel(request, ctx)
+    order_id = request.path_params["order_id"]
+    lines = await ctx.intake.apply_rejected(channel, order_id)
+    if lines is None:
+        raise HTTPError(404, "not_found", f"no rejection recorded for order {order_id!r} of {channel.name!r}")
+    remaining = await ctx.intake.rejections.lines(channel.name, order_id)
+    return json_response({"channel": channel.name, "order_id": order_id, "lines": lines, "remaining": remaining})
+
+
 def _channel(request: Request, ctx: Context):
     name = request.path_params["channel"]
     channel = ctx.channels.get(name)
@@ -123,6 +137,7 @@ async def replay_dead_letters(request: Request) -> Response:
 def routes() -> list[Route]:
     return [
         Route("/v1/rejections", list_rejections, methods=["GET"]),
+        Route("/v1/rejections/{channel}/{order_id}:apply", apply_rejection, methods=["POST"]),
         Route("/v1/rejections/{channel}/{order_id}", resolve_rejection, methods=["DELETE"]),
         Route("/v1/channels", list_channels, methods=["GET"]),
         Route("/v1/channels/{channel}/dead-letters", list_dead_letters, methods=["GET"]),

@@ -64,6 +64,11 @@ class Read:
     checks: list[tuple[int, LineResult, Line, str]] = field(default_factory=list)  # takes recorded over a marker?
 
 
+def _line_key(config: ChannelConfig, order_id: str, line_id: str) -> str:
+    """A line's key as the webhooks build it (for rejections listed before they kept it)."""
+    return line_id if config.kind == "flipkart" else f"{order_id}:{line_id}"
+
+
 def _has_sku(sku: str | None) -> bool:
     return sku is not None and len(sku.encode()) <= MAX_SKU_BYTES
 
@@ -121,6 +126,21 @@ class Intake:
         await self._record(channel, results, read, seen)
         self.metrics.child(self.metrics.deliveries, channel, "applied").inc()
         return {"status": "applied", "event": delivery.kind, "lines": [r.to_json() for r in results]}
+
+    async def apply_rejected(self, config: ChannelConfig, order_id: str) -> list[dict] | None:
+        """Take again the listed lines of an order whose action is fix_map (the SKU map was fixed, or the
+        SKU created), under their first references; None when the order is not listed. A line taken now
+        leaves the list; the others stay with their new outcome."""
+        listed = await self.rejections.lines(config.name, order_id)
+        if not listed:
+            return None
+        takes = [Line(doc.get("line") or _line_key(config, order_id, doc["line_id"]), order_id, doc["line_id"],
+                      doc.get("channel_sku"), doc["qty"]) for doc in listed if doc["action"] == "fix_map"]
+        reply = await self.apply(config, Delivery(None, "rejection apply", takes=takes))
+        applied = [r for r in reply["lines"] if r["op"] == "take" and r["status"] == Status.OK]
+        if applied:
+            await self._call([self.rejections.forget(config.name, order_id, r["line_id"]) for r in applied])
+        return reply["lines"]
 
     async def _call(self, commands: list[tuple]) -> list:
         """The replies of `commands`, sent with the other requests' (any error raised)."""
