@@ -9,7 +9,8 @@ import os
 import pytest
 
 from consumers.adapters import PermanentError, TransientError, Update, make_adapter
-from consumers.adapters.base import RateLimiter, push_rank, retry_after_s
+from consumers.adapters.base import RateLimiter, retry_after_s
+from consumers.ranks import NORMAL, ZERO
 from stocksync.devtools.testing import (
     SIMULATOR_ENV,
     config,
@@ -190,13 +191,12 @@ async def test_the_rate_limiter_serves_a_drop_to_zero_before_calls_waiting_longe
     order: list[str] = []
 
     async def call(name: str, rank: int) -> None:
-        push_rank.set(rank)
-        await limiter.acquire()
+        await limiter.acquire(rank=rank)
         order.append(name)
 
-    ordinary = [asyncio.create_task(call(f"normal-{i}", 2)) for i in range(5)]
-    await wait_for(lambda: len(limiter._waiting) == 4, 5, "four ordinary calls waiting")
-    await asyncio.create_task(call("drop-to-0", 0))
+    ordinary = [asyncio.create_task(call(f"normal-{i}", NORMAL)) for i in range(5)]
+    await wait_for(lambda: limiter.waiting == 4, 5, "four ordinary calls waiting")
+    await asyncio.create_task(call("drop-to-0", ZERO))
     await asyncio.gather(*ordinary)
     assert order[:2] == ["normal-0", "drop-to-0"], order
     assert order[2:] == [f"normal-{i}" for i in range(1, 5)]
