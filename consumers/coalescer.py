@@ -33,7 +33,6 @@ class Entry:
     version: int
     available: int
     delta: int
-    deliveries: int = 1
 
     @property
     def ts_ms(self) -> int:
@@ -50,7 +49,6 @@ class SkuWork:
     attempts: int = 0
     not_before: float = 0.0
     busy: bool = False  # a push of this SKU is in flight
-    last_error: str = ""
     recheck_at: float = 0.0  # monotonic time a push of the current quantity is due whatever was pushed (0: none)
     owed_ms: int = 0  # the same as recorded in Redis (stocksync_recheck), wall-clock ms
     forced: bool = False  # the push in flight is such a recheck
@@ -183,7 +181,7 @@ class Coalescer:
                 self.ids.discard(entry_id)
         w.busy = w.forced = False
         if covered is not None:
-            w.attempts, w.last_error = 0, ""
+            w.attempts = 0
         if retry_at is not None:
             w.not_before = retry_at
         if not w.entries and not w.recheck_at:

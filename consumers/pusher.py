@@ -139,7 +139,7 @@ class Pusher:
 
     async def _failed(self, p: Pushed, probe: bool, closed: bool, settle: list[Settle]) -> None:
         s, o, w, r = self.state, self.state.options, p.job, p.result
-        w.last_error = s.last_error = r.error
+        s.last_error = r.error
         if p.status == UNANSWERED:  # (the cycle keeps its lease and owes the recheck)
             s.stats["unanswered"] += 1
         elif p.status == THROTTLED:  # the channel's pace: ready again when the pause ends, no attempt counted

@@ -1,4 +1,4 @@
-"""Review findings (issues 3 and 4), each a short test against a real Redis and the simulators.
+"""Review findings, each a short test against a real Redis and the simulators.
 
 Every test here asserts what the guarantee (design.md G1-G6) requires. Those that the code breaks
 today are marked xfail(strict=True) with the finding in `reason`: when a fix lands, the test starts
@@ -216,7 +216,7 @@ async def test_concurrent_restocks_never_exceed_what_was_taken(settings, store):
     assert all(v == 10 for v in over.values()), f"restocked more than taken: {over}"
 
 
-# ----- Intake: an uncovered line that is answered 200 but no longer listed (issue 4) ---------------------
+# ----- Intake: an uncovered line that is answered 200 but no longer listed -------------------------------
 
 
 def _fk_created(shipment: str, order: str, items: list[tuple[str, str, int]]) -> dict:
