@@ -137,7 +137,7 @@ class Pushed:
     result: Result | None = None  # the channel's answer (after the call)
     leased: bool = True
     repays: bool = False  # set by `decide`: this push settles the recheck owed for the SKU
-    acks: list[str] = field(default_factory=list)  # entries acknowledged by done
+    acks: Sequence[str] = ()  # entries acknowledged by done
 
     @property
     def error(self) -> str:
@@ -187,8 +187,7 @@ class PushCycle:
         except Exception:
             await self._release(rnd)
             raise
-        await self._owe_unanswered(rnd)
-        await self._repay(rnd)
+        await self._rechecks(rnd)
         await self._done(rnd)
         return rnd
 
@@ -218,7 +217,7 @@ class PushCycle:
         calling: list[Pushed] = []
         updates: list[Update] = []
         for c in (c for part in claims for c in part):
-            pushed = self._sort(by_sku[c.sku], c)
+            pushed = self._classify(by_sku[c.sku], c)
             if pushed.update is None:
                 skipped.append(pushed)
             else:
@@ -226,7 +225,7 @@ class PushCycle:
                 updates.append(pushed.update)
         return Round(skipped + calling, updates, time.monotonic(), int(time.time() * 1000))
 
-    def _sort(self, job: Job, c: Claim) -> Pushed:
+    def _classify(self, job: Job, c: Claim) -> Pushed:
         if not c.leased:
             return Pushed(job, BUSY, leased=False)
         if c.version is None:
@@ -262,23 +261,29 @@ class PushCycle:
                 if r.ok:
                     p.version = p.update.version
 
-    async def _owe_unanswered(self, rnd: Round) -> None:
-        owed: dict[int, list[str]] = defaultdict(list)
+    async def _rechecks(self, rnd: Round) -> None:
+        """Owe a recheck for each unanswered SKU, then settle those this push repaid (in that order: a
+        recheck given up on after an unanswered push settles the new debt too)."""
+        owed: dict[int, list[str]] = {}
+        repaid: list[Pushed] = []
         for p in rnd.pushed:
             if p.status == UNANSWERED:
-                owed[p.job.partition].append(p.job.sku)
+                owed.setdefault(p.job.partition, []).append(p.job.sku)
+            if p.repays:
+                repaid.append(p)
         for partition, skus in owed.items():
             await self.owe(partition, skus, self.recheck_s)
+        if repaid:
+            await self._repay(repaid)
 
-    async def _repay(self, rnd: Round) -> None:
+    async def _repay(self, repaid: list[Pushed]) -> None:
         now_ms = int(time.time() * 1000)
-        repaid: dict[tuple[int, int], list[str]] = defaultdict(list)
-        for p in rnd.pushed:
-            if p.repays:
-                repaid[(p.job.partition, p.job.owed_ms or now_ms)].append(p.job.sku)
-                if self.rechecks is not None:
-                    self.rechecks.repaid(p.job)
-        for (partition, ms), skus in repaid.items():
+        done: dict[tuple[int, int], list[str]] = defaultdict(list)
+        for p in repaid:
+            done[(p.job.partition, p.job.owed_ms or now_ms)].append(p.job.sku)
+            if self.rechecks is not None:
+                self.rechecks.repaid(p.job)
+        for (partition, ms), skus in done.items():
             await library.recheck(self.keys, partition, self.channel, "done", ms, skus).run(self.redis)
 
     async def _done(self, rnd: Round) -> None:
