@@ -187,7 +187,9 @@ class PushCycle:
         except Exception:
             await self._release(rnd)
             raise
-        await self._rechecks(rnd)
+        owed, repaid = _debts(rnd)
+        if owed or repaid:
+            await self._rechecks(owed, repaid)
         await self._done(rnd)
         return rnd
 
@@ -261,16 +263,9 @@ class PushCycle:
                 if r.ok:
                     p.version = p.update.version
 
-    async def _rechecks(self, rnd: Round) -> None:
+    async def _rechecks(self, owed: dict[int, list[str]], repaid: list[Pushed]) -> None:
         """Owe a recheck for each unanswered SKU, then settle those this push repaid (in that order: a
         recheck given up on after an unanswered push settles the new debt too)."""
-        owed: dict[int, list[str]] = {}
-        repaid: list[Pushed] = []
-        for p in rnd.pushed:
-            if p.status == UNANSWERED:
-                owed.setdefault(p.job.partition, []).append(p.job.sku)
-            if p.repays:
-                repaid.append(p)
         for partition, skus in owed.items():
             await self.owe(partition, skus, self.recheck_s)
         if repaid:
@@ -321,6 +316,18 @@ class PushCycle:
         for part, skus in release.items():
             with contextlib.suppress(RedisError):
                 await self.ledger.done(part, accepted[part], [], skus)
+
+
+def _debts(rnd: Round) -> tuple[dict[int, list[str]], list[Pushed]]:
+    """The SKUs owed a recheck (unanswered), per partition, and the pushes that repay one."""
+    owed: dict[int, list[str]] = {}
+    repaid: list[Pushed] = []
+    for p in rnd.pushed:
+        if p.status == UNANSWERED:
+            owed.setdefault(p.job.partition, []).append(p.job.sku)
+        if p.repays:
+            repaid.append(p)
+    return owed, repaid
 
 
 def _answer(r: Result, throttled: bool) -> str:

@@ -26,7 +26,6 @@ Channel SKU names come from ChannelSkus (the admin API's map, then the config fi
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import time
@@ -83,7 +82,9 @@ class Pusher:
                 s.last_push_ms = int(time.time() * 1000)
             elif probe:  # nothing was called: the probe has not told us anything
                 s.breaker.probing = False
-            await self._settle(settle)
+            late = self._settle(settle)
+            if late:
+                await self._acknowledge(late)
         except Exception as e:  # Redis down, a bug: hold the SKUs and try again later
             log.exception("%s: push of %d SKUs failed", s.channel, len(batch))
             s.error(f"{type(e).__name__}: {e}")
@@ -167,17 +168,21 @@ class Pusher:
         return time.monotonic() + backoff_s(max(w.attempts, 1), o.backoff_base_ms / 1000, o.backoff_cap_ms / 1000,
                                             retry_after)
 
-    async def _settle(self, settle: list[Settle]) -> None:
-        """Hand the SKUs back to the coalescer. Entries taken in while the push was being recorded, at or
-        below the version the channel now has (the pushed version is the store's, newer than the entries
-        read), are acknowledged here."""
+    def _settle(self, settle: list[Settle]) -> dict[int, list[str]]:
+        """Hand the SKUs back to the coalescer; answers the entries to acknowledge still, per partition:
+        those taken in while the push was being recorded, at or below the version the channel now has (the
+        pushed version is the store's, newer than the entries read)."""
         s = self.state
-        late: dict[int, list[str]] = collections.defaultdict(list)
+        late: dict[int, list[str]] = {}
         for p, covered, retry_at, drop in settle:
             gone = s.coalescer.settle(p.job, covered, retry_at=retry_at, drop=drop)
             if covered is not None and len(gone) > len(p.acks):
                 acked = set(p.acks)
-                late[p.job.partition] += [e.id for e in gone if e.id not in acked]
+                late.setdefault(p.job.partition, []).extend(e.id for e in gone if e.id not in acked)
+        return late
+
+    async def _acknowledge(self, late: dict[int, list[str]]) -> None:
+        s = self.state
         for partition, ids in late.items():
             try:
                 await s.redis.xack(s.keys.events(partition), s.channel, *ids)

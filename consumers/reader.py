@@ -23,12 +23,14 @@ from redis.exceptions import RedisError
 from stocksync import library
 
 from . import dlq, groups
+from .coalescer import Entry
 from .ranks import NORMAL
 from .state import ChannelState
 
 log = logging.getLogger(__name__)
 
-HELD, DEFERRED, DELETED, SETTLED = "held", "deferred", "deleted", "settled"  # what take_in did with an entry
+# What _take did with an entry (or the entry itself: to dead-letter, delivered too often)
+HELD, DEFERRED, DELETED, MALFORMED = "held", "deferred", "deleted", "malformed"
 
 
 class Reader:
@@ -94,11 +96,17 @@ class Reader:
         s = self.state
         deleted, deferred = [], 0
         for entry_id, fields in entries:
-            taken = await self._take(p, entry_id, fields, deliveries)
-            if taken == DEFERRED:
+            taken = self._take(p, entry_id, fields, deliveries)
+            if taken is HELD:
+                continue
+            if taken is DEFERRED:
                 deferred += 1
-            elif taken == DELETED:
+            elif taken is DELETED:  # deleted from the stream: nothing to push
                 deleted.append(entry_id)
+            elif taken is MALFORMED:  # not a stock event: kept for an operator
+                await self._dead_letter_malformed(p, entry_id, fields)
+            else:
+                await self._dead_letter_redelivered(p, taken, deliveries[entry_id])
         if deferred:
             s.stats["deferred"] += deferred
         if deleted:
@@ -110,7 +118,7 @@ class Reader:
         s.update_gates()
         self.launch()
 
-    async def _take(self, p: int, entry_id: str, fields: dict | None, deliveries: dict[str, int] | None) -> str:
+    def _take(self, p: int, entry_id: str, fields: dict | None, deliveries: dict[str, int] | None) -> str | Entry:
         s, o = self.state, self.state.options
         coalescer = s.coalescer
         held = len(coalescer)
@@ -122,19 +130,9 @@ class Reader:
             return DEFERRED
         e = groups.parse(p, entry_id, fields)
         if e is None:
-            if not fields:  # deleted from the stream: nothing to push
-                return DELETED
-            await self._dead_letter_malformed(p, entry_id, fields)  # not a stock event: kept for an operator
-            return SETTLED
+            return MALFORMED if fields else DELETED
         if deliveries and deliveries.get(entry_id, 1) > o.max_deliveries:
-            try:
-                if await dlq.dead_letter(s.redis, s.keys, s.channel, p, e.sku, [e], "max_deliveries",
-                                         deliveries[entry_id], "delivered too often (consumers died handling it?)"):
-                    s.stats["dead_letters"] += 1
-            except RedisError as err:
-                self._failed("dead-lettering entry " + entry_id, err)
-                self.defer(p, entry_id)
-            return SETTLED
+            return e
         if held >= o.max_pending and coalescer.rank(e) == NORMAL and not coalescer.is_urgent(e.sku):
             # at max_pending only urgent entries, and those of SKUs held as urgent (acknowledged with
             # their push), are taken in; this one stays pending, unacknowledged, and is read again once
@@ -145,6 +143,16 @@ class Reader:
             return DEFERRED
         coalescer.add(e)
         return HELD
+
+    async def _dead_letter_redelivered(self, p: int, e: Entry, deliveries: int) -> None:
+        s = self.state
+        try:
+            if await dlq.dead_letter(s.redis, s.keys, s.channel, p, e.sku, [e], "max_deliveries", deliveries,
+                                     "delivered too often (consumers died handling it?)"):
+                s.stats["dead_letters"] += 1
+        except RedisError as err:
+            self._failed("dead-lettering entry " + e.id, err)
+            self.defer(p, e.id)
 
     async def _dead_letter_malformed(self, p: int, entry_id: str, fields: dict) -> None:
         s = self.state
