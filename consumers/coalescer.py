@@ -5,12 +5,13 @@ at a time (pushes of one SKU never overlap within a process; the lease does it a
 the SKUs where an oversell can happen go first: a listed quantity at or below the low-stock mark (0
 included) or a sharp drop (at least half of what was there), then the rest, oldest first. Among those,
 a drop to 0 goes first of all: the channel still lists units that no longer exist, so each of its sales
-is an oversell, where a low quantity only may become one.
+is an oversell, where a low quantity only may become one. (The ranks and the rule that gives them:
+consumers/ranks.py. A SKU goes at the rank of its most urgent held entry.)
 
 A SKU can also be due for a recheck (recheck()): a push of its current quantity at a given time even if
 the channel already has that version (after a push that got no answer and may still land late, or when
 its channel SKU changed). Such a SKU is held, with or without entries, until a push started at or after
-that time succeeds (the worker clears recheck_at).
+that time succeeds (repaid() clears it).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-ZERO, URGENT, NORMAL = 0, 1, 2  # ranks: lower goes first
+from .ranks import NORMAL
 
 
 @dataclass(slots=True)
@@ -31,7 +33,6 @@ class Entry:
     version: int
     available: int
     delta: int
-    deliveries: int = 1
 
     @property
     def ts_ms(self) -> int:
@@ -48,7 +49,6 @@ class SkuWork:
     attempts: int = 0
     not_before: float = 0.0
     busy: bool = False  # a push of this SKU is in flight
-    last_error: str = ""
     recheck_at: float = 0.0  # monotonic time a push of the current quantity is due whatever was pushed (0: none)
     owed_ms: int = 0  # the same as recorded in Redis (stocksync_recheck), wall-clock ms
     forced: bool = False  # the push in flight is such a recheck
@@ -64,8 +64,8 @@ class SkuWork:
 
 
 class Coalescer:
-    def __init__(self, rank) -> None:
-        self.rank = rank  # (Entry) -> ZERO | URGENT | NORMAL
+    def __init__(self, rank: Callable[[Entry], int]) -> None:
+        self.rank = rank  # (Entry) -> ZERO | URGENT | NORMAL (consumers/ranks.py)
         self.work: dict[str, SkuWork] = {}
         self.ids: set[str] = set()
         self._ready: list[tuple[int, float, int, str]] = []
@@ -113,6 +113,10 @@ class Coalescer:
         w.owed_ms = max(w.owed_ms, owed_ms)
         if not w.busy:
             self._queue(w)
+
+    def repaid(self, w: SkuWork) -> None:
+        """The recheck owed for w was paid (or given up): it is held for its entries only."""
+        w.recheck_at, w.owed_ms = 0.0, 0
 
     def _due(self, w: SkuWork, now: float) -> bool:
         return bool(w.entries) or 0 < w.recheck_at <= now
@@ -177,7 +181,7 @@ class Coalescer:
                 self.ids.discard(entry_id)
         w.busy = w.forced = False
         if covered is not None:
-            w.attempts, w.last_error = 0, ""
+            w.attempts = 0
         if retry_at is not None:
             w.not_before = retry_at
         if not w.entries and not w.recheck_at:

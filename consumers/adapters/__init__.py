@@ -1,4 +1,5 @@
-"""One adapter per marketplace API; `make_adapter(config)` picks it by the channel's kind."""
+"""One adapter per marketplace API; `make_adapter(config)` picks it by the channel's kind, and
+`check_options(config)` refuses options that kind of channel does not read (before anything starts)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import aiohttp
 from stocksync.channels import ChannelConfig
 
 from .amazon import AmazonAdapter
-from .base import Adapter, PermanentError, PushError, Result, TransientError, Update, push_rank
+from .base import Adapter, PermanentError, PushError, Result, TransientError, Update
 from .flipkart import FlipkartAdapter
 from .shopify import ShopifyAdapter
 from .webhook import WebhookAdapter
@@ -24,4 +25,10 @@ def make_adapter(config: ChannelConfig, session: aiohttp.ClientSession | None = 
     return ADAPTERS[config.kind](config, session)
 
 
-__all__ = ["ADAPTERS", "Adapter", "PermanentError", "PushError", "Result", "TransientError", "Update", "make_adapter", "push_rank"]
+def check_options(config: ChannelConfig) -> None:
+    """Raise SettingsError, naming the channel and the key, for an option its kind does not read."""
+    ADAPTERS[config.kind].check_options(config)
+
+
+__all__ = ["ADAPTERS", "Adapter", "PermanentError", "PushError", "Result", "TransientError", "Update",
+           "check_options", "make_adapter"]
