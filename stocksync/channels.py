@@ -37,14 +37,17 @@ class Kind:
     name: str
     marketplace: str
     orders_in: bool
+    # keys of the channel's `options` table read on the orders side (webhook receiver, order poller); the
+    # adapter declares its own, and a key neither reads is refused at start
+    order_options: frozenset[str] = frozenset()
 
 
 # The one registry of channel kinds: every table of implementations (adapters, webhook receivers,
 # simulators) is built with by_kind() against it, so a kind cannot be half added.
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("shopify", "Shopify", orders_in=True),
-    Kind("amazon", "Amazon", orders_in=True),
-    Kind("flipkart", "Flipkart", orders_in=True),
+    Kind("shopify", "Shopify", orders_in=True, order_options=frozenset({"restock"})),
+    Kind("amazon", "Amazon", orders_in=True, order_options=frozenset({"token_header", "include_afn"})),
+    Kind("flipkart", "Flipkart", orders_in=True, order_options=frozenset({"notification_url", "max_skew_s"})),
     Kind("webhook", "a generic HTTP receiver", orders_in=False),
 )}
 

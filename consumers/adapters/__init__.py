@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from stocksync.channels import ChannelConfig
+from stocksync.channels import ChannelConfig, by_kind
 
 from .amazon import AmazonAdapter
 from .base import Adapter, PermanentError, PushError, Result, TransientError, Update
@@ -13,12 +13,8 @@ from .flipkart import FlipkartAdapter
 from .shopify import ShopifyAdapter
 from .webhook import WebhookAdapter
 
-ADAPTERS: dict[str, type[Adapter]] = {
-    "shopify": ShopifyAdapter,
-    "amazon": AmazonAdapter,
-    "flipkart": FlipkartAdapter,
-    "webhook": WebhookAdapter,
-}
+ADAPTERS: dict[str, type[Adapter]] = by_kind((ShopifyAdapter, AmazonAdapter, FlipkartAdapter, WebhookAdapter),
+                                              "adapter")
 
 
 def make_adapter(config: ChannelConfig, session: aiohttp.ClientSession | None = None) -> Adapter:

@@ -26,7 +26,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from stocksync.channels import ChannelConfig
+from stocksync.channels import KINDS, ChannelConfig
 from stocksync.settings import SettingsError
 
 from ..ranks import NORMAL
@@ -208,7 +208,6 @@ class Adapter:
     default_burst: float = 1.0
     default_timeout_s = 5.0
     OPTIONS: frozenset[str] = COMMON_OPTIONS  # the keys of the channel's `options` table this adapter reads
-    INTAKE_OPTIONS: frozenset[str] = frozenset()  # the same table's keys the webhook intake reads
 
     # read from the channel's options (declared here: the worker reads them, and nothing else of an adapter)
     timeout_s: float  # a call's timeout (the worker also derives its recheck delay from it)
@@ -234,7 +233,7 @@ class Adapter:
     def check_options(cls, config: ChannelConfig) -> None:
         """Refuse an options table with a key this kind of channel does not read (a typo would otherwise
         be ignored silently) or a malformed common option."""
-        known = cls.OPTIONS | cls.INTAKE_OPTIONS
+        known = cls.OPTIONS | KINDS[config.kind].order_options
         unknown = sorted(set(config.options) - known)
         if unknown:
             raise SettingsError(f"channels.{config.name}.options: unknown option(s) {', '.join(unknown)} "

@@ -8,6 +8,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from consumers import dlq
+from consumers.options import WorkerOptions
 from consumers.status import channel_status
 from stocksync.settings import SettingsError
 from stocksync.validate import check_keys, invalid, want_list, want_object, want_sku, want_str
@@ -127,7 +128,9 @@ async def replay_dead_letters(request: Request) -> Response:
     skus = {want_sku(x, f"skus[{i}]") for i, x in enumerate(want_list(doc["skus"], "skus", 1000))} if "skus" in doc else None
     ids = {want_str(x, f"ids[{i}]", 64) for i, x in enumerate(want_list(doc["ids"], "ids", 1000))} if "ids" in doc else None
     try:
-        report = await dlq.replay(ctx.store.redis, ctx.store.keys, channel, skus=skus, ids=ids)
+        options = WorkerOptions.from_settings(ctx.settings)  # (the workers' recheck delay and lease)
+        report = await dlq.replay(ctx.store.redis, ctx.store.keys, channel, skus=skus, ids=ids,
+                                  lease_ms=options.lease_ms, recheck_ms=options.recheck_ms)
     except SettingsError as e:
         raise HTTPError(503, "not_configured", f"channel {channel.name!r} cannot push: {e}") from None
     return json_response({"channel": channel.name, "resolved": report.resolved, "failed": report.failed},
