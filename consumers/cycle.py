@@ -167,12 +167,14 @@ class PushCycle:
 
     def __init__(self, redis: AnyRedis, keys: Keys, config: ChannelConfig, adapter: Adapter, names: ChannelSkus,
                  ledger: LedgerBatcher, *, recheck_s: float, rechecks: Rechecks | None = None,
-                 hold_unanswered: bool = False, contain_adapter_errors: bool = False) -> None:
+                 hold_unanswered: bool = False, contain_adapter_errors: bool = False,
+                 listed: Callable[[str, int], int] | None = None) -> None:
         self.redis, self.keys, self.config, self.adapter, self.names = redis, keys, config, adapter, names
         self.channel, self.ledger, self.recheck_s, self.rechecks = config.name, ledger, recheck_s, rechecks
         self.hold_unanswered = hold_unanswered  # the worker: keep the lease of an unanswered push
         self.contain_adapter_errors = contain_adapter_errors  # the worker: an adapter bug fails the call, for now
-        self.listed = config.rules.listed
+        # what the channel lists of a SKU: its rules, and the worker's auto buffer (consumers/risk.py)
+        self.listed = listed or (lambda sku, available: config.rules.listed(available))
 
     async def run(self, jobs: Sequence[Job], *, rank: int = NORMAL, decide: Decide | None = None) -> Round:
         """Push the jobs (any partitions, at most the adapter's batch size). Leases are released if the
@@ -234,7 +236,7 @@ class PushCycle:
             return Pushed(job, GONE)
         if c.pushed >= (job.version or c.version) and not job.forced:
             return Pushed(job, CURRENT, c.pushed)
-        return Pushed(job, CALLING, update=Update(c.sku, self.names.channel_sku(c.sku), self.listed(c.available),
+        return Pushed(job, CALLING, update=Update(c.sku, self.names.channel_sku(c.sku), self.listed(c.sku, c.available),
                                                   c.version))
 
     async def _call(self, rnd: Round, deadline: float, rank: int) -> None:

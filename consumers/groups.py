@@ -66,7 +66,7 @@ def parse(partition: int, entry_id: str, fields: dict | None) -> Entry | None:
         return None
     try:
         return Entry(entry_id, partition, fields["sku"], int(fields["version"]), int(fields["available"]),
-                     int(fields.get("delta", 0)))
+                     int(fields.get("delta", 0)), fields.get("source", ""))
     except (KeyError, ValueError):
         log.warning("entry %s of partition %d is not a stock event: %r", entry_id, partition, fields)
         return None

@@ -117,7 +117,10 @@ class Pusher:
                 p.repays = bool(w.recheck_at) and w.started >= w.recheck_at  # this push is the channel's last word
                 settle.append((p, p.version, None, None))
                 s.stats["accepted"] += 1
-                self._report(w, p.version, p.update.quantity, int(time.time() * 1000))
+                now_ms = int(time.time() * 1000)
+                if w.entries:
+                    s.risk.landed(w.sku, p.update.quantity, min(e.ts_ms for e in w.entries.values()), now_ms)
+                self._report(w, p.version, p.update.quantity, now_ms)
             else:
                 await self._failed(p, probe, closed, settle)
 

@@ -9,6 +9,11 @@ their speed: first the SKUs where an oversell can happen. Three ranks, lower goe
   half of what was there): an oversell may happen;
 * NORMAL: the rest.
 
+Before the ranks comes the risk (consumers/risk.py): the expected units a channel sells that are not
+there before a push lands, from each SKU's sales velocity and the channel's measured time to land a
+push. The coalescer hands out the SKUs of highest risk first; the ranks order those of equal risk (every
+SKU without sales history has none).
+
 Who reads them: the worker ranks each entry as it takes it in (PushOrder); the coalescer hands out SKUs
 by rank, then age (consumers/coalescer.py); a push carries the rank of its most urgent SKU to the adapter
 (`Adapter.push(..., rank=...)`), whose rate limiter serves waiting calls by rank, then arrival
@@ -19,28 +24,29 @@ listing 0 under a retired channel SKU) go at NORMAL.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
-
-from stocksync.channels import Rules
 
 ZERO, URGENT, NORMAL = 0, 1, 2
 
 
 class Change(Protocol):
-    """A change as the rule needs it: the quantity after it and the change itself."""
+    """A change as the rule needs it: the SKU, the quantity after it and the change itself."""
 
+    sku: str
     available: int
     delta: int
 
 
 class PushOrder:
-    """The rank of a change on one channel: its rules decide what it lists, low_stock what is low."""
+    """The rank of a change on one channel: what it lists (`listed(sku, available)`: its rules, with the
+    auto buffer where they ask for it) decides, low_stock what is low."""
 
-    def __init__(self, rules: Rules, low_stock: int) -> None:
-        self.listed, self.low_stock = rules.listed, low_stock
+    def __init__(self, listed: Callable[[str, int], int], low_stock: int) -> None:
+        self.listed, self.low_stock = listed, low_stock
 
     def __call__(self, change: Change) -> int:
-        listed = self.listed(change.available)
+        listed = self.listed(change.sku, change.available)
         delta = change.delta
         if listed == 0 and delta < 0:
             return ZERO

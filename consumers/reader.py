@@ -40,6 +40,7 @@ class Reader:
         # partition -> a history cursor: our pending entries after it may not be held (deferred at
         # max_pending, or from a previous life under this name: "0" at start); absent: all are held
         self.resume: dict[int, str] = {p: "0" for p in range(state.keys.partitions)}
+        self.seen: dict[int, tuple[int, int]] = {}  # partition -> the newest entry counted by the risk model
 
     async def run(self, p: int) -> None:
         """Read partition p until the worker stops."""
@@ -131,6 +132,10 @@ class Reader:
         e = groups.parse(p, entry_id, fields)
         if e is None:
             return MALFORMED if fields else DELETED
+        newest = groups.id_tuple(entry_id)
+        if newest > self.seen.get(p, (0, 0)):  # (an entry read again, deferred or reclaimed, counts once)
+            self.seen[p] = newest
+            s.risk.saw(e.sku, e.delta, e.source)  # every take read counts toward its source's velocity
         if deliveries and deliveries.get(entry_id, 1) > o.max_deliveries:
             return e
         if held >= o.max_pending and coalescer.rank(e) == NORMAL and not coalescer.is_urgent(e.sku):

@@ -29,6 +29,7 @@ from .coalescer import Coalescer
 from .options import WorkerOptions
 from .ranks import PushOrder
 from .retry import CLOSED, CircuitBreaker
+from .risk import RiskModel
 from .skumap import ChannelSkus
 
 
@@ -39,7 +40,9 @@ class ChannelState:
         self.channel, self.consumer = config.name, options.consumer
         o = options
         self.breaker = CircuitBreaker(o.breaker_threshold, o.breaker_open_ms / 1000, o.breaker_max_open_ms / 1000)
-        self.coalescer = Coalescer(PushOrder(config.rules, o.low_stock))
+        self.risk = RiskModel(config.name, config.rules)
+        self.coalescer = Coalescer(PushOrder(self.risk.listed, o.low_stock),
+                                   lambda e: self.risk.risk(e.sku, e.available, e.delta))
         self.skus = ChannelSkus(redis, keys, config)
         self.hard_cap = 2 * o.max_pending  # held entries past which reads stop
         self.paused_until = 0.0  # a 429's Retry-After, channel-wide
@@ -101,6 +104,7 @@ class ChannelState:
             "ts_ms": int(time.time() * 1000), "heartbeat_ms": self.options.heartbeat_ms, "circuit": self.circuit(),
             "circuit_opened": self.breaker.opened_total, "last_push_ms": self.last_push_ms,
             "last_error": self.last_error, "held": len(self.coalescer), "in_flight": self.in_flight,
+            "oversell_risk_units": round(self.coalescer.total_risk(), 3), "land_s": round(self.risk.land_s, 3),
             **{k: int(v) for k, v in self.stats.items()},
         }
 

@@ -66,7 +66,7 @@ class ChannelWorker:
         cycle = PushCycle(redis, keys, config, adapter, s.skus,
                           LedgerBatcher(redis, keys, s.channel, s.consumer, options.lease_ms),
                           recheck_s=recheck_s, rechecks=s.coalescer, hold_unanswered=True,
-                          contain_adapter_errors=True)
+                          contain_adapter_errors=True, listed=s.risk.listed)
         self.reader = Reader(s)
         self.pusher = Pusher(s, cycle, self.reader.defer, on_accept)
         self.dispatcher = Dispatcher(s, self.pusher.push)
@@ -75,7 +75,7 @@ class ChannelWorker:
         # the initial sync leases under an owner of its own: it pushes beside the worker's own pushes
         sync_ledger = LedgerBatcher(redis, keys, s.channel, owner_name("initial-sync"), options.lease_ms)
         self.initial_sync = InitialSync(s, PushCycle(redis, keys, config, adapter, s.skus, sync_ledger,
-                                                     recheck_s=recheck_s))
+                                                     recheck_s=recheck_s, listed=s.risk.listed))
         self.started = asyncio.Event()
 
     async def run(self) -> None:

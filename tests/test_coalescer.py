@@ -20,7 +20,7 @@ def entry(sku: str, version: int, available: int, delta: int, n: int | None = No
 
 @pytest.fixture
 def coalescer() -> Coalescer:
-    return Coalescer(PushOrder(Rules(), LOW_STOCK))
+    return Coalescer(PushOrder(lambda sku, available: Rules().listed(available), LOW_STOCK))
 
 
 @pytest.mark.parametrize("available, delta, rules, rank", [
@@ -34,7 +34,7 @@ def coalescer() -> Coalescer:
     (7, -1, Rules(buffer=2), URGENT),  # listed 5 on this channel
 ])
 def test_the_push_order_rule(available, delta, rules, rank):
-    assert PushOrder(rules, LOW_STOCK)(entry("A", 1, available, delta)) == rank
+    assert PushOrder(lambda sku, a: rules.listed(a), LOW_STOCK)(entry("A", 1, available, delta)) == rank
 
 
 def test_skus_are_handed_out_by_rank_then_age(coalescer):
