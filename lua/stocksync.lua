@@ -32,9 +32,9 @@
 
   Forgetting: a record older than IDEM_TTL_S is treated as absent at once (so the window is exact, to the
   second, and never shrinks), and removed by a bounded sweep that the writing functions run themselves:
-  at most one HSCAN page (COUNT 128) of one bucket per call, visiting every bucket of a partition once per
-  IDEM_TTL_S / 2 while calls come in. No worker is needed; with no calls nothing is swept, and expired
-  records only take memory. A bucket holds about refs-in-window / 4096 records: past about 100 (some
+  at most one HSCAN page (COUNT 128) of one bucket per call, visiting the buckets of a partition in turn,
+  each once per IDEM_TTL_S / 2 while calls come in (a record lives at most 1.5 x the window). No worker
+  is needed; with no calls nothing is swept, and expired records only take memory. A bucket holds about refs-in-window / 4096 records: past about 100 (some
   400,000 references a partition) Redis turns it into a hashtable, which still works, at about 90 bytes
   a reference on Redis 7.
   The false-replay risk of a 76-bit digest (16 hex digits + the bucket's 3): about 2e-9 per 17 million
@@ -60,7 +60,8 @@ local MAX_ORDER_LINES = 250
 local REF_BUCKETS = 4096     -- per partition: 3 hex digits of the digest
 local REF_INLINE_MAX = 54    -- longest outcome kept in a bucket: 10 + 54 <= 64 bytes keeps the listpack
 local SWEEP_COUNT = 128      -- HSCAN COUNT of one sweep step (a listpack bucket comes whole)
-local SWEEP_STEP_S = IDEM_TTL_S / 2 / REF_BUCKETS  -- a bucket every this many seconds
+local SWEEP_CYCLE_S = IDEM_TTL_S / 2  -- every bucket swept once per this many seconds, if calls come
+local SWEEP_STEP_S = SWEEP_CYCLE_S / REF_BUCKETS
 
 -- Errors -----------------------------------------------------------------------------------------------
 
@@ -195,27 +196,30 @@ local function recall(tag, idem_key)
   return value and outcome_of(value, idem_key, now)
 end
 
--- One step of the sweep of a partition's buckets; at most one HSCAN page. Which bucket is due follows
--- from the clock (bucket n of a cycle at n * SWEEP_STEP_S), so a restarted server resumes the cycle.
--- The progress kept here (this Lua state, per partition) only decides what to sweep next: losing it
--- (a restart, a failover, a reload) sweeps a bucket again or skips one until the next cycle.
+-- One step of the sweep of a partition's buckets: at most one HSCAN page of one bucket. The buckets are
+-- visited in turn, one every SWEEP_STEP_S (so each once per SWEEP_CYCLE_S) while calls come often
+-- enough; when they come less often, each call sweeps the next bucket, and a backlog after an idle
+-- spell is capped at one cycle. The progress kept here (this Lua state, per partition) only decides
+-- what to sweep next: losing it (a restart, a failover, a reload) starts again at a bucket the clock
+-- picks. Only records older than the window go, so sweeping early or twice is harmless.
 local sweeps = {}
 local function sweep(tag, clock)
+  local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
   local s = sweeps[tag]
   if not s then
-    s = {slot = -1, cursor = '0'}
+    s = {due = now, bucket = math.floor(now / SWEEP_STEP_S) % REF_BUCKETS, cursor = '0'}
     sweeps[tag] = s
   end
-  if s.cursor == '0' then
-    local slot = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1000000) / SWEEP_STEP_S)
-    if slot <= s.slot then
-      return
-    end
-    s.slot = slot
+  if s.cursor == '0' and now < s.due then
+    return
   end
-  local bucket = heads_of(tag).refs .. string.format('%03x', s.slot % REF_BUCKETS)
+  local bucket = heads_of(tag).refs .. string.format('%03x', s.bucket)
   local page = redis.call('HSCAN', bucket, s.cursor, 'COUNT', SWEEP_COUNT)
   s.cursor = page[1]
+  if s.cursor == '0' then
+    s.bucket = (s.bucket + 1) % REF_BUCKETS
+    s.due = math.max(s.due + SWEEP_STEP_S, now - SWEEP_CYCLE_S)
+  end
   local cutoff = string.format('%010d', tonumber(clock[1]) - IDEM_TTL_S)
   local flat, gone = page[2], {}
   for i = 2, #flat, 2 do
