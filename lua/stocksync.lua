@@ -204,10 +204,14 @@ end
 -- picks. Only records older than the window go, so sweeping early or twice is harmless.
 local sweeps = {}
 local function sweep(tag, clock)
-  local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
   local s = sweeps[tag]
+  -- Most calls stop here: a comparison of two 10-digit strings (the whole seconds of when it is due).
+  if s and s.cursor == '0' and clock[1] < s.due_s then
+    return
+  end
+  local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
   if not s then
-    s = {due = now, bucket = math.floor(now / SWEEP_STEP_S) % REF_BUCKETS, cursor = '0'}
+    s = {due = now, due_s = '', bucket = math.floor(now / SWEEP_STEP_S) % REF_BUCKETS, cursor = '0'}
     sweeps[tag] = s
   end
   if s.cursor == '0' and now < s.due then
@@ -219,6 +223,7 @@ local function sweep(tag, clock)
   if s.cursor == '0' then
     s.bucket = (s.bucket + 1) % REF_BUCKETS
     s.due = math.max(s.due + SWEEP_STEP_S, now - SWEEP_CYCLE_S)
+    s.due_s = string.format('%010d', math.floor(s.due))
   end
   local cutoff = string.format('%010d', tonumber(clock[1]) - IDEM_TTL_S)
   local flat, gone = page[2], {}
@@ -237,9 +242,11 @@ end
 local function remember(tag, idem_key, record)
   local clock = redis.call('TIME')
   local now = clock[1]
-  local old = legacy(idem_key, now)
-  if old then
-    return old
+  if LEGACY_UNTIL > 0 then
+    local old = legacy(idem_key, now)
+    if old then
+      return old
+    end
   end
   local bucket, field = ref_slot(tag, idem_key)
   local inline = #record <= REF_INLINE_MAX
