@@ -246,7 +246,10 @@ class NativeServer:
         rows = list(csv.reader(io.StringIO(proc.stdout)))
         rps = float(rows[-1][1])
         stats = self.r.info("commandstats")
-        nested = {k.removeprefix("cmdstat_"): v["usec_per_call"] for k, v in stats.items()
+        # us per FCALL spent in each command run inside it (a command that runs in few calls, like the
+        # sweep's HSCAN, counts for what it costs spread over all of them)
+        fcalls = stats["cmdstat_fcall"]["calls"]
+        nested = {k.removeprefix("cmdstat_"): v["usec"] / fcalls for k, v in stats.items()
                   if k.removeprefix("cmdstat_") in NESTED}
         return {"rps": rps, "usec_per_call": stats["cmdstat_fcall"]["usec_per_call"],
                 "cpu_us_per_call": cpu_ns / 1000 / requests, "client_cpu_us_per_call": client_us, "nested": nested,
@@ -904,8 +907,9 @@ def render(result: dict, markdown: bool = False) -> str:
                                + [fmt(nn.get(k), 2) for k in ("hmget", "hset", "xadd", "set", "get", "time", "hsetnx",
                                                                 "hscan")]
                                + [fmt(c["usec_per_call"] - inner, 2)])
-    parts.append("Where the server time goes (-P 16, 10,000 SKUs; us per call; commandstats times each command "
-                 "inside the FCALL too; 'rest' = FCALL minus those: Lua, argument passing, FCALL itself)\n\n" + table(
+    parts.append("Where the server time goes (-P 16, 10,000 SKUs; us per FCALL; commandstats times each command "
+                 "inside the FCALL too (its total time over the FCALLs); 'rest' = FCALL minus those: Lua, argument "
+                 "passing, FCALL itself)\n\n" + table(
         ["variant", "server CPU", "FCALL", "HMGET", "HSET", "XADD", "SET", "GET", "TIME", "HSETNX", "HSCAN", "rest"],
         nested_rows, markdown))
 
