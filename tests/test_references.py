@@ -387,3 +387,17 @@ def test_the_library_answers_on_fakeredis():
     assert call(r, keys, "stocksync_decrement", "A", "d1", 1, "x", "d1") == ["ok", 2, 2, 0]
     assert call(r, keys, "stocksync_decrement", "A", "d1", 1, "x", "d1") == ["ok", 2, 2, 1]
     assert ref_status(r, keys, "d1") == "ok" and ref_status(r, keys, "d2") is None
+
+
+async def test_the_intake_can_ask_the_library_through_its_batcher(store):
+    """How stocksync/intake.py is to learn whether a take was applied, now that the record is not at the
+    reference key: FCALL_RO stocksync_ref through its Batcher (one pipeline), as it sent GET before."""
+    from stocksync.intake import Batcher
+
+    await store.set("A", 1, source="w", ref="s1")
+    await store.decrement("A", 1, ref="amazon:1:1", source="amazon")
+    await store.decrement("A", 1, ref="amazon:2:1", source="amazon")
+    p = store.keys.partition("A")
+    replies = await Batcher(store.redis).call(
+        [("FCALL_RO", "stocksync_ref", 1, store.keys.idem(p, ref)) for ref in ("amazon:1:1", "amazon:2:1", "x")])
+    assert replies == ["ok", "insufficient", None]
