@@ -305,6 +305,9 @@ local keys = {'{b:0}:sku:000000001234', '{b:0}:events', '{b:0}:idem:000000001234
 local args = {'1', 'bench', '000000001234000000005678000000009012'}
 local available, version, a_s, v_s = 1999999999, 12345, '1999999999', '12345'
 local n, mode, sink = tonumber(ARGV[1]), ARGV[2], nil
+if mode == 'sweep(): one step over a bucket of 64 records (none expired)' then
+  for j = 1, 64 do redis.call('HSET', '{b:0}:refs:000', string.format('%016x', j), '9999999999o|1999999999|12345') end
+end
 local t0 = redis.call('TIME')
 if mode == 'baseline' then
   for i = 1, n do sink = keys[1] end
@@ -331,6 +334,11 @@ elseif mode == 'SET new key NX EX (the record)' then
   for i = 1, n do redis.call('SET', KEYS[1] .. i, 'o|1999999999|12345', 'NX', 'EX', 172800) end
 elseif mode == 'HSETNX field of one hash (no TTL)' then
   for i = 1, n do redis.call('HSETNX', KEYS[1] .. 'bucket', i, 'o|1999999999|12345') end
+elseif mode == 'sweep(): one step over a bucket of 64 records (none expired)' then
+  for i = 1, n do
+    sweeps['{b:0}'] = {due = 0, due_s = '', bucket = 0, cursor = '0'}
+    sweep('{b:0}', {'1796049284', '0'})
+  end
 elseif mode == 'TIME' then
   for i = 1, n do sink = redis.call('TIME') end
 elseif mode == 'ref_slot(): sha1hex, bucket and field names' then
@@ -357,6 +365,7 @@ LUA_MODES = {  # mode: (key, baseline)
     "TIME": ("{b:0}:x", "baseline"),
     "ref_slot(): sha1hex, bucket and field names": ("{b:0}:idem:", "baseline key"),
     "HSETNX field of one of 4096 buckets (the 0.5 record)": ("{b:0}:refs:", "baseline key"),
+    "sweep(): one step over a bucket of 64 records (none expired)": ("{b:0}:x", "baseline"),
 }
 
 

@@ -225,10 +225,12 @@ local function sweep(tag, clock)
     s.due = math.max(s.due + SWEEP_STEP_S, now - SWEEP_CYCLE_S)
     s.due_s = string.format('%010d', math.floor(s.due))
   end
+  -- A value is its first-use second (10 digits) then a letter, so comparing it whole with the 10-digit
+  -- cutoff orders it by that second (no substring to build): below the cutoff is past the window.
   local cutoff = string.format('%010d', tonumber(clock[1]) - IDEM_TTL_S)
   local flat, gone = page[2], {}
   for i = 2, #flat, 2 do
-    if string.sub(flat[i], 1, 10) < cutoff then  -- 10 digits each: string order is number order
+    if flat[i] < cutoff then
       gone[#gone + 1] = flat[i - 1]
     end
   end
