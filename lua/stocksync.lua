@@ -25,7 +25,10 @@
   The buckets are the one deviation from "keys are passed in": a call names its reference key, and the
   function derives the bucket from that key's hash tag and a digest of it. Redis Cluster serves an
   undeclared key only from the slot of the declared ones; the tag guarantees that it is that slot, and
-  the functions refuse a reference key of another partition. Why buckets: one key with a TTL per
+  the functions refuse a reference key of another partition. While that slot is being migrated, a
+  bucket that has already moved makes the call fail ("Script attempted to access a non local key"),
+  before its first write: such a call is refused, never applied twice; retried after the migration it
+  goes to the new node. (Redis checks each key a script touches; declared keys get ASK/TRYAGAIN first.) Why buckets: one key with a TTL per
   reference cost 197 bytes on Redis 7 (key, value object, expires entry); a field of a small hash (a
   listpack, up to 128 entries) costs about 45. Why not per-field TTLs (HSETEX, Redis 7.4+/Valkey 9): a
   hash with field TTLs leaves the listpack encoding (85 bytes a reference measured on Valkey 9.1).
@@ -218,7 +221,12 @@ local function sweep(tag, clock)
     return
   end
   local bucket = heads_of(tag).refs .. string.format('%03x', s.bucket)
-  local page = redis.call('HSCAN', bucket, s.cursor, 'COUNT', SWEEP_COUNT)
+  -- pcall: on a cluster, a bucket of a slot being migrated may already be on the other node; the
+  -- call's own change is done by now, so the sweep skips that step rather than fail the call.
+  local page = redis.pcall('HSCAN', bucket, s.cursor, 'COUNT', SWEEP_COUNT)
+  if page.err then
+    return
+  end
   s.cursor = page[1]
   if s.cursor == '0' then
     s.bucket = (s.bucket + 1) % REF_BUCKETS

@@ -377,6 +377,73 @@ async def test_buckets_live_in_the_slot_of_their_partition_on_a_cluster(cluster)
         await store.close()
 
 
+@pytest.mark.cluster
+async def test_buckets_move_with_their_slot_and_a_call_never_reads_a_moved_one(cluster):
+    """The buckets are not declared keys, so a slot migration is where that could go wrong: mid-migration,
+    a call whose bucket has already left gets an error and changes nothing; once the slot has moved, the
+    references are remembered on the new node."""
+    import uuid
+
+    from stocksync.settings import Settings
+    from stocksync.store import StockStore
+
+    store = await StockStore.connect(Settings(redis_url=cluster.url, cluster=True,
+                                              prefix=f"m{uuid.uuid4().hex[:8]}", partitions=1))
+    keys = store.keys
+    nodes = {n.port: redis.Redis(port=n.port, decode_responses=True) for n in cluster.nodes}
+    source = target = None
+    moved = False
+    try:
+        skus = [f"S{i}" for i in range(6)]
+        for s in skus:
+            await store.set(s, 2_000_000_000, source="w", ref=f"i-{s}")
+        taken = await store.decrement("S0", 3, ref="d1", source="amazon")
+        big = await store.order({s: 1 for s in skus}, ref="big", source="shopify")  # its outcome is at KEYS[2]
+        slot_no = store.redis.keyslot(keys.events(0))
+        source_port = store.redis.nodes_manager.get_node_from_slot(slot_no).port
+        target_port = next(port for port in nodes if port != source_port)
+        source, target = nodes[source_port], nodes[target_port]
+        target.execute_command("CLUSTER", "SETSLOT", slot_no, "IMPORTING", source.execute_command("CLUSTER", "MYID"))
+        source.execute_command("CLUSTER", "SETSLOT", slot_no, "MIGRATING", target.execute_command("CLUSTER", "MYID"))
+        for ref in ("d1", "big"):  # only the buckets move first
+            source.execute_command("MIGRATE", "127.0.0.1", target_port, slot(keys, ref)[0], 0, 5000)
+        raw = redis.Redis(port=source_port)  # DUMP's payload is bytes
+
+        def contents():
+            return {k: raw.dump(k) for k in source.execute_command("CLUSTER", "GETKEYSINSLOT", slot_no, 1000)}
+
+        before = contents()
+        order_keys = [keys.events(0), keys.idem(0, "big")] + [keys.sku(s) for s in skus]
+        with pytest.raises(redis.ResponseError, match="non local key"):  # every declared key is here, not the bucket
+            source.fcall("stocksync_order", len(order_keys), *order_keys, "shopify", "big", *[1] * len(skus))
+        with pytest.raises(redis.ResponseError):  # ASK: the declared reference key is not here
+            source.fcall("stocksync_decrement", 3, *sku_call_keys(keys, "S0", "d1"), 3, "amazon", "d1")
+        assert contents() == before, "a refused call changed something"
+        raw.close()
+        rest = source.execute_command("CLUSTER", "GETKEYSINSLOT", slot_no, 1000)
+        source.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *rest)
+        target_id = target.execute_command("CLUSTER", "MYID")
+        for client in nodes.values():
+            client.execute_command("CLUSTER", "SETSLOT", slot_no, "NODE", target_id)
+        moved = True
+        again = await store.decrement("S0", 3, ref="d1", source="amazon")
+        assert again.replayed and (again.available, again.version) == (taken.available, taken.version)
+        again = await store.order({s: 1 for s in skus}, ref="big", source="shopify")
+        assert again.replayed and again.lines == big.lines
+        assert store.redis.nodes_manager.get_node_from_slot(slot_no).port == target_port
+    finally:
+        if source is not None and not moved:  # leave the session's cluster as it was
+            for client in (source, target):
+                client.execute_command("CLUSTER", "SETSLOT", slot_no, "STABLE")
+        for client in nodes.values():
+            for k in client.execute_command("CLUSTER", "GETKEYSINSLOT", slot_no, 1000):
+                client.delete(k)
+        await store.redis.delete(keys.meta)
+        for client in nodes.values():
+            client.close()
+        await store.close()
+
+
 def test_the_library_answers_on_fakeredis():
     """Compatibility only (users' unit tests): the record and stocksync_ref work there too."""
     fakeredis = pytest.importorskip("fakeredis")
