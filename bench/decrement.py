@@ -25,6 +25,7 @@ import contextlib
 import csv
 import io
 import os
+import random
 import re
 import resource
 import shutil
@@ -153,16 +154,17 @@ class Variant:
     # new: this checkout's library; old: 0.4.0 from git (memory.OLD_LIBRARY_REV); upgrade: this checkout's
     # with LEGACY_UNTIL a day ahead, as in the retention window after an upgrade (one GET more a call)
     source: str = "new"
+    store: str = "buckets"  # where it keeps references (what --prefill fills): buckets, keys or none
 
 
 VARIANTS = [
-    Variant("bare", "bench_bare"),
-    Variant("bare+SET EX", "bench_bare_setex"),
+    Variant("bare", "bench_bare", store="none"),
+    Variant("bare+SET EX", "bench_bare_setex", store="keys"),
     Variant("bare+bucket record", "bench_bare_bucket"),
     Variant("full", "stocksync_decrement"),
-    Variant("full 0.4.0", "stocksync_decrement", source="old"),
+    Variant("full 0.4.0", "stocksync_decrement", source="old", store="keys"),
     Variant("full, upgrade window", "stocksync_decrement", source="upgrade"),
-    Variant("noop FCALL", "bench_noop", decomposition=True, writes_event=False),
+    Variant("noop FCALL", "bench_noop", decomposition=True, writes_event=False, store="none"),
     Variant("full - record - validation", "stocksync_decrement", tuple(NO_RECORD + NO_VALIDATION), True),
     Variant("full - validation", "stocksync_decrement", tuple(NO_VALIDATION), True),
     Variant("full - record", "stocksync_decrement", tuple(NO_RECORD), True),
@@ -220,8 +222,10 @@ class NativeServer:
             self.r.function_load(derived_source(want[1], want[0]), replace=True)
             self.loaded = want
 
-    def reset(self) -> None:
-        """An empty keyspace with the 10,000 SKUs and the hot one, each holding STOCK."""
+    def reset(self, store: str = "none", prefill: int = 0) -> None:
+        """An empty keyspace with the 10,000 SKUs and the hot one, each holding STOCK; with prefill, also
+        the references a deployment would already remember: prefill records in each of the 4096 buckets
+        (store "buckets", library 0.5) or prefill x 4096 reference keys with a TTL (store "keys", 0.4)."""
         self.r.flushall()
         now_ms = int(time.time() * 1000)
         pipe = self.r.pipeline(transaction=False)
@@ -229,14 +233,27 @@ class NativeServer:
             pipe.hset(KEYS.sku(sku), mapping={"available": STOCK, "version": 1, "updated_ms": now_ms,
                                               "source": "bench"})
         pipe.execute()
+        if prefill and store != "none":
+            rng = random.Random(0)
+            for start in range(0, 4096, 256):
+                pipe = self.r.pipeline(transaction=False)
+                for b in range(start, start + 256):
+                    if store == "keys":
+                        for j in range(prefill):
+                            pipe.set(KEYS.idem(0, f"pre-{b}-{j}"), "o|1999999999|123", ex=TTL_S)
+                    else:
+                        pipe.hset(f"{KEYS.tag(0)}:refs:{b:03x}", mapping={
+                            f"{rng.getrandbits(64):016x}": f"{now_ms // 1000}o|1999999999|123" for _ in range(prefill)})
+                pipe.execute()
         self.r.config_resetstat()
 
-    def benchmark(self, function: str, pipeline: int, keyspace: str, requests: int) -> dict:
+    def benchmark(self, function: str, pipeline: int, keyspace: str, requests: int, store: str = "none",
+                  prefill: int = 0) -> dict:
         sku_key = KEYS.sku("__rand_int__" if keyspace == "10k" else HOT)
         argv = ["redis-benchmark", "-p", str(self.srv.port), "-c", "50", "-n", str(requests), "-P", str(pipeline),
                 "-r", str(N_SKUS), "--csv", "FCALL", function, "3", sku_key, KEYS.events(0),
                 KEYS.idem(0, RAND_REF), "1", "bench", RAND_REF]
-        self.reset()
+        self.reset(store, prefill)
         cpu_before, client_before = server_cpu_ns(self.srv.proc.pid), children_cpu_s()
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
         cpu_ns = server_cpu_ns(self.srv.proc.pid) - cpu_before
@@ -275,7 +292,7 @@ def server_cpu_ns(pid: int) -> int:
     return total
 
 
-def server_round(server: NativeServer, round_no: int, requests: dict[int, int], out: list) -> None:
+def server_round(server: NativeServer, round_no: int, requests: dict[int, int], out: list, prefill: int = 0) -> None:
     jobs = []
     for pipeline, keyspace in CONFIGS:
         for v in VARIANTS:
@@ -286,7 +303,7 @@ def server_round(server: NativeServer, round_no: int, requests: dict[int, int], 
         if variant_source(v) is None:
             continue
         server.load(v)
-        res = server.benchmark(v.function, pipeline, keyspace, requests[pipeline])
+        res = server.benchmark(v.function, pipeline, keyspace, requests[pipeline], v.store, prefill)
         if v.writes_event and res["events"] != requests[pipeline]:
             raise RuntimeError(f"{v.name}: {res['events']} events for {requests[pipeline]} calls")
         res.update(round=round_no, variant=v.name, pipeline=pipeline, keyspace=keyspace, requests=requests[pipeline])
@@ -689,7 +706,8 @@ async def main_async(args) -> dict:
 
     result: dict = {"benchmark": "decrement", "date": today(), "quick": quick, "rounds": rounds,
                     "machine": machine(), "requests_per_run": requests, "python_seconds_per_run": py_seconds,
-                    "pgbench_seconds_per_run": pg_seconds, "parts": sorted(parts), "notes": []}
+                    "pgbench_seconds_per_run": pg_seconds, "parts": sorted(parts), "prefill": args.prefill,
+                    "notes": []}
     versions = python_versions("redis", "hiredis", "asyncpg", "orjson")
     versions["redis-benchmark"] = tool_version("redis-benchmark", "--version")
     versions["pgbench"] = tool_version("pgbench", "--version")
@@ -728,7 +746,7 @@ async def main_async(args) -> dict:
                     await py.run(name, 0.2)
                 for rnd in range(rounds):
                     if have_rb and "server" in parts:
-                        server_round(native, rnd, requests, server_runs)
+                        server_round(native, rnd, requests, server_runs, args.prefill)
                     if have_rb and "native" in parts:
                         # the native comparison with PostgreSQL at -P 1, with the AOF: everysec is as durable as
                         # synchronous_commit=off (up to about a second lost), always as synchronous_commit=on
@@ -970,7 +988,9 @@ def describe(result: dict) -> str:
     return (f"{result['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, load {m['load_avg_at_start']} "
             f"-> {m.get('load_avg_at_end')}; {v.get('server')}, Python {v['python']}, redis-py {v['redis']}, "
             f"hiredis {v['hiredis']}, asyncpg {v['asyncpg']}, PostgreSQL {v.get('postgresql', '-')}; "
-            f"{result['rounds']} rounds{' (quick)' if result['quick'] else ''}")
+            f"{result['rounds']} rounds{' (quick)' if result['quick'] else ''}"
+            + (f"; {result['prefill']} references a bucket remembered before each server run ({result['prefill'] * 4096:,}"
+               " keys for 0.4.0)" if result.get("prefill") else ""))
 
 
 def markdown(result: dict) -> str:
@@ -984,12 +1004,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default 3, quick 1)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--parts", default="", help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
+    parser.add_argument("--prefill", type=int, default=0,
+                        help="server side: references already remembered before each run, per bucket (x 4096 "
+                             "keys for 0.4.0): the cost at a deployment's size (writes decrement-prefill<N>.json)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     # A run on another server (STOCKSYNC_REDIS_SERVER=valkey) does not replace the committed Redis run.
     suffix = "" if str(result["versions"].get("server", "")).startswith("Redis") else "-" + str(
         result["versions"].get("server", "other")).split()[0].lower()
-    path = write_json("decrement" + suffix, result)
+    path = write_json("decrement" + suffix + (f"-prefill{args.prefill}" if args.prefill else ""), result)
     print(describe(result))
     print()
     print(render(result, args.markdown))
