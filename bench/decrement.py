@@ -292,9 +292,12 @@ def server_cpu_ns(pid: int) -> int:
     return total
 
 
-def server_round(server: NativeServer, round_no: int, requests: dict[int, int], out: list, prefill: int = 0) -> None:
+def server_round(server: NativeServer, round_no: int, requests: dict[int, int], out: list, prefill: int = 0,
+                 pipelines: tuple[int, ...] = (1, 16)) -> None:
     jobs = []
     for pipeline, keyspace in CONFIGS:
+        if pipeline not in pipelines:
+            continue
         for v in VARIANTS:
             if v.decomposition and pipeline != 16:
                 continue
@@ -746,7 +749,8 @@ async def main_async(args) -> dict:
                     await py.run(name, 0.2)
                 for rnd in range(rounds):
                     if have_rb and "server" in parts:
-                        server_round(native, rnd, requests, server_runs, args.prefill)
+                        server_round(native, rnd, requests, server_runs, args.prefill,
+                                     tuple(int(p) for p in args.pipelines.split(",")))
                     if have_rb and "native" in parts:
                         # the native comparison with PostgreSQL at -P 1, with the AOF: everysec is as durable as
                         # synchronous_commit=off (up to about a second lost), always as synchronous_commit=on
@@ -1004,6 +1008,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default 3, quick 1)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--parts", default="", help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
+    parser.add_argument("--pipelines", default="1,16", help="server side: the -P values to run (default 1,16)")
     parser.add_argument("--prefill", type=int, default=0,
                         help="server side: references already remembered before each run, per bucket (x 4096 "
                              "keys for 0.4.0): the cost at a deployment's size (writes decrement-prefill<N>.json)")
