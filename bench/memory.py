@@ -98,14 +98,17 @@ def sku_name(i: int) -> str:
     return f"SKU{i:09d}"  # 12 characters
 
 
-def measure(binary: str | None, skus: int, refs: int, library: tuple[str, str] | None = None) -> dict:
+def measure(binary: str | None, skus: int, refs: int, library: tuple[str, str] | None = None,
+            listpack_entries: int = 0) -> dict:
     keys = Keys(PREFIX, 1)
     events = keys.events(0)
     label, source = library or (library_version(), library_source(TTL_S))
     out: dict = {"skus": skus, "refs": refs, "prefix": PREFIX, "source_value": SOURCE, "library": label}
     buckets = bucket_names(keys)
-    with EmbeddedRedis(binary=binary) as srv:
+    extra = ["--hash-max-listpack-entries", str(listpack_entries)] if listpack_entries else []
+    with EmbeddedRedis(binary=binary, extra=extra) as srv:
         c = redis.Redis(port=srv.port, decode_responses=True)
+        out["hash_max_listpack_entries"] = int(c.config_get("hash-max-listpack-entries")["hash-max-listpack-entries"])
         info = c.info("server")
         out["server"] = f"Valkey {info['valkey_version']}" if info.get("valkey_version") else f"Redis {info['redis_version']}"
         c.function_load(source, replace=True)
@@ -207,14 +210,14 @@ def servers() -> list[tuple[str, str | None]]:
     return found
 
 
-def run(quick: bool, refs: int | None = None, skus: int | None = None) -> list[dict]:
+def run(quick: bool, refs: int | None = None, skus: int | None = None, listpack_entries: int = 0) -> list[dict]:
     skus = skus or (20_000 if quick else 100_000)
     refs = refs or (20_000 if quick else 100_000)
     results = []
     for _, binary in servers():
         for library in libraries():  # old and new alternate per server
             log("memory:", binary, "library", library[0])
-            results.append(measure(binary, skus, refs, library))
+            results.append(measure(binary, skus, refs, library, listpack_entries))
     return results
 
 
@@ -233,12 +236,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--refs", type=int, default=0, help="references to record (default 100,000)")
     parser.add_argument("--skus", type=int, default=0, help="SKUs to create (default 100,000)")
+    parser.add_argument("--listpack-entries", type=int, default=0,
+                        help="the servers' hash-max-listpack-entries (default: theirs; 512 here, 128 in many configs)")
     args = parser.parse_args()
-    results = run(args.quick, args.refs or None, args.skus or None)
+    results = run(args.quick, args.refs or None, args.skus or None, args.listpack_entries)
     print(render(results))
     for r in results:
         extra = (f", {r['buckets']} buckets of {r['records_per_bucket'][0]}-{r['records_per_bucket'][2]} "
-                 f"records, {'/'.join(r['bucket_encodings'])}" if "buckets" in r else "")
+                 f"records, {'/'.join(r['bucket_encodings'])}, hash-max-listpack-entries "
+                 f"{r['hash_max_listpack_entries']}" if "buckets" in r else "")
         print(f"{r['server']} library {r['library']}: {r['sku_key_example']} = {r['sku_hash']}; "
               f"{r['ref_key_example']} = {r['ref_record_example']!r} (TTL {r['ref_ttl_s']} s{extra})")
 
