@@ -26,22 +26,26 @@
   function derives the bucket from that key's hash tag and a digest of it. Redis Cluster serves an
   undeclared key only from the slot of the declared ones; the tag guarantees that it is that slot, and
   the functions refuse a reference key of another partition. While that slot is being migrated, a
-  bucket that has already moved makes the call fail ("Script attempted to access a non local key"),
-  before its first write: such a call is refused, never applied twice; retried after the migration it
-  goes to the new node. (Redis checks each key a script touches; declared keys get ASK/TRYAGAIN first.) Why buckets: one key with a TTL per
-  reference cost 197 bytes on Redis 7 (key, value object, expires entry); a field of a small hash (a
-  listpack, up to 128 entries) costs about 45. Why not per-field TTLs (HSETEX, Redis 7.4+/Valkey 9): a
-  hash with field TTLs leaves the listpack encoding (85 bytes a reference measured on Valkey 9.1).
+  bucket that has already moved makes the call fail ("Script attempted to access a non local key")
+  before its first write: such a call is refused, never applied twice, and once retried after the
+  migration it goes to the new node. (Redis checks every key a script touches; declared keys get
+  ASK/TRYAGAIN before the script runs.)
 
-  Forgetting: a record older than IDEM_TTL_S is treated as absent at once (so the window is exact, to the
-  second, and never shrinks), and removed by a bounded sweep that the writing functions run themselves:
-  at most one HSCAN page (COUNT 128) of one bucket per call, visiting the buckets of a partition in turn,
-  each once per IDEM_TTL_S / 2 while calls come in (a record lives at most 1.5 x the window). No worker
-  is needed; with no calls nothing is swept, and expired records only take memory. A bucket holds about refs-in-window / 4096 records: past about 100 (some
-  400,000 references a partition) Redis turns it into a hashtable, which still works, at about 90 bytes
-  a reference on Redis 7.
-  The false-replay risk of a 76-bit digest (16 hex digits + the bucket's 3): about 2e-9 per 17 million
-  references remembered at once in one partition.
+  Why buckets: a key with a TTL per reference cost 197 bytes on Redis 7.0 (name, dict entry, value
+  object, expires entry), a field of a listpack hash 53-57. Why not per-field TTLs (HSETEX/HEXPIRE,
+  Redis 7.4+ and Valkey 9): a hash with field TTLs is no longer a listpack (85 bytes a reference on
+  Valkey 9.1), and Redis 7.0 has none.
+
+  Forgetting: a record older than IDEM_TTL_S is treated as absent at once (the window is exact to the
+  second and never shrinks), and removed by a bounded sweep that the writing functions run themselves:
+  at most one HSCAN page (COUNT 128) of one bucket per call, the buckets of a partition in turn, each
+  once per IDEM_TTL_S / 2 while calls come in (a record stays at most 1.5 windows). No worker is
+  needed; with no calls nothing is swept, and expired records only take memory (never replayed).
+  A bucket holds refs-in-window / 4096 records; past hash-max-listpack-entries (512 by default here,
+  128 in many configs) Redis makes it a hashtable, which works the same at about 90 bytes a reference.
+
+  False replays: two reference keys share a record only if 76 bits of their sha1 do (16 hex digits of
+  field, 3 of bucket): about 2e-9 per 17 million references remembered at once in one partition.
 ]]
 
 local VERSION = '0.5.0'
