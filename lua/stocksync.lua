@@ -127,12 +127,17 @@ local function sku_of(sku_key)
 end
 
 -- The names derived from a tag, built once per partition: every string built per call costs time.
-local heads = {}
+-- Callers choose the tags, so the cache starts over past MAX_TAGS rather than grow without bound.
+local MAX_TAGS = 10000
+local heads, heads_n = {}, 0
 local function heads_of(tag)
   local h = heads[tag]
   if not h then
+    if heads_n >= MAX_TAGS then
+      heads, heads_n = {}, 0
+    end
     h = {events = tag .. ':events', idem = tag .. ':idem:', refs = tag .. ':refs:'}
-    heads[tag] = h
+    heads[tag], heads_n = h, heads_n + 1
   end
   return h
 end
@@ -209,7 +214,7 @@ end
 -- spell is capped at one cycle. The progress kept here (this Lua state, per partition) only decides
 -- what to sweep next: losing it (a restart, a failover, a reload) starts again at a bucket the clock
 -- picks. Only records older than the window go, so sweeping early or twice is harmless.
-local sweeps = {}
+local sweeps, sweeps_n = {}, 0
 local function sweep(tag, clock)
   local s = sweeps[tag]
   -- Most calls stop here: a comparison of two 10-digit strings (the whole seconds of when it is due).
@@ -218,8 +223,11 @@ local function sweep(tag, clock)
   end
   local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
   if not s then
+    if sweeps_n >= MAX_TAGS then  -- as heads_of: bounded, and losing the progress is harmless
+      sweeps, sweeps_n = {}, 0
+    end
     s = {due = now, due_s = '', bucket = math.floor(now / SWEEP_STEP_S) % REF_BUCKETS, cursor = '0'}
-    sweeps[tag] = s
+    sweeps[tag], sweeps_n = s, sweeps_n + 1
   end
   if s.cursor == '0' and now < s.due then
     return
