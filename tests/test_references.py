@@ -355,10 +355,13 @@ async def test_references_the_real_0_4_library_recorded_survive_the_upgrade(stor
 
 @pytest.mark.cluster
 async def test_buckets_live_in_the_slot_of_their_partition_on_a_cluster(cluster):
+    import uuid
+
     from stocksync.settings import Settings
     from stocksync.store import StockStore
 
-    store = await StockStore.connect(Settings(redis_url=cluster.url, cluster=True, prefix="cref", partitions=12))
+    prefix = f"c{uuid.uuid4().hex[:10]}"
+    store = await StockStore.connect(Settings(redis_url=cluster.url, cluster=True, prefix=prefix, partitions=12))
     try:
         skus = [f"SKU-{i}" for i in range(24)]
         for s in skus:
@@ -371,7 +374,7 @@ async def test_buckets_live_in_the_slot_of_their_partition_on_a_cluster(cluster)
             assert store.redis.keyslot(bucket) == store.redis.keyslot(store.keys.events(p))
             assert await store.redis.fcall_ro("stocksync_ref", 1, store.keys.idem(p, f"d-{s}")) == "ok"
     finally:
-        keys = [k async for k in store.redis.scan_iter(match="{cref:*")] + [store.keys.meta]
+        keys = [k async for k in store.redis.scan_iter(match=f"\\{{{prefix}:*")] + [store.keys.meta]
         for k in keys:
             await store.redis.delete(k)
         await store.close()
