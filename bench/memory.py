@@ -32,7 +32,7 @@ from stocksync.embedded import EmbeddedRedis
 from stocksync.functions import library_source, library_version
 from stocksync.keys import Keys
 
-from .common import fmt, log, table
+from .common import fmt, log, machine, table, today, write_json
 
 PREFIX = "stocksync"  # the default prefix: key names as long as in a default deployment
 SOURCE = "shopify"
@@ -240,7 +240,10 @@ def main() -> None:
                         help="the servers' hash-max-listpack-entries (default: theirs; 512 here, 128 in many configs)")
     args = parser.parse_args()
     results = run(args.quick, args.refs or None, args.skus or None, args.listpack_entries)
+    name = f"memory-{results[0]['refs']}" + (f"-listpack{args.listpack_entries}" if args.listpack_entries else "")
+    path = write_json(name, {"benchmark": "memory", "date": today(), "machine": machine(), "results": results})
     print(render(results))
+    print(f"written: {path}")
     for r in results:
         extra = (f", {r['buckets']} buckets of {r['records_per_bucket'][0]}-{r['records_per_bucket'][2]} "
                  f"records, {'/'.join(r['bucket_encodings'])}, hash-max-listpack-entries "
