@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import io
 import os
+import random
 import re
 import resource
 import shutil
@@ -38,7 +40,7 @@ import redis
 
 from stocksync import connection
 from stocksync.embedded import EmbeddedRedis
-from stocksync.functions import library_source
+from stocksync.functions import library_source, library_version
 from stocksync.keys import Keys
 from stocksync.settings import Settings
 from stocksync.store import StockStore
@@ -73,6 +75,7 @@ TARGETS = {
     "hot_vs_postgres": 20.0,
     "many_vs_postgres": 4.0,
     "bytes_per_sku": 180,
+    "bytes_per_ref": 60,
 }
 
 # Bench-only functions, loaded beside the real library (library stocksync_bench). Same KEYS and ARGV
@@ -107,6 +110,16 @@ local function bare_setex(keys, args)
   return {{status, available, version, 0}}
 end
 
+-- bare plus the least a record in a bucket needs (library 0.5): the server's clock for the first-use
+-- time, the digest of the reference key, one HSETNX of a field of one of 4096 hashes.
+local function bare_bucket(keys, args)
+  local now = redis.call('TIME')[1]
+  local h = redis.sha1hex(keys[3])
+  redis.call('HSETNX', '{{b:0}}:refs:' .. string.sub(h, 1, 3), string.sub(h, 25, 40), now .. 'o|1999999999|2')
+  local status, available, version = take(keys, args)
+  return {{status, available, version, 0}}
+end
+
 -- The cost of an FCALL with these keys and arguments that does nothing.
 local function noop(keys, args)
   return {{'ok', 1, 1, 0}}
@@ -114,15 +127,17 @@ end
 
 redis.register_function('bench_bare', bare)
 redis.register_function('bench_bare_setex', bare_setex)
+redis.register_function('bench_bare_bucket', bare_bucket)
 redis.register_function('bench_noop', noop)
 """
 
 # Text substitutions on the real library that take one part out. If the library changes so that a
 # pattern no longer matches, that variant is skipped (and said so), the rest still runs.
-NO_RECORD = [("if redis.call('SET', idem_key, record, 'NX', 'EX', IDEM_TTL_ARG) then", "if true then")]
+NO_RECORD = [("local function remember(tag, idem_key, record)\n",
+              "local function remember(tag, idem_key, record)\n  if true then return nil end\n")]
 NO_VALIDATION = [
-    ("local sku, source, ref = mutation(keys, args)\n  local qty = integer(args[1], 'qty', 1, MAX_QTY)",
-     "local sku, source, ref = string.match(keys[1], ':sku:(.+)$'), args[2], args[3]\n"
+    ("local tag, sku, source, ref = mutation(keys, args)\n  local qty = integer(args[1], 'qty', 1, MAX_QTY)",
+     "local tag, sku = string.match(keys[1], '^(%b{}):sku:(.+)$')\n  local source, ref = args[2], args[3]\n"
      "  local qty = tonumber(args[1])"),
     ("redis.register_function('stocksync_decrement', guarded(decrement))",
      "redis.register_function('stocksync_decrement', decrement)"),
@@ -136,13 +151,20 @@ class Variant:
     library: tuple[tuple[str, str], ...] | None = None  # substitutions on the real library; None = real
     decomposition: bool = False  # only at -P 16 (where the server is the bottleneck)
     writes_event: bool = True
+    # new: this checkout's library; old: 0.4.0 from git (memory.OLD_LIBRARY_REV); upgrade: this checkout's
+    # with LEGACY_UNTIL a day ahead, as in the retention window after an upgrade (one GET more a call)
+    source: str = "new"
+    store: str = "buckets"  # where it keeps references (what --prefill fills): buckets, keys or none
 
 
 VARIANTS = [
-    Variant("bare", "bench_bare"),
-    Variant("bare+SET EX", "bench_bare_setex"),
+    Variant("bare", "bench_bare", store="none"),
+    Variant("bare+SET EX", "bench_bare_setex", store="keys"),
+    Variant("bare+bucket record", "bench_bare_bucket"),
     Variant("full", "stocksync_decrement"),
-    Variant("noop FCALL", "bench_noop", decomposition=True, writes_event=False),
+    Variant("full 0.4.0", "stocksync_decrement", source="old", store="keys"),
+    Variant("full, upgrade window", "stocksync_decrement", source="upgrade"),
+    Variant("noop FCALL", "bench_noop", decomposition=True, writes_event=False, store="none"),
     Variant("full - record - validation", "stocksync_decrement", tuple(NO_RECORD + NO_VALIDATION), True),
     Variant("full - validation", "stocksync_decrement", tuple(NO_VALIDATION), True),
     Variant("full - record", "stocksync_decrement", tuple(NO_RECORD), True),
@@ -150,13 +172,22 @@ VARIANTS = [
 CONFIGS = [(1, "10k"), (1, "hot"), (16, "10k"), (16, "hot")]
 
 
-def derived_source(subs: tuple[tuple[str, str], ...] | None) -> str | None:
-    src = library_source(TTL_S)
+def derived_source(subs: tuple[tuple[str, str], ...] | None, source: str = "new") -> str | None:
+    if source == "old":
+        src = memory.old_library_source(TTL_S)
+    elif source == "upgrade":
+        src = library_source(TTL_S, legacy_until=int(time.time()) + 86400)
+    else:
+        src = library_source(TTL_S)
     for old, new in subs or ():
-        if old not in src:
+        if src is None or old not in src:
             return None
         src = src.replace(old, new)
     return src
+
+
+def variant_source(v: Variant) -> str | None:
+    return derived_source(v.library, v.source)
 
 
 def config_name(pipeline: int, keyspace: str) -> str:
@@ -184,13 +215,17 @@ class NativeServer:
         self.r.close()
         self.srv.stop()
 
-    def load(self, subs) -> None:
-        if self.loaded != (subs,):
-            self.r.function_load(derived_source(subs), replace=True)
-            self.loaded = (subs,)
+    def load(self, v: Variant | None) -> None:
+        """Load a variant's library (None: this checkout's, unchanged) unless it is loaded already."""
+        want = (v.source, v.library) if v else ("new", None)
+        if self.loaded != want:
+            self.r.function_load(derived_source(want[1], want[0]), replace=True)
+            self.loaded = want
 
-    def reset(self) -> None:
-        """An empty keyspace with the 10,000 SKUs and the hot one, each holding STOCK."""
+    def reset(self, store: str = "none", prefill: int = 0) -> None:
+        """An empty keyspace with the 10,000 SKUs and the hot one, each holding STOCK; with prefill, also
+        the references a deployment would already remember: prefill records in each of the 4096 buckets
+        (store "buckets", library 0.5) or prefill x 4096 reference keys with a TTL (store "keys", 0.4)."""
         self.r.flushall()
         now_ms = int(time.time() * 1000)
         pipe = self.r.pipeline(transaction=False)
@@ -198,14 +233,27 @@ class NativeServer:
             pipe.hset(KEYS.sku(sku), mapping={"available": STOCK, "version": 1, "updated_ms": now_ms,
                                               "source": "bench"})
         pipe.execute()
+        if prefill and store != "none":
+            rng = random.Random(0)
+            for start in range(0, 4096, 256):
+                pipe = self.r.pipeline(transaction=False)
+                for b in range(start, start + 256):
+                    if store == "keys":
+                        for j in range(prefill):
+                            pipe.set(KEYS.idem(0, f"pre-{b}-{j}"), "o|1999999999|123", ex=TTL_S)
+                    else:
+                        pipe.hset(f"{KEYS.tag(0)}:refs:{b:03x}", mapping={
+                            f"{rng.getrandbits(64):016x}": f"{now_ms // 1000}o|1999999999|123" for _ in range(prefill)})
+                pipe.execute()
         self.r.config_resetstat()
 
-    def benchmark(self, function: str, pipeline: int, keyspace: str, requests: int) -> dict:
+    def benchmark(self, function: str, pipeline: int, keyspace: str, requests: int, store: str = "none",
+                  prefill: int = 0) -> dict:
         sku_key = KEYS.sku("__rand_int__" if keyspace == "10k" else HOT)
         argv = ["redis-benchmark", "-p", str(self.srv.port), "-c", "50", "-n", str(requests), "-P", str(pipeline),
                 "-r", str(N_SKUS), "--csv", "FCALL", function, "3", sku_key, KEYS.events(0),
                 KEYS.idem(0, RAND_REF), "1", "bench", RAND_REF]
-        self.reset()
+        self.reset(store, prefill)
         cpu_before, client_before = server_cpu_ns(self.srv.proc.pid), children_cpu_s()
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
         cpu_ns = server_cpu_ns(self.srv.proc.pid) - cpu_before
@@ -215,11 +263,17 @@ class NativeServer:
         rows = list(csv.reader(io.StringIO(proc.stdout)))
         rps = float(rows[-1][1])
         stats = self.r.info("commandstats")
-        nested = {k.removeprefix("cmdstat_"): v["usec_per_call"] for k, v in stats.items()
-                  if k.removeprefix("cmdstat_") in ("hmget", "hset", "xadd", "set", "get")}
+        # us per FCALL spent in each command run inside it (a command that runs in few calls, like the
+        # sweep's HSCAN, counts for what it costs spread over all of them)
+        fcalls = stats["cmdstat_fcall"]["calls"]
+        nested = {k.removeprefix("cmdstat_"): v["usec"] / fcalls for k, v in stats.items()
+                  if k.removeprefix("cmdstat_") in NESTED}
         return {"rps": rps, "usec_per_call": stats["cmdstat_fcall"]["usec_per_call"],
                 "cpu_us_per_call": cpu_ns / 1000 / requests, "client_cpu_us_per_call": client_us, "nested": nested,
                 "events": self.r.xlen(KEYS.events(0)), "keys": self.r.dbsize()}
+
+
+NESTED = ("hmget", "hset", "xadd", "set", "get", "time", "hsetnx", "hscan")  # commands run inside the FCALL
 
 
 def children_cpu_s() -> float:
@@ -238,18 +292,21 @@ def server_cpu_ns(pid: int) -> int:
     return total
 
 
-def server_round(server: NativeServer, round_no: int, requests: dict[int, int], out: list) -> None:
+def server_round(server: NativeServer, round_no: int, requests: dict[int, int], out: list, prefill: int = 0,
+                 pipelines: tuple[int, ...] = (1, 16)) -> None:
     jobs = []
     for pipeline, keyspace in CONFIGS:
+        if pipeline not in pipelines:
+            continue
         for v in VARIANTS:
             if v.decomposition and pipeline != 16:
                 continue
             jobs.append((pipeline, keyspace, v))
     for pipeline, keyspace, v in rotated(jobs, round_no * 5):
-        if v.library and derived_source(v.library) is None:
+        if variant_source(v) is None:
             continue
-        server.load(v.library)
-        res = server.benchmark(v.function, pipeline, keyspace, requests[pipeline])
+        server.load(v)
+        res = server.benchmark(v.function, pipeline, keyspace, requests[pipeline], v.store, prefill)
         if v.writes_event and res["events"] != requests[pipeline]:
             raise RuntimeError(f"{v.name}: {res['events']} events for {requests[pipeline]} calls")
         res.update(round=round_no, variant=v.name, pipeline=pipeline, keyspace=keyspace, requests=requests[pipeline])
@@ -268,6 +325,9 @@ local keys = {'{b:0}:sku:000000001234', '{b:0}:events', '{b:0}:idem:000000001234
 local args = {'1', 'bench', '000000001234000000005678000000009012'}
 local available, version, a_s, v_s = 1999999999, 12345, '1999999999', '12345'
 local n, mode, sink = tonumber(ARGV[1]), ARGV[2], nil
+if mode == 'sweep(): one step over a bucket of 64 records (none expired)' then
+  for j = 1, 64 do redis.call('HSET', '{b:0}:refs:000', string.format('%016x', j), '9999999999o|1999999999|12345') end
+end
 local t0 = redis.call('TIME')
 if mode == 'baseline' then
   for i = 1, n do sink = keys[1] end
@@ -294,6 +354,19 @@ elseif mode == 'SET new key NX EX (the record)' then
   for i = 1, n do redis.call('SET', KEYS[1] .. i, 'o|1999999999|12345', 'NX', 'EX', 172800) end
 elseif mode == 'HSETNX field of one hash (no TTL)' then
   for i = 1, n do redis.call('HSETNX', KEYS[1] .. 'bucket', i, 'o|1999999999|12345') end
+elseif mode == 'sweep(): one step over a bucket of 64 records (none expired)' then
+  for i = 1, n do
+    sweeps['{b:0}'] = {due = 0, due_s = '', bucket = 0, cursor = '0'}
+    sweep('{b:0}', {'1796049284', '0'})
+  end
+elseif mode == 'TIME' then
+  for i = 1, n do sink = redis.call('TIME') end
+elseif mode == 'ref_slot(): sha1hex, bucket and field names' then
+  for i = 1, n do local b, f = ref_slot('{b:0}', KEYS[1] .. i) end
+elseif mode == 'HSETNX field of one of 4096 buckets (the 0.5 record)' then
+  for i = 1, n do
+    redis.call('HSETNX', KEYS[1] .. (i % 4096), i .. 'abcdefabcdef', '1796049284o|1999999999|12345')
+  end
 end
 local t1 = redis.call('TIME')
 return (t1[1] - t0[1]) * 1000000 + (t1[2] - t0[2])
@@ -309,6 +382,10 @@ LUA_MODES = {  # mode: (key, baseline)
     "SET new key EX": ("{b:0}:idem:", "baseline key"),
     "SET new key NX EX (the record)": ("{b:0}:idem:", "baseline key"),
     "HSETNX field of one hash (no TTL)": ("{b:0}:idem:", "baseline key"),
+    "TIME": ("{b:0}:x", "baseline"),
+    "ref_slot(): sha1hex, bucket and field names": ("{b:0}:idem:", "baseline key"),
+    "HSETNX field of one of 4096 buckets (the 0.5 record)": ("{b:0}:refs:", "baseline key"),
+    "sweep(): one step over a bucket of 64 records (none expired)": ("{b:0}:x", "baseline"),
 }
 
 
@@ -317,6 +394,7 @@ def lua_costs(quick: bool) -> dict[str, float] | None:
     src = library_source(TTL_S)
     try:
         helpers = src[src.index("local MAX_QTY"):src.index("-- State, records and events")]
+        helpers = src[src.index("local IDEM_TTL_S"):src.index("local MAX_QTY")] + helpers
     except ValueError:
         return None
     script = helpers + LUA_LOOP
@@ -325,6 +403,9 @@ def lua_costs(quick: bool) -> dict[str, float] | None:
     with EmbeddedRedis() as srv:
         r = redis.Redis(port=srv.port)
         try:
+            if r.eval("local a = redis.call('TIME') for i = 1, 200000 do end local b = redis.call('TIME') "
+                      "return (b[1] - a[1]) * 1000000 + (b[2] - a[2])", 0) == 0:
+                return None  # this server's TIME stands still inside a script (Valkey): nothing to time with
             for _ in range(reps):
                 for mode in ["baseline", "baseline key", *LUA_MODES]:
                     r.flushall()
@@ -616,8 +697,12 @@ def verdict(value: float | None, target: float, higher_is_better: bool = True) -
     return "met" if ok else "NOT met"
 
 
+PARTS = ("server", "native", "postgres", "python", "lua", "memory")
+
+
 async def main_async(args) -> dict:
     quick = args.quick
+    parts = set(args.parts.split(",")) if args.parts else set(PARTS)
     rounds = args.rounds or (1 if quick else 3)
     requests = {1: 6_000, 16: 12_000} if quick else {1: 20_000, 16: 40_000}
     py_seconds = 0.5 if quick else 1.0
@@ -627,7 +712,8 @@ async def main_async(args) -> dict:
 
     result: dict = {"benchmark": "decrement", "date": today(), "quick": quick, "rounds": rounds,
                     "machine": machine(), "requests_per_run": requests, "python_seconds_per_run": py_seconds,
-                    "pgbench_seconds_per_run": pg_seconds, "notes": []}
+                    "pgbench_seconds_per_run": pg_seconds, "parts": sorted(parts), "prefill": args.prefill,
+                    "notes": []}
     versions = python_versions("redis", "hiredis", "asyncpg", "orjson")
     versions["redis-benchmark"] = tool_version("redis-benchmark", "--version")
     versions["pgbench"] = tool_version("pgbench", "--version")
@@ -636,6 +722,8 @@ async def main_async(args) -> dict:
     pg_db = None
     pg_info = None
     try:
+        if "postgres" not in parts:
+            raise RuntimeError("not asked for (--parts)")
         pg_db = f"stocksync_bench_{os.getpid()}"
         pg_info = await pg_create(pg_db)
         versions["postgresql"] = pg_info["version"]
@@ -656,15 +744,17 @@ async def main_async(args) -> dict:
                 NativeServer(aof_args + ["always"]) as aof_always, EmbeddedRedis() as py_srv:
             versions["server"] = redis_server_version(native.r.info("server"))
             result["server_binary"] = native.srv.binary
-            skipped = [v.name for v in VARIANTS if v.library and derived_source(v.library) is None]
+            skipped = [v.name for v in VARIANTS if variant_source(v) is None]
             if skipped:
                 result["notes"].append(f"variants skipped (library source changed): {skipped}")
-            async with PythonSide(py_srv.url, pg_db) as py:
-                for name in py.variants():  # warm-up: connections, prepared statements
+            async with (PythonSide(py_srv.url, pg_db) if "python" in parts else contextlib.nullcontext()) as py:
+                for name in py.variants() if py else ():  # warm-up: connections, prepared statements
                     await py.run(name, 0.2)
                 for rnd in range(rounds):
-                    if have_rb:
-                        server_round(native, rnd, requests, server_runs)
+                    if have_rb and "server" in parts:
+                        server_round(native, rnd, requests, server_runs, args.prefill,
+                                     tuple(int(p) for p in args.pipelines.split(",")))
+                    if have_rb and "native" in parts:
                         # the native comparison with PostgreSQL at -P 1, with the AOF: everysec is as durable as
                         # synchronous_commit=off (up to about a second lost), always as synchronous_commit=on
                         aofs = [("everysec", "10k"), ("everysec", "hot"), ("always", "10k"), ("always", "hot")]
@@ -682,7 +772,7 @@ async def main_async(args) -> dict:
                             native_runs.append({"round": rnd, "variant": name, "keyspace": keyspace, **res})
                             log(f"round {rnd} {name} {keyspace}: {res['rps']:,.0f} tps, server CPU "
                                 f"{res['cpu_us_per_call'] or 0:.0f} us/transaction")
-                    for g, group in enumerate(py.groups()):
+                    for g, group in enumerate(py.groups() if py else ()):
                         for rep in range(2):
                             for name in rotated(group, rnd + rep):
                                 rate, cpu = await py.run(name, py_seconds)
@@ -694,9 +784,12 @@ async def main_async(args) -> dict:
         if pg_db:
             await pg_drop(pg_db)
 
-    log("Lua costs in a loop")
-    result["lua_costs_us"] = lua_costs(quick)
-    result["memory"] = memory.run(quick)
+    if "lua" in parts:
+        log("Lua costs in a loop")
+        result["lua_costs_us"] = lua_costs(quick)
+        if result["lua_costs_us"] is None:
+            result["notes"].append("Lua loop skipped: TIME does not advance inside a script on this server")
+    result["memory"] = memory.run(quick) if "memory" in parts else []
     result["server_runs"] = server_runs
     result["native_runs"] = native_runs
     result["python_runs"] = py_runs
@@ -736,13 +829,27 @@ def summarize(server_runs, native_runs, py_runs, mem) -> dict:
         def rps(name, _p=pipeline, _k=keyspace):
             return by(server_runs, variant=name, pipeline=_p, keyspace=_k)
 
+        def higher(a, b):  # a's rate over b's
+            return paired_ratio(rps(a), rps(b))
+
+        def cheaper(a, b):  # b's CPU per call over a's: above 1 when a costs less
+            return paired_ratio(cpu(b), cpu(a))
+
         s["ratios"][cfg] = {
-            "full/bare (throughput)": paired_ratio(rps("full"), rps("bare")),
-            "full/(bare+SET EX) (throughput)": paired_ratio(rps("full"), rps("bare+SET EX")),
-            "bare/full (server CPU per call)": paired_ratio(cpu("bare"), cpu("full")),
-            "(bare+SET EX)/full (server CPU per call)": paired_ratio(cpu("bare+SET EX"), cpu("full")),
-            "bare/full (commandstats us per call)": paired_ratio(us("bare"), us("full")),
-            "(bare+SET EX)/full (commandstats us per call)": paired_ratio(us("bare+SET EX"), us("full")),
+            "full/bare, throughput": higher("full", "bare"),
+            "full/bare, server CPU": cheaper("full", "bare"),
+            "full/bare, commandstats": paired_ratio(us("bare"), us("full")),
+            "full 0.4.0/bare, throughput": higher("full 0.4.0", "bare"),
+            "full 0.4.0/bare, server CPU": cheaper("full 0.4.0", "bare"),
+            "full/full 0.4.0, throughput": higher("full", "full 0.4.0"),
+            "full/full 0.4.0, server CPU": cheaper("full", "full 0.4.0"),
+            "full, upgrade window/bare, throughput": higher("full, upgrade window", "bare"),
+            "full, upgrade window/bare, server CPU": cheaper("full, upgrade window", "bare"),
+            "full, upgrade window/full, server CPU": cheaper("full, upgrade window", "full"),
+            "(bare+SET EX)/bare, server CPU": cheaper("bare+SET EX", "bare"),
+            "(bare+bucket record)/bare, server CPU": cheaper("bare+bucket record", "bare"),
+            "full/(bare+SET EX), server CPU": cheaper("full", "bare+SET EX"),
+            "full/(bare+bucket record), server CPU": cheaper("full", "bare+bucket record"),
         }
 
     def pyr(name, key="rate"):
@@ -780,9 +887,9 @@ def summarize(server_runs, native_runs, py_runs, mem) -> dict:
 
     t = s["targets"]
     for cfg, ratios in s["ratios"].items():
-        value = ratios["full/bare (throughput)"]
+        value = ratios["full/bare, throughput"]
         t[f"full/bare {cfg}"] = (value, TARGETS["full_vs_bare"], verdict(value, TARGETS["full_vs_bare"]))
-        value = ratios["bare/full (server CPU per call)"]
+        value = ratios["full/bare, server CPU"]
         t[f"full/bare {cfg}, server CPU"] = (value, TARGETS["full_vs_bare"], verdict(value, TARGETS["full_vs_bare"]))
     for name in ("StockStore/raw, pipelined", "StockStore/raw, 64 tasks"):
         for key in ("rate", "client CPU"):
@@ -793,6 +900,10 @@ def summarize(server_runs, native_runs, py_runs, mem) -> dict:
             value = s["native"][keyspace]["ratios"]["full / pgbench sync on"][key]
             t[f"stocksync/PostgreSQL {keyspace}, {key}"] = (value, target, verdict(value, target))
     for m in mem:
+        if m.get("library", library_version()) != library_version():
+            continue
+        t[f"bytes per reference ({m['server']}, {m['refs']:,} references)"] = (
+            m["bytes_per_ref"], TARGETS["bytes_per_ref"], verdict(m["bytes_per_ref"], TARGETS["bytes_per_ref"], False))
         if m["server"].startswith("Redis 7"):
             # The share of the keyspace's hash table per key depends on the key count: judge at 100,000 only.
             judged = verdict(m["bytes_per_sku"], TARGETS["bytes_per_sku"], False) if m["skus"] == 100_000 else "n/a"
@@ -829,15 +940,20 @@ def render(result: dict, markdown: bool = False) -> str:
             nn = c["nested_usec_per_call"]
             inner = sum(nn.values())
             nested_rows.append([n, fmt(c["cpu_us_per_call"], 2), fmt(c["usec_per_call"], 2)]
-                               + [fmt(nn.get(k), 2) for k in ("hmget", "hset", "xadd", "set")]
+                               + [fmt(nn.get(k), 2) for k in ("hmget", "hset", "xadd", "set", "get", "time", "hsetnx",
+                                                                "hscan")]
                                + [fmt(c["usec_per_call"] - inner, 2)])
-    parts.append("Where the server time goes (-P 16, 10,000 SKUs; us per call; commandstats times each command "
-                 "inside the FCALL too; 'rest' = FCALL minus those: Lua, argument passing, FCALL itself)\n\n" + table(
-        ["variant", "server CPU", "FCALL", "HMGET", "HSET", "XADD", "SET", "rest"], nested_rows, markdown))
+    parts.append("Where the server time goes (-P 16, 10,000 SKUs; us per FCALL; commandstats times each command "
+                 "inside the FCALL too (its total time over the FCALLs); 'rest' = FCALL minus those: Lua, argument "
+                 "passing, FCALL itself)\n\n" + table(
+        ["variant", "server CPU", "FCALL", "HMGET", "HSET", "XADD", "SET", "GET", "TIME", "HSETNX", "HSCAN", "rest"],
+        nested_rows, markdown))
 
-    rows = [[c] + [fmt(v, 2) for v in s["ratios"][c].values()] for c in cfgs if c in s["ratios"]]
-    first = next(iter(s["ratios"].values()), {})
-    parts.append("Ratios (median of per-round ratios)\n\n" + table(["config"] + list(first), rows, markdown))
+    shown = [c for c in cfgs if c in s["ratios"]]
+    names_r = list(next(iter(s["ratios"].values()), {}))
+    rows = [[n] + [fmt(s["ratios"][c].get(n), 2) for c in shown] for n in names_r]
+    parts.append("Ratios (median of per-round ratios; server CPU: the inverse ratio of CPU per call, above 1 when "
+                 "the first costs less)\n\n" + table(["ratio"] + shown, rows, markdown))
 
     rows = [[n, fmt(s["python"][n]["rate"]), fmt(s["python"][n]["cpu_us_per_call"], 1)] for n in [
         "StockStore decrement_many", "raw redis-py pipeline", "StockStore 64 tasks", "raw redis-py 64 tasks",
@@ -881,7 +997,9 @@ def describe(result: dict) -> str:
     return (f"{result['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, load {m['load_avg_at_start']} "
             f"-> {m.get('load_avg_at_end')}; {v.get('server')}, Python {v['python']}, redis-py {v['redis']}, "
             f"hiredis {v['hiredis']}, asyncpg {v['asyncpg']}, PostgreSQL {v.get('postgresql', '-')}; "
-            f"{result['rounds']} rounds{' (quick)' if result['quick'] else ''}")
+            f"{result['rounds']} rounds{' (quick)' if result['quick'] else ''}"
+            + (f"; {result['prefill']} references a bucket remembered before each server run ({result['prefill'] * 4096:,}"
+               " keys for 0.4.0)" if result.get("prefill") else ""))
 
 
 def markdown(result: dict) -> str:
@@ -894,9 +1012,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one short round: a smoke run, not figures")
     parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default 3, quick 1)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    parser.add_argument("--parts", default="", help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
+    parser.add_argument("--out", default="", help="name of the JSON under bench/results (default: decrement, "
+                        "-<server> when not Redis, -prefill<N> with --prefill)")
+    parser.add_argument("--pipelines", default="1,16", help="server side: the -P values to run (default 1,16)")
+    parser.add_argument("--prefill", type=int, default=0,
+                        help="server side: references already remembered before each run, per bucket (x 4096 "
+                             "keys for 0.4.0): the cost at a deployment's size (writes decrement-prefill<N>.json)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
-    path = write_json("decrement", result)
+    # A run on another server (STOCKSYNC_REDIS_SERVER=valkey) does not replace the committed Redis run.
+    suffix = "" if str(result["versions"].get("server", "")).startswith("Redis") else "-" + str(
+        result["versions"].get("server", "other")).split()[0].lower()
+    path = write_json(args.out or "decrement" + suffix + (f"-prefill{args.prefill}" if args.prefill else ""), result)
     print(describe(result))
     print()
     print(render(result, args.markdown))

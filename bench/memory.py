@@ -1,12 +1,17 @@
 """Memory per SKU and per remembered reference, on a private server (`python -m bench.memory [--quick]`).
 
 Bytes per SKU: used_memory before and after creating N SKUs of 12 characters through stocksync_set,
-divided by N. Every set also leaves a reference key and a stream entry; they are deleted after each
-batch of 10,000, so the keyspace never holds more than N + 10,000 keys and its hash table has the
-size N SKUs alone give it. A control creates the same hashes with plain HSET.
+divided by N. Every set also leaves a reference record and a stream entry; they are deleted after each
+batch of 10,000 (the reference keys of library 0.4, the 4096 reference buckets of 0.5), so that the
+keyspace holds the SKUs and little else and its hash table has the size N SKUs alone give it. A control
+creates the same hashes with plain HSET.
 
 Bytes per reference: used_memory before and after N decrements of one SKU with unique references
 (uuid4 hex, 32 characters), the events stream deleted before measuring, divided by N.
+
+Both libraries are measured on each server, in one run: this checkout's (0.5, references in buckets)
+and 0.4.0 (a key with a TTL per reference) as git has it at OLD_LIBRARY_REV (skipped, and said so, when
+git or that commit is not there).
 
 The pipelines run on their own connection, closed before measuring, so that no query buffer is counted.
 """
@@ -14,20 +19,54 @@ The pipelines run on their own connection, closed before measuring, so that no q
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import redis
 
 from stocksync.embedded import EmbeddedRedis
-from stocksync.functions import library_source
+from stocksync.functions import library_source, library_version
 from stocksync.keys import Keys
 
-from .common import fmt, log, table
+from .common import fmt, log, machine, table, today, write_json
 
 PREFIX = "stocksync"  # the default prefix: key names as long as in a default deployment
 SOURCE = "shopify"
 BATCH = 10_000
+TTL_S = 172800
+# The last commit with library 0.4.0 (one key with a TTL per reference), for old-against-new runs.
+OLD_LIBRARY_REV = os.environ.get("STOCKSYNC_OLD_LIBRARY_REV", "46b48ac")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def old_library_source(ttl_s: int = TTL_S) -> str | None:
+    """Library 0.4.0 from git (OLD_LIBRARY_REV), with the reference TTL written in; None if unavailable."""
+    try:
+        run = subprocess.run(["git", "-C", str(ROOT), "show", f"{OLD_LIBRARY_REV}:lua/stocksync.lua"],
+                             capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None
+    if run.returncode != 0:
+        return None
+    source, n = re.subn(r"^local IDEM_TTL_S = \d+$", f"local IDEM_TTL_S = {ttl_s}", run.stdout, flags=re.M)
+    return source if n == 1 else None
+
+
+def libraries() -> list[tuple[str, str]]:
+    """(label, source) of the libraries to compare: this checkout's, then 0.4.0 when git has it."""
+    found = [(library_version(), library_source(TTL_S))]
+    old = old_library_source()
+    if old is not None:
+        found.append((re.search(r"^local VERSION = '([0-9.]+)'$", old, re.M).group(1), old))
+    return found
+
+
+def bucket_names(keys: Keys, partition: int = 0) -> list[str]:
+    return [f"{keys.tag(partition)}:refs:{b:03x}" for b in range(4096)]
 
 
 def used_memory(port: int) -> int:
@@ -59,15 +98,20 @@ def sku_name(i: int) -> str:
     return f"SKU{i:09d}"  # 12 characters
 
 
-def measure(binary: str | None, skus: int, refs: int) -> dict:
+def measure(binary: str | None, skus: int, refs: int, library: tuple[str, str] | None = None,
+            listpack_entries: int = 0) -> dict:
     keys = Keys(PREFIX, 1)
     events = keys.events(0)
-    out: dict = {"skus": skus, "refs": refs, "prefix": PREFIX, "source_value": SOURCE}
-    with EmbeddedRedis(binary=binary) as srv:
+    label, source = library or (library_version(), library_source(TTL_S))
+    out: dict = {"skus": skus, "refs": refs, "prefix": PREFIX, "source_value": SOURCE, "library": label}
+    buckets = bucket_names(keys)
+    extra = ["--hash-max-listpack-entries", str(listpack_entries)] if listpack_entries else []
+    with EmbeddedRedis(binary=binary, extra=extra) as srv:
         c = redis.Redis(port=srv.port, decode_responses=True)
+        out["hash_max_listpack_entries"] = int(c.config_get("hash-max-listpack-entries")["hash-max-listpack-entries"])
         info = c.info("server")
         out["server"] = f"Valkey {info['valkey_version']}" if info.get("valkey_version") else f"Redis {info['redis_version']}"
-        c.function_load(library_source(172800), replace=True)
+        c.function_load(source, replace=True)
 
         # SKUs through the function
         before = used_memory(srv.port)
@@ -81,6 +125,8 @@ def measure(binary: str | None, skus: int, refs: int) -> dict:
         def cleanup(pipe, idx):
             for i in idx:
                 pipe.delete(keys.idem(0, f"create-{i}"))
+            for start in range(0, len(buckets), 512):
+                pipe.delete(*buckets[start:start + 512])
             pipe.delete(events)
 
         _pipeline_in_batches(srv.port, skus, fill, cleanup)
@@ -110,7 +156,7 @@ def measure(binary: str | None, skus: int, refs: int) -> dict:
         hot = keys.sku("HOTSKU000001")
         c.execute_command("FCALL", "stocksync_set", 3, hot, events, keys.idem(0, "create-hot"), 2_000_000_000,
                           SOURCE, "create-hot")
-        c.delete(keys.idem(0, "create-hot"), events)
+        c.delete(keys.idem(0, "create-hot"), events, *buckets)
         before = used_memory(srv.port)
         ref_ids = [uuid.uuid4().hex for _ in range(refs)]
 
@@ -121,11 +167,29 @@ def measure(binary: str | None, skus: int, refs: int) -> dict:
         _pipeline_in_batches(srv.port, refs, fill_refs, lambda pipe, idx: pipe.delete(events))
         out["bytes_per_ref"] = (used_memory(srv.port) - before) / refs
         example = keys.idem(0, ref_ids[0])
-        out["ref_key_example"] = example
-        out["ref_record_example"] = c.get(example)
-        out["ref_ttl_s"] = c.ttl(example)
-        out["ref_memory_usage"] = c.memory_usage(example, samples=0)
-        assert c.dbsize() == refs + 1, c.dbsize()
+        if c.exists(example):  # 0.4: a key per reference
+            out["ref_layout"] = "key per reference"
+            out["ref_key_example"] = example
+            out["ref_record_example"] = c.get(example)
+            out["ref_ttl_s"] = c.ttl(example)
+            out["ref_memory_usage"] = c.memory_usage(example, samples=0)
+            assert c.dbsize() == refs + 1, c.dbsize()
+        else:  # 0.5: fields of buckets
+            pipe = c.pipeline(transaction=False)
+            for name in buckets:
+                pipe.hlen(name)
+            lengths = [n for n in pipe.execute() if n]
+            assert sum(lengths) == refs, sum(lengths)
+            sample = next(name for name in buckets if c.exists(name))
+            out["ref_layout"] = "4096 buckets"
+            out["buckets"] = len(lengths)
+            out["records_per_bucket"] = [min(lengths), refs / len(lengths), max(lengths)]
+            out["bucket_encodings"] = sorted({c.object("encoding", name) for name in buckets if c.exists(name)})
+            out["ref_key_example"] = sample
+            out["ref_record_example"] = next(iter(c.hgetall(sample).items()))
+            out["ref_ttl_s"] = c.ttl(sample)
+            out["ref_memory_usage"] = round(c.memory_usage(sample, samples=0) / c.hlen(sample), 1)
+            assert c.dbsize() == len(lengths) + 1, c.dbsize()
         c.close()
     return out
 
@@ -146,33 +210,46 @@ def servers() -> list[tuple[str, str | None]]:
     return found
 
 
-def run(quick: bool) -> list[dict]:
-    skus = 20_000 if quick else 100_000
-    refs = 20_000 if quick else 100_000
+def run(quick: bool, refs: int | None = None, skus: int | None = None, listpack_entries: int = 0) -> list[dict]:
+    skus = skus or (20_000 if quick else 100_000)
+    refs = refs or (20_000 if quick else 100_000)
     results = []
     for _, binary in servers():
-        log("memory:", binary)
-        results.append(measure(binary, skus, refs))
+        for library in libraries():  # old and new alternate per server
+            log("memory:", binary, "library", library[0])
+            results.append(measure(binary, skus, refs, library, listpack_entries))
     return results
 
 
 def render(results: list[dict], markdown: bool = False) -> str:
-    rows = [[r["server"], r["skus"], fmt(r["bytes_per_sku"], 1), fmt(r["bytes_per_plain_hash"], 1),
-             r["sku_memory_usage"], r["sku_encoding"], fmt(r["bytes_per_ref"], 1), r["ref_memory_usage"]]
+    rows = [[r["server"], r.get("library", "0.4.0"), r["skus"], fmt(r["bytes_per_sku"], 1),
+             fmt(r["bytes_per_plain_hash"], 1), r["sku_memory_usage"], r["sku_encoding"], r["refs"],
+             r.get("ref_layout", "key per reference"), fmt(r["bytes_per_ref"], 1), r["ref_memory_usage"]]
             for r in results]
-    return table(["server", "SKUs", "B/SKU (stocksync_set)", "B/SKU (plain HSET)", "MEMORY USAGE sku",
-                  "encoding", "B/reference", "MEMORY USAGE ref"], rows, markdown)
+    return table(["server", "library", "SKUs", "B/SKU (stocksync_set)", "B/SKU (plain HSET)", "MEMORY USAGE sku",
+                  "encoding", "references", "reference record", "B/reference",
+                  "MEMORY USAGE per reference"], rows, markdown)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--refs", type=int, default=0, help="references to record (default 100,000)")
+    parser.add_argument("--skus", type=int, default=0, help="SKUs to create (default 100,000)")
+    parser.add_argument("--listpack-entries", type=int, default=0,
+                        help="the servers' hash-max-listpack-entries (default: theirs; 512 here, 128 in many configs)")
     args = parser.parse_args()
-    results = run(args.quick)
+    results = run(args.quick, args.refs or None, args.skus or None, args.listpack_entries)
+    name = f"memory-{results[0]['refs']}" + (f"-listpack{args.listpack_entries}" if args.listpack_entries else "")
+    path = write_json(name, {"benchmark": "memory", "date": today(), "machine": machine(), "results": results})
     print(render(results))
+    print(f"written: {path}")
     for r in results:
-        print(f"{r['server']}: {r['sku_key_example']} = {r['sku_hash']}; "
-              f"{r['ref_key_example']} = {r['ref_record_example']!r} (TTL {r['ref_ttl_s']} s)")
+        extra = (f", {r['buckets']} buckets of {r['records_per_bucket'][0]}-{r['records_per_bucket'][2]} "
+                 f"records, {'/'.join(r['bucket_encodings'])}, hash-max-listpack-entries "
+                 f"{r['hash_max_listpack_entries']}" if "buckets" in r else "")
+        print(f"{r['server']} library {r['library']}: {r['sku_key_example']} = {r['sku_hash']}; "
+              f"{r['ref_key_example']} = {r['ref_record_example']!r} (TTL {r['ref_ttl_s']} s{extra})")
 
 
 if __name__ == "__main__":

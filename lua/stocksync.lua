@@ -2,25 +2,61 @@
 --[[
   stocksync: the only code that changes stock.
 
-  Every function touches the keys of one partition (one hash tag, one cluster slot). Keys are always
-  passed in, never built here; the functions only check that they belong together. Replies are arrays
-  whose first element is a status string (stocksync_get and stocksync_version excepted). Bad arguments get
-  an error reply starting "ERR stocksync:" and change nothing: every check runs before the first write.
+  Every function touches the keys of one partition (one hash tag, one cluster slot). Keys are passed in,
+  never built here, with one exception (the reference buckets, below); the functions check that the keys
+  they are given belong together. Replies are arrays whose first element is a status string
+  (stocksync_get, stocksync_ref and the no-argument functions excepted). Bad arguments get an error reply
+  starting "ERR stocksync:" and change nothing: every check runs before the first write.
 
   Key layout (tag = {<prefix>:<partition>}):
     <tag>:sku:<sku>    hash: available, version, updated_ms, source (reserved, absent means 0)
     <tag>:events       stream: one entry per applied change (stock.changed) or rejection (stock.rejected)
-    <tag>:idem:<ref>   string: the first outcome of <ref>, expires after IDEM_TTL_S
+    <tag>:idem:<ref>   the reference key: callers pass it (it names the reference, as before 0.5.0). Since
+                       0.5.0 it holds a record only for an order whose first outcome is too long for a
+                       bucket (a string with a TTL), and is read while records of 0.4 can still exist.
+    <tag>:refs:<hhh>   hash, one of 4096 reference buckets per partition (<hhh>: 3 hex digits):
+                       field = 16 hex digits of sha1(reference key), value = the unix second of the first
+                       use (10 digits) followed by the first outcome (o|available|version, ...).
 
-  Exactly once costs one write: the outcome is decided first, then stored with SET NX GET; if the
-  reference was already there, SET changes nothing and hands back the first outcome, which is replayed.
+  Exactly once, per reference key and partition: the outcome is decided first, then stored with one
+  HSETNX into the reference's bucket; if the field was there and is younger than IDEM_TTL_S, nothing
+  changes and the stored outcome is replayed.
+
+  The buckets are the one deviation from "keys are passed in": a call names its reference key, and the
+  function derives the bucket from that key's hash tag and a digest of it. Redis Cluster serves an
+  undeclared key only from the slot of the declared ones; the tag guarantees that it is that slot, and
+  the functions refuse a reference key of another partition. While that slot is being migrated, a
+  bucket that has already moved makes the call fail ("Script attempted to access a non local key")
+  before its first write: such a call is refused, never applied twice, and once retried after the
+  migration it goes to the new node. (Redis checks every key a script touches; declared keys get
+  ASK/TRYAGAIN before the script runs.)
+
+  Why buckets: a key with a TTL per reference cost 197 bytes on Redis 7.0 (name, dict entry, value
+  object, expires entry), a field of a listpack hash 53-57. Why not per-field TTLs (HSETEX/HEXPIRE,
+  Redis 7.4+ and Valkey 9): a hash with field TTLs is no longer a listpack (85 bytes a reference on
+  Valkey 9.1), and Redis 7.0 has none.
+
+  Forgetting: a record older than IDEM_TTL_S is treated as absent at once (the window is exact to the
+  second and never shrinks), and removed by a bounded sweep that the writing functions run themselves:
+  at most one HSCAN page (COUNT 128) of one bucket per call, the buckets of a partition in turn, each
+  once per IDEM_TTL_S / 2 while calls come in (a record stays at most 1.5 windows). No worker is
+  needed; with no calls nothing is swept, and expired records only take memory (never replayed).
+  A bucket holds refs-in-window / 4096 records; past hash-max-listpack-entries (512 by default here,
+  128 in many configs) Redis makes it a hashtable, which works the same at about 90 bytes a reference.
+
+  False replays: two reference keys share a record only if 76 bits of their sha1 do (16 hex digits of
+  field, 3 of bucket): about 2e-9 per 17 million references remembered at once in one partition.
 ]]
 
-local VERSION = '0.4.0'
+local VERSION = '0.5.0'
 -- How long a reference is remembered (seconds). A property of the deployment, not of a call: the
 -- Python loader rewrites this line from STOCKSYNC_IDEM_TTL when it loads the library.
 local IDEM_TTL_S = 172800
-local IDEM_TTL_ARG = IDEM_TTL_S .. ''  -- formatted once: every number redis.call formats costs time
+local IDEM_TTL_ARG = (IDEM_TTL_S + 1) .. ''  -- an overflow record's key outlives its bucket field
+-- Until this unix second, references may still be recorded the 0.4 way (a string at the reference key
+-- with a TTL): every call looks there first. The loader writes it when it replaces a 0.4 library (the
+-- upgrade time + the old TTL) and keeps it on later loads; 0: none.
+local LEGACY_UNTIL = 0
 
 local MAX_QTY = 2147483647
 local MAX_SKU_LEN = 255
@@ -29,6 +65,12 @@ local MAX_SOURCE_LEN = 64
 local MAX_ORDER_LINES = 250
 local MAX_VERSION = 99999999999  -- 11 digits: the most integer() reads
 local MAX_DURATION_MS = 99999999999  -- a retention or idle time (3 years)
+
+local REF_BUCKETS = 4096     -- per partition: 3 hex digits of the digest
+local REF_INLINE_MAX = 54    -- longest outcome kept in a bucket: 10 + 54 <= 64 bytes keeps the listpack
+local SWEEP_COUNT = 128      -- HSCAN COUNT of one sweep step (a listpack bucket comes whole)
+local SWEEP_CYCLE_S = IDEM_TTL_S / 2  -- every bucket swept once per this many seconds, if calls come
+local SWEEP_STEP_S = SWEEP_CYCLE_S / REF_BUCKETS
 
 -- Errors -----------------------------------------------------------------------------------------------
 
@@ -86,15 +128,31 @@ local function sku_of(sku_key)
   return tag, sku
 end
 
+-- The names derived from a tag, built once per partition: every string built per call costs time.
+-- Callers choose the tags, so the cache starts over past TAG_CACHE_SIZE rather than grow without bound.
+local TAG_CACHE_SIZE = 10000
+local heads, heads_n = {}, 0
+local function heads_of(tag)
+  local h = heads[tag]
+  if not h then
+    if heads_n >= TAG_CACHE_SIZE then
+      heads, heads_n = {}, 0
+    end
+    h = {events = tag .. ':events', idem = tag .. ':idem:', refs = tag .. ':refs:'}
+    heads[tag], heads_n = h, heads_n + 1
+  end
+  return h
+end
+
 local function same_partition(tag, events_key, idem_key)
-  if events_key ~= tag .. ':events' then
+  local h = heads_of(tag)
+  if events_key ~= h.events then
     fail('events key ' .. string.format('%q', events_key or '') .. ' is not ' .. tag .. ':events')
   end
   -- The caller names the reference key from the ref; checking its partition is what keeps a call in
   -- one slot (an exact match would also forbid hashing long references into shorter keys).
-  local head = tag .. ':idem:'
-  if type(idem_key) ~= 'string' or #idem_key <= #head or string.sub(idem_key, 1, #head) ~= head then
-    fail('reference key ' .. string.format('%q', idem_key or '') .. ' is not ' .. head .. '<ref>')
+  if type(idem_key) ~= 'string' or #idem_key <= #h.idem or string.find(idem_key, h.idem, 1, true) ~= 1 then
+    fail('reference key ' .. string.format('%q', idem_key or '') .. ' is not ' .. h.idem .. '<ref>')
   end
 end
 
@@ -107,7 +165,128 @@ local function mutation(keys, args)
   local ref = text(args[3], 'ref', MAX_REF_LEN)
   local tag, sku = sku_of(keys[1])
   same_partition(tag, keys[2], keys[3])
-  return sku, source, ref
+  return tag, sku, source, ref
+end
+
+-- References ---------------------------------------------------------------------------------------------
+
+-- The bucket and field of a reference key. The field's digits (25-40) and the bucket's (1-3) are
+-- disjoint, so two keys collide only if 76 bits of their sha1 do.
+local function ref_slot(tag, idem_key)
+  local h = redis.sha1hex(idem_key)
+  return heads_of(tag).refs .. string.sub(h, 1, 3), string.sub(h, 25, 40)
+end
+
+-- The first outcome a bucket value holds, or nil if it is older than the window (now: unix seconds as
+-- TIME gives them). 'k': the outcome was too long for the bucket and is at the reference key.
+local function outcome_of(value, idem_key, now)
+  if tonumber(now) - tonumber(string.sub(value, 1, 10)) > IDEM_TTL_S then
+    return nil
+  end
+  local first = string.sub(value, 11)
+  if first == 'k' then
+    return redis.call('GET', idem_key) or nil  -- gone with its TTL: expired too
+  end
+  return first
+end
+
+-- A 0.4 record of the reference key, while one can still exist.
+local function legacy(idem_key, now)
+  if LEGACY_UNTIL > 0 and tonumber(now) < LEGACY_UNTIL then
+    return redis.call('GET', idem_key) or nil
+  end
+  return nil
+end
+
+-- The first outcome of a reference if it is remembered, else nil; changes nothing.
+local function recall(tag, idem_key)
+  local now = redis.call('TIME')[1]
+  local old = legacy(idem_key, now)
+  if old then
+    return old
+  end
+  local bucket, field = ref_slot(tag, idem_key)
+  local value = redis.call('HGET', bucket, field)
+  return value and outcome_of(value, idem_key, now)
+end
+
+-- One step of the sweep of a partition's buckets: at most one HSCAN page of one bucket. The buckets are
+-- visited in turn, one every SWEEP_STEP_S (so each once per SWEEP_CYCLE_S) while calls come often
+-- enough; when they come less often, each call sweeps the next bucket, and a backlog after an idle
+-- spell is capped at one cycle. The progress kept here (this Lua state, per partition) only decides
+-- what to sweep next: losing it (a restart, a failover, a reload) starts again at a bucket the clock
+-- picks. Only records older than the window go, so sweeping early or twice is harmless.
+local sweeps, sweeps_n = {}, 0
+local function sweep(tag, clock)
+  local s = sweeps[tag]
+  -- Most calls stop here: a comparison of two 10-digit strings (the whole seconds of when it is due).
+  if s and s.cursor == '0' and clock[1] < s.due_s then
+    return
+  end
+  local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+  if not s then
+    if sweeps_n >= TAG_CACHE_SIZE then  -- as heads_of: bounded, and losing the progress is harmless
+      sweeps, sweeps_n = {}, 0
+    end
+    s = {due = now, due_s = '', bucket = math.floor(now / SWEEP_STEP_S) % REF_BUCKETS, cursor = '0'}
+    sweeps[tag], sweeps_n = s, sweeps_n + 1
+  end
+  if s.cursor == '0' and now < s.due then
+    return
+  end
+  local bucket = heads_of(tag).refs .. string.format('%03x', s.bucket)
+  -- pcall: on a cluster, a bucket of a slot being migrated may already be on the other node; the
+  -- call's own change is done by now, so the sweep skips that step rather than fail the call.
+  local page = redis.pcall('HSCAN', bucket, s.cursor, 'COUNT', SWEEP_COUNT)
+  if page.err then
+    return
+  end
+  s.cursor = page[1]
+  if s.cursor == '0' then
+    s.bucket = (s.bucket + 1) % REF_BUCKETS
+    s.due = math.max(s.due + SWEEP_STEP_S, now - SWEEP_CYCLE_S)
+    s.due_s = string.format('%010d', math.floor(s.due))
+  end
+  -- A value is its first-use second (10 digits) then a letter, so comparing it whole with the 10-digit
+  -- cutoff orders it by that second (no substring to build): below the cutoff is past the window.
+  local cutoff = string.format('%010d', tonumber(clock[1]) - IDEM_TTL_S)
+  local flat, gone = page[2], {}
+  for i = 2, #flat, 2 do
+    if flat[i] < cutoff then
+      gone[#gone + 1] = flat[i - 1]
+    end
+  end
+  if #gone > 0 then
+    redis.call('HDEL', bucket, unpack(gone))
+  end
+end
+
+-- Stores the outcome under the reference unless it is remembered already; returns the stored one if
+-- so. One HSETNX on the common path; the rest only on a replay, an expired record or an upgrade.
+local function remember(tag, idem_key, record)
+  local clock = redis.call('TIME')
+  local now = clock[1]
+  if LEGACY_UNTIL > 0 then
+    local old = legacy(idem_key, now)
+    if old then
+      return old
+    end
+  end
+  local bucket, field = ref_slot(tag, idem_key)
+  local inline = #record <= REF_INLINE_MAX
+  local value = now .. (inline and record or 'k')
+  if redis.call('HSETNX', bucket, field, value) == 0 then
+    local first = outcome_of(redis.call('HGET', bucket, field), idem_key, now)
+    if first then
+      return first
+    end
+    redis.call('HSET', bucket, field, value)  -- the record there is past the window: a first use
+  end
+  if not inline then
+    redis.call('SET', idem_key, record, 'EX', IDEM_TTL_ARG)
+  end
+  sweep(tag, clock)
+  return nil
 end
 
 -- State, records and events ----------------------------------------------------------------------------
@@ -123,15 +302,6 @@ end
 
 local STATUS_CODE = {ok = 'o', insufficient = 'i', conflict = 'c', unknown_sku = 'u'}
 local CODE_STATUS = {o = 'ok', i = 'insufficient', c = 'conflict', u = 'unknown_sku'}
-
--- Stores the outcome under the reference unless one is there already; returns the stored one if so.
--- SET NX then GET on the rare replay is cheaper than SET NX GET on every call.
-local function remember(idem_key, record)
-  if redis.call('SET', idem_key, record, 'NX', 'EX', IDEM_TTL_ARG) then
-    return nil
-  end
-  return redis.call('GET', idem_key)
-end
 
 -- A reference names one operation. Reused for an operation of another shape (an order's reference
 -- for a decrement, an order with other lines), its record cannot be replayed: refuse, change nothing.
@@ -162,11 +332,11 @@ local function flag(events_key, sku, available, version, delta, source, ref, rea
 end
 
 -- A change of one SKU by delta, refused (insufficient) if it would take stock below zero.
-local function change_by(keys, sku, delta, source, ref)
+local function change_by(keys, tag, sku, delta, source, ref)
   local sku_key, events_key, idem_key = keys[1], keys[2], keys[3]
   local available, version = read(sku_key)
   if not version then
-    local first = redis.call('GET', idem_key)
+    local first = recall(tag, idem_key)
     if first then
       return replay_single(first, ref)
     end
@@ -183,7 +353,7 @@ local function change_by(keys, sku, delta, source, ref)
   end
   -- Numbers as strings once, for the record, the event and the hash alike.
   local a, v = tostring(available), tostring(version)
-  local first = remember(idem_key, STATUS_CODE[status] .. '|' .. a .. '|' .. v)
+  local first = remember(tag, idem_key, STATUS_CODE[status] .. '|' .. a .. '|' .. v)
   if first then
     return replay_single(first, ref)
   end
@@ -206,11 +376,12 @@ end
     replayed 1 when ref was seen before: the first outcome is returned and nothing changes.
   Events: ok -> stock.changed; insufficient -> stock.rejected (reason insufficient); unknown_sku -> none
   and the reference is not remembered, so the same call can succeed once the SKU exists.
+  Also writes: the reference's bucket <tag>:refs:<hhh> (see the header), and one sweep step.
 ]]
 local function decrement(keys, args)
-  local sku, source, ref = mutation(keys, args)
+  local tag, sku, source, ref = mutation(keys, args)
   local qty = integer(args[1], 'qty', 1, MAX_QTY)
-  return change_by(keys, sku, -qty, source, ref)
+  return change_by(keys, tag, sku, -qty, source, ref)
 end
 
 --[[
@@ -221,12 +392,12 @@ end
   A delta that would take available below 0 is insufficient; above 2^31-1 is an error.
 ]]
 local function adjust(keys, args)
-  local sku, source, ref = mutation(keys, args)
+  local tag, sku, source, ref = mutation(keys, args)
   local delta = integer(args[1], 'delta', -MAX_QTY, MAX_QTY)
   if delta == 0 then
     fail('delta must not be 0')
   end
-  return change_by(keys, sku, delta, source, ref)
+  return change_by(keys, tag, sku, delta, source, ref)
 end
 
 --[[
@@ -240,7 +411,7 @@ end
   same quantity, so that channels are pushed again.
 ]]
 local function set(keys, args)
-  local sku, source, ref = mutation(keys, args)
+  local tag, sku, source, ref = mutation(keys, args)
   local target = integer(args[1], 'available', 0, MAX_QTY)
   local expected = nil
   if args[4] ~= nil then
@@ -259,7 +430,7 @@ local function set(keys, args)
   else
     record = 'o|' .. target .. '|' .. (version + 1)
   end
-  local first = remember(idem_key, record)
+  local first = remember(tag, idem_key, record)
   if first then
     return replay_single(first, ref)
   end
@@ -291,6 +462,8 @@ end
     ok: every line taken, one stock.changed per line, each SKU's version + 1.
     insufficient: nothing changes; lines carry the current quantities; one stock.rejected per short line.
     unknown_sku: nothing changes, nothing remembered; unknown lines carry nil available and version.
+  Also writes: the reference's bucket, one sweep step, and KEYS[2] (with a TTL) when the first outcome
+  is longer than a bucket holds (REF_INLINE_MAX bytes: a few lines).
 ]]
 local function order(keys, args)
   local n = #keys - 2
@@ -338,7 +511,7 @@ local function order(keys, args)
   end
 
   if unknown then
-    local first = redis.call('GET', idem_key)
+    local first = recall(tag, idem_key)
     if not first then
       return {'unknown_sku', lines(), 0}
     end
@@ -356,7 +529,7 @@ local function order(keys, args)
   for i = 1, n do
     parts[i] = avail[i] .. ',' .. vers[i]
   end
-  local first = remember(idem_key, STATUS_CODE[status] .. '|' .. table.concat(parts, ';'))
+  local first = remember(tag, idem_key, STATUS_CODE[status] .. '|' .. table.concat(parts, ';'))
   if first then
     return replay_order(first, skus, ref)
   end
@@ -390,8 +563,29 @@ local function get(keys, args)
 end
 
 --[[
+  stocksync_ref (FCALL_RO): whether a reference is remembered, and with which outcome.
+    KEYS[1] <tag>:idem:<ref>   the reference key the mutation was (or would be) called with
+  Reply: the first outcome's status, ok | insufficient | conflict; nil when the reference is not
+    remembered (never used, only answered unknown_sku, or past the window). An order's status is its
+    own (ok: every line was taken).
+  Changes nothing, so it also answers on a replica.
+]]
+local function ref_status(keys, args)
+  if #keys ~= 1 then
+    fail('expected 1 key (reference), got ' .. #keys)
+  end
+  local tag = string.match(keys[1], '^(%b{}):idem:.')
+  if not tag or #keys[1] > #tag + 6 + MAX_REF_LEN then
+    fail('not a reference key: ' .. string.format('%q', keys[1]))
+  end
+  local first = recall(tag, keys[1])
+  return first and CODE_STATUS[string.sub(first, 1, 1)] or false
+end
+
+--[[
   stocksync_version: the library version string (the loader replaces older libraries).
   stocksync_idem_ttl: seconds a reference is remembered, as loaded.
+  stocksync_legacy_until: the unix second until which 0.4 reference keys are read (0: none), as loaded.
     no keys, no arguments.
 ]]
 redis.register_function('stocksync_decrement', guarded(decrement))
@@ -399,9 +593,12 @@ redis.register_function('stocksync_adjust', guarded(adjust))
 redis.register_function('stocksync_set', guarded(set))
 redis.register_function('stocksync_order', guarded(order))
 redis.register_function{function_name = 'stocksync_get', callback = guarded(get), flags = {'no-writes'}}
+redis.register_function{function_name = 'stocksync_ref', callback = guarded(ref_status), flags = {'no-writes'}}
 redis.register_function{function_name = 'stocksync_version', callback = function() return VERSION end,
   flags = {'no-writes'}}
 redis.register_function{function_name = 'stocksync_idem_ttl', callback = function() return IDEM_TTL_S end,
+  flags = {'no-writes'}}
+redis.register_function{function_name = 'stocksync_legacy_until', callback = function() return LEGACY_UNTIL end,
   flags = {'no-writes'}}
 
 -- Channel propagation ----------------------------------------------------------------------------------

@@ -205,6 +205,17 @@ def get(keys: Keys, sku: str) -> Call[Stock | None]:
     return _fcall("stocksync_get", (keys.sku(sku),), (), parse, read_only=True)
 
 
+def ref(keys: Keys, partition: int, reference: str) -> Call[Status | None]:
+    """stocksync_ref (FCALL_RO): the first outcome's status of a reference, None when not remembered."""
+    return _fcall("stocksync_ref", (keys.idem(partition, reference),), (),
+                  lambda r: None if r is None else Status(r), read_only=True)
+
+
+def legacy_until() -> Call[int]:
+    """stocksync_legacy_until: until when (unix s) the library also reads pre-0.5 reference keys; 0: never."""
+    return _fcall("stocksync_legacy_until", (), (), int)
+
+
 def version() -> Call[str]:
     """stocksync_version: the loaded library's version."""
     return _fcall("stocksync_version", (), (), str)
@@ -315,7 +326,8 @@ def _opt_int(value) -> int | None:
 
 FUNCTIONS: dict[str, Callable[..., Call]] = {
     "stocksync_decrement": decrement, "stocksync_adjust": adjust, "stocksync_set": set_available,
-    "stocksync_order": order, "stocksync_get": get, "stocksync_version": version, "stocksync_idem_ttl": idem_ttl,
+    "stocksync_order": order, "stocksync_get": get, "stocksync_ref": ref, "stocksync_version": version,
+    "stocksync_idem_ttl": idem_ttl, "stocksync_legacy_until": legacy_until,
     "stocksync_push_claim": push_claim, "stocksync_push_done": push_done, "stocksync_dead_letter": dead_letter,
     "stocksync_dlq_resolve": dlq_resolve, "stocksync_trim": trim, "stocksync_reap_consumers": reap_consumers,
     "stocksync_recheck": recheck, "stocksync_restock_claim": restock_claim,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -54,3 +55,9 @@ def worker_options(**kw):
     base = dict(block_ms=100, reclaim_idle_ms=2000, lease_ms=3000, backoff_base_ms=20, backoff_cap_ms=200,
                 breaker_open_ms=200, breaker_max_open_ms=400, trim_interval_ms=0, heartbeat_ms=200)
     return WorkerOptions(**{**base, **kw})
+
+
+def forget_reference(client, keys: Keys, partition: int, ref: str) -> int:
+    """Delete a reference's record from its bucket, as its expiry would (1 if it was there)."""
+    digest = hashlib.sha1(keys.idem(partition, ref).encode()).hexdigest()
+    return client.hdel(f"{keys.tag(partition)}:refs:{digest[:3]}", digest[24:40])

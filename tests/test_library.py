@@ -31,6 +31,8 @@ def sample_calls(keys) -> dict[str, library.Call]:
         "stocksync_adjust": library.adjust(keys, "MUG", 1, "test", "r-adj"),
         "stocksync_order": library.order(keys, 0, [("MUG", 1)], "test", "r-order"),
         "stocksync_get": library.get(keys, "MUG"),
+        "stocksync_ref": library.ref(keys, 0, "r-dec"),
+        "stocksync_legacy_until": library.legacy_until(),
         "stocksync_version": library.version(),
         "stocksync_idem_ttl": library.idem_ttl(),
         "stocksync_push_claim": library.push_claim(keys, 0, "shop", "me", ["MUG"], 5000),
@@ -59,6 +61,7 @@ async def test_each_wrapper_calls_its_function_and_reads_the_reply(store):
     assert got["stocksync_get"] == Stock("MUG", 8, 0, 4, got["stocksync_get"].updated_ms, "test")
     assert got["stocksync_version"] == library.version().parse(got["stocksync_version"])
     assert got["stocksync_idem_ttl"] == store.settings.idem_ttl_s
+    assert got["stocksync_ref"] == Status.OK and got["stocksync_legacy_until"] == 0  # (a fresh install)
     assert got["stocksync_push_claim"] == [Claim("MUG", True, 8, 4, 0)]
     assert got["stocksync_push_done"] == (1, 0, 1)
     assert got["stocksync_recheck"] == 1
