@@ -5,6 +5,7 @@
     stocksync sku set SKU AVAILABLE [--expected-version N] [--ref REF]
     stocksync sku adjust SKU DELTA [--ref REF]
     stocksync tail [--from ID]             one line per event, every partition
+    stocksync reconcile orders CHANNEL [--since ISO-TIME]   one pass of the channel's order poller, now
     stocksync redis [--port N]             an embedded Redis in the foreground
     stocksync demo [--keep]                the whole system, two replays (--keep: stay up)
 
@@ -29,6 +30,7 @@ from .api import serve
 from .embedded import EmbeddedRedis
 from .errors import InvalidArgument
 from .events import follow
+from .orders import reconcile
 from .settings import Settings, SettingsError
 from .store import StockStore
 
@@ -77,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     # Subcommands that live with the parts they drive: the API server, the channel workers.
     serve.register(sub)
     consumers_cli.register(sub)
+    reconcile.register(sub)
     return parser
 
 
