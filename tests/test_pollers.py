@@ -8,11 +8,8 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import os
 import random
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +20,7 @@ import httpx
 import pytest
 import uvicorn
 
+from consumers.runner import run_workers
 from stocksync.api.app import create_app
 from stocksync.channels import ChannelConfig, load_channels, parse_channel
 from stocksync.devtools.simulators.market import MarketSim
@@ -30,14 +28,16 @@ from stocksync.devtools.testing import config, wait_for
 from stocksync.events import read_range
 from stocksync.metrics import Metrics
 from stocksync.orders.intake import Intake
+from stocksync.orders.pollers.client import PollError
 from stocksync.orders.pollers.options import PollOptions
 from stocksync.orders.pollers.poller import OrderPoller
 from stocksync.orders.pollers.reader import floor_s
+from stocksync.orders.pollers.report import PassReport
 from stocksync.orders.pollers.service import OrderPollers
 from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 
-from .apihelp import AMAZON_TOKEN, FK_APP, FK_SECRET, FK_URL, SHOPIFY_SECRET, running
+from .apihelp import AMAZON_TOKEN, FK_APP, FK_SECRET, FK_URL, SHOPIFY_SECRET
 
 pytestmark = pytest.mark.usefixtures("api_env")
 KINDS = ("shopify", "amazon", "flipkart")
@@ -255,8 +255,9 @@ async def test_orders_whose_webhooks_were_dropped_are_applied_by_one_pass(store,
 @pytest.fixture
 def other_prefix(redis_url):
     """A second fresh prefix (removed afterwards), for the same orders applied another way."""
-    import redis as sync_redis  # (the conftest's own cleanup, for a prefix it does not know)
     import uuid
+
+    import redis as sync_redis  # (the conftest's own cleanup, for a prefix it does not know)
 
     p = f"t{uuid.uuid4().hex[:12]}"
     yield p
@@ -302,3 +303,202 @@ async def test_polled_orders_apply_exactly_what_their_webhooks_apply(store, sett
     assert len(twice) == 1
     assert {r for r in polled[1] if r.split(":x", 1)[0] not in twice} == \
         {r for r in by_webhook[1] if r.split(":x", 1)[0] not in twice}
+
+
+# ----- webhooks and the poller at once --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_webhook_and_the_poller_racing_for_the_same_order_apply_it_once(store, settings, markets, kind):
+    """Webhooks land about when the poller first sees their orders (a second after they were placed), while
+    the poller passes again and again over every order of the last minute: each line is taken once and
+    restocked once, whoever comes first."""
+    market = markets[kind]
+    hooked = with_channels(settings, markets)
+    await seed(store, market, {"A": 1000, "B": 1000})
+    p = poller(store, load_channels(hooked)[kind])
+    rng, ids, done = random.Random(kind), [], asyncio.Event()
+
+    async def poll() -> None:
+        while not done.is_set():
+            await p.run_pass(settle=False)
+
+    with serve_api(hooked) as api:
+        await point_webhooks(market, api)
+        await market.post("/_sim/market", {"late_s": 1.0})
+        task = asyncio.create_task(poll())
+        try:
+            for i in range(30):
+                passes = p.passes
+                await wait_for(lambda passes=passes: p.passes > passes or task.done(), 10, "a pass")
+                ids.append(await market.order([("A", 1 + i % 3), ("B", 1)], rng.choice(["late", "late", "twice"])))
+                if i % 6 == 5:
+                    await market.cancel(ids[i - 2], rng.choice(["late", "deliver"]))
+            await wait_for(market.delivered, 30, "every webhook delivered")
+            await past_this_second()
+            passes = p.passes
+            await wait_for(lambda: p.passes > passes + 1 or task.done(), 10, "a pass over everything")
+        finally:
+            done.set()
+            await task
+            await p.reader.close()
+    takes, restocks = await takes_and_restocks(store)
+    assert set(takes.values()) == {1} and set(restocks.values()) == {1}
+    cancelled = {ids[i - 2] for i in range(30) if i % 6 == 5}
+    for ref in market.line_refs():
+        if _order_of(market, ref) not in cancelled:
+            assert ref in takes
+        else:  # taken and restocked, or (its cancellation came first) neither
+            assert (ref in takes) == any(r.startswith(ref + ":") for r in restocks), ref
+    assert await stocks(store, ["A", "B"]) == market.sim.quantities
+    stats = await p.stats.read()
+    assert 0 <= int(stats.get("found_by_polling", 0)) <= 30 and stats["last_error"] == ""
+
+
+def _order_of(market: Market, ref: str) -> str:
+    """The order id of a line's take reference."""
+    if market.name != "flipkart":
+        return ref.split(":")[1]
+    return market.sim.book.by_line(ref.split(":")[1]).order_id
+
+
+# ----- stopping, failing, resuming -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", ["cancelled", "outage"])
+async def test_a_pass_stopped_midway_resumes_from_its_cursor_and_applies_nothing_twice(store, markets, stop):
+    market = markets["shopify"]
+    await seed(store, market, {"A": 100})
+    ids = [await market.order([("A", 1)]) for _ in range(30)]
+    await market.cancel(ids[3])
+    await past_this_second()
+    cfg = sim_config(market, poll_page_size=2)
+    first, report = poller(store, cfg), PassReport("shopify")
+    since = int(time.time() * 1000) - 60_000
+    if stop == "cancelled":  # the process is killed after three pages (maybe in the middle of the fourth)
+        task = asyncio.create_task(first.run_pass(since_ms=since, report=report))
+        await wait_for(lambda: report.pages >= 3, 10, "three pages")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    else:  # the marketplace fails the third page
+        first.reader.api.retries = 0
+
+        def fail_after_two() -> bool:
+            if report.pages == 2:
+                market.sim.outage(True)
+            return False
+
+        with pytest.raises(PollError, match="503"):
+            await first.run_pass(since_ms=since, report=report, halt=fail_after_two)
+        market.sim.outage(False)
+    await first.reader.close()
+    cursor = await first.cursors.get("orders")
+    newest = max(market.sim.order(i)["updated_ms"] for i in ids)
+    assert cursor is not None and cursor <= floor_s(newest) < floor_s(int(time.time() * 1000))
+    takes, _ = await takes_and_restocks(store)
+    assert 0 < len(takes) < 30 and set(takes.values()) == {1}
+    # The next pass starts at the cursor (less the overlap) and applies the rest, nothing twice.
+    second = await one_pass(store, cfg)
+    takes, restocks = await takes_and_restocks(store)
+    assert set(takes) == market.line_refs() and set(takes.values()) == {1} and list(restocks.values()) == [1]
+    assert await stocks(store, ["A"]) == market.sim.quantities
+    assert 30 - 2 <= report.found_by_polling + second.found_by_polling <= 30  # (a page cut short is not counted)
+    assert await first.cursors.get("orders") > cursor
+
+
+async def test_the_cursor_never_moves_past_an_order_that_failed_to_apply(store, markets):
+    market = markets["shopify"]
+    await seed(store, market, {"A": 100, "BAD": 5})
+    before = [await market.order([("A", 1)]) for _ in range(3)]
+    bad = await market.order([("BAD", 1)])
+    await past_this_second()
+    after = [await market.order([("A", 2)]) for _ in range(3)]
+    await past_this_second()
+    await store.redis.delete(store.keys.sku("BAD"))
+    await store.redis.set(store.keys.sku("BAD"), "not a hash")  # every library call on it fails (WRONGTYPE)
+    cfg = dataclasses.replace(sim_config(market, poll_page_size=1, poll_overlap_s=5), poll_s=0.1)
+    p, stop = poller(store, cfg), asyncio.Event()
+    await p.cursors.advance("orders", floor_s(market.sim.order(before[0])["created_ms"]))
+    task = asyncio.create_task(p.run(stop))
+    try:
+        await wait_for(_stat(p, "last_error", lambda v: "WRONGTYPE" in v), 10, "the failure recorded")
+        cursor = await p.cursors.get("orders")
+        bad_ms = market.sim.order(bad)["updated_ms"]
+        assert cursor <= floor_s(bad_ms) < floor_s(market.sim.order(after[0])["updated_ms"])
+        takes, _ = await takes_and_restocks(store)
+        assert {r.split(":")[1] for r in takes} == set(before)  # nothing after the order that failed
+        # Fixed: the next pass applies it and the orders after it, and moves on.
+        await store.redis.delete(store.keys.sku("BAD"))
+        await store.set("BAD", 5, ref="fixed", source="test")
+        await wait_for(_stat(p, "last_error", lambda v: v == ""), 10, "a pass that succeeds")
+    finally:
+        stop.set()
+        await task
+    takes, _ = await takes_and_restocks(store)
+    assert set(takes) == market.line_refs() and set(takes.values()) == {1}
+    assert await stocks(store, ["A", "BAD"]) == market.sim.quantities
+    assert await p.cursors.get("orders") > floor_s(market.sim.order(after[-1])["updated_ms"])
+
+
+def _stat(p: OrderPoller, name: str, ok):
+    async def check() -> bool:
+        value = (await p.stats.read()).get(name)
+        return value is not None and ok(value)
+    return check
+
+
+# ----- one poller per channel --------------------------------------------------------------------------------
+
+
+async def test_two_pollers_of_one_channel_only_one_polls(store, markets):
+    market = markets["flipkart"]
+    cfg = dataclasses.replace(sim_config(market, poll_lease_s=0.6), poll_s=0.05)
+    a, b = poller(store, cfg, owner="a"), poller(store, cfg, owner="b")
+    stop_a, stop_b = asyncio.Event(), asyncio.Event()
+    task_a = asyncio.create_task(a.run(stop_a))
+    await wait_for(lambda: a.passes >= 1, 10, "a's first pass")
+    task_b = asyncio.create_task(b.run(stop_b))
+    try:
+        await wait_for(lambda: a.passes >= 40, 20, "two seconds of a's passes")  # > 3 leases: renewed
+        assert b.passes == 0 and not b.polling.is_set() and await a.lease.holder() == "a"
+        stop_a.set()
+        await task_a
+        await wait_for(lambda: b.passes >= 1, 5, "b taking over")
+        assert await b.lease.holder() == "b" and not a.polling.is_set()
+    finally:
+        stop_a.set()
+        stop_b.set()
+        await asyncio.gather(task_a, task_b)
+    assert await b.lease.holder() is None  # given back on the way out
+
+
+# ----- settings ---------------------------------------------------------------------------------------------------
+
+
+def test_poll_s_is_checked_where_channels_are_read():
+    table = {"kind": "shopify", "url": "http://127.0.0.1:9"}
+    assert parse_channel("s", table).poll_s == 0
+    assert parse_channel("s", {**table, "poll_s": 30}).poll_s == 30
+    for bad in (-1, "60", True, 0.01, 90_000):
+        with pytest.raises(SettingsError, match="poll_s"):
+            parse_channel("s", {**table, "poll_s": bad})
+    with pytest.raises(SettingsError, match="no order API"):
+        parse_channel("hook", {"kind": "webhook", "url": "http://127.0.0.1:9", "poll_s": 5})
+
+
+async def test_an_overlap_beyond_the_references_retention_is_refused_at_start(settings, markets):
+    tables = channel_tables(markets, poll_overlap_s=4000)
+    tables["shopify"]["poll_s"] = 60
+    short = settings.with_(idem_ttl_s=3600, sections={"channels": tables})
+    with pytest.raises(SettingsError, match=r"reach back further than the references are remembered"):
+        PollOptions.from_config(load_channels(short)["shopify"], short.idem_ttl_s)
+    with pytest.raises(SettingsError, match="STOCKSYNC_IDEM_TTL 3600"):
+        await run_workers(short, ["shopify"])  # the worker process refuses before it connects
+    fine = settings.with_(idem_ttl_s=3600 * 48, sections={"channels": tables})
+    assert OrderPollers(fine, load_channels(fine).values()).options["shopify"].overlap_s == 4000
+    tables["amazon"]["poll_s"] = 60
+    tables["amazon"]["options"]["order_api_limits"] = {"getOrders": [0, 1]}
+    odd = settings.with_(sections={"channels": tables})
+    with pytest.raises(SettingsError, match="order_api_limits.getOrders"):
+        OrderPollers(odd, load_channels(odd).values())
