@@ -30,7 +30,7 @@ from stocksync.metrics import Metrics
 from stocksync.orders.intake import Intake
 from stocksync.orders.pollers.client import PollError
 from stocksync.orders.pollers.options import PollOptions
-from stocksync.orders.pollers.poller import OrderPoller
+from stocksync.orders.pollers.poller import READERS, OrderPoller
 from stocksync.orders.pollers.reader import floor_s
 from stocksync.orders.pollers.report import PassReport
 from stocksync.orders.pollers.service import OrderPollers
@@ -502,3 +502,98 @@ async def test_an_overlap_beyond_the_references_retention_is_refused_at_start(se
     odd = settings.with_(sections={"channels": tables})
     with pytest.raises(SettingsError, match="order_api_limits.getOrders"):
         OrderPollers(odd, load_channels(odd).values())
+
+
+# ----- per marketplace ----------------------------------------------------------------------------------------
+
+
+async def test_shopify_an_order_larger_than_a_page_allows_is_read_whole(store, markets):
+    market = markets["shopify"]
+    skus = {f"L{i}": 10 for i in range(30)}
+    await seed(store, market, skus)
+    big = await market.order([(sku, 2) for sku in skus])  # 30 lines: the page query asks for 20
+    lines = market.sim.order(big)["lines"]
+    for line in lines[:4]:  # 4 refunds: the page query asks for 3
+        await market.refund(big, [{"line_id": line["line_id"], "qty": 1}], restock_type="return")
+    small = await market.order([("L0", 1)])
+    await past_this_second()
+    report = await one_pass(store, sim_config(market), since_ms=int(time.time() * 1000) - 60_000)
+    takes, restocks = await takes_and_restocks(store)
+    assert set(takes) == market.line_refs() and len(restocks) == 4
+    assert await stocks(store, list(skus)) == market.sim.quantities
+    assert report.found_by_polling == 2 and small
+    # More than 10 refunds: the order cannot be read whole, and the pass stops there (cursor kept).
+    for line in lines[10:17]:
+        await market.refund(big, [{"line_id": line["line_id"], "qty": 1}], restock_type="no_restock")
+    await past_this_second()
+    with pytest.raises(PollError, match=f"order {big} has more than"):
+        await one_pass(store, sim_config(market), since_ms=int(time.time() * 1000) - 60_000)
+
+
+async def test_flipkart_a_line_cancelled_in_parts_is_restocked_what_was_cancelled(store, settings, markets):
+    """The search shows an item's cancelled units so far: the poller restocks what its line's record does
+    not hold yet, whether an earlier part came by webhook or by an earlier pass."""
+    market = markets["flipkart"]
+    await seed(store, market, {"A": 100})
+    hooked = with_channels(settings, markets)
+    cfg = load_channels(hooked)["flipkart"]
+    order = await market.order([("A", 5)], webhook="drop")
+    line = market.sim.order(order)["lines"][0]["line_id"]
+    since = int(time.time() * 1000) - 60_000
+    with serve_api(hooked) as api:
+        await point_webhooks(market, api)
+        await market.refund(order, [{"line_id": line, "qty": 1}], webhook="deliver")  # restocks nothing yet:
+        await wait_for(market.delivered, 10, "the cancellation's webhook")  # (its take was not applied)
+        await past_this_second()
+        await one_pass(store, cfg, since_ms=since)  # takes 5, restocks 1
+        assert await stocks(store, ["A"]) == market.sim.quantities == {"A": 96}
+        await market.refund(order, [{"line_id": line, "qty": 2}], webhook="deliver")  # by webhook: 2
+        await wait_for(market.delivered, 10, "the second cancellation's webhook")
+        await past_this_second()
+        await market.refund(order, [{"line_id": line, "qty": 1}], webhook="drop")  # lost
+        await past_this_second()
+        await one_pass(store, cfg, since_ms=since)
+    assert await stocks(store, ["A"]) == market.sim.quantities == {"A": 99}
+    _, restocks = await takes_and_restocks(store)
+    assert len(restocks) == 3 and set(restocks.values()) == {1}
+
+
+async def test_amazon_paces_its_calls_and_honours_429(store, markets):
+    """The one test at (scaled) rate limits: the poller keeps to each operation's pace and gets no 429;
+    told a faster pace than the marketplace's, it waits out each 429's Retry-After, takes the rate from
+    x-amzn-RateLimit-Limit and still reads every order."""
+    market = markets["amazon"]
+    await market.post("/_sim/market", {"limits": {"getOrders": {"rate": 2, "burst": 2},
+                                                  "getOrderItems": {"rate": 10, "burst": 5}}})
+    await seed(store, market, {"A": 100})
+    for _ in range(25):
+        await market.order([("A", 1)])
+    await past_this_second()
+    paced = sim_config(market, poll_page_size=10, order_api_limits={"getOrders": [2, 2], "getOrderItems": [9, 4]})
+    start = time.monotonic()
+    report = await one_pass(store, paced, since_ms=int(time.time() * 1000) - 60_000)
+    elapsed = time.monotonic() - start
+    calls = [c for c in market.sim.calls if c.op in ("getOrders", "getOrderItems")]
+    assert report.orders == 25 and report.pages == 3 and not [c for c in calls if c.outcome == "throttled"]
+    assert elapsed >= (25 - 4) / (9 * 0.9) * 0.9  # the burst, then 9 a second less a tenth
+    assert market.sim.max_rate(op="getOrderItems") <= 5 + 10
+    # Too fast a pace: 429s, honoured.
+    for _ in range(15):
+        await market.order([("A", 1)])
+    await past_this_second()
+    eager = sim_config(market, poll_page_size=100, order_api_limits={"getOrderItems": [1000, 1000]})
+    p = poller(store, eager)
+    try:
+        report = await p.run_pass(since_ms=int(time.time() * 1000) - 60_000)
+    finally:
+        await p.reader.close()
+    assert report.orders == 40 and p.reader.api.throttled > 0 and p.reader.paces["getOrderItems"].limit == 10
+    takes, _ = await takes_and_restocks(store)
+    assert set(takes) == market.line_refs() and set(takes.values()) == {1}
+    assert await stocks(store, ["A"]) == market.sim.quantities
+
+
+def test_amazon_paces_at_its_usage_plans_by_default():
+    reader = READERS["amazon"](config("amazon", "http://127.0.0.1:9"), None, PollOptions())
+    assert {op: (p.limit, p.capacity) for op, p in reader.paces.items()} == {
+        "getOrders": (0.0167, 20.0), "getOrderItems": (0.5, 30.0)}
