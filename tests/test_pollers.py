@@ -8,8 +8,11 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +40,7 @@ from stocksync.orders.pollers.service import OrderPollers
 from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 
-from .apihelp import AMAZON_TOKEN, FK_APP, FK_SECRET, FK_URL, SHOPIFY_SECRET
+from .apihelp import AMAZON_TOKEN, FK_APP, FK_SECRET, FK_URL, SHOPIFY_SECRET, running
 
 pytestmark = pytest.mark.usefixtures("api_env")
 KINDS = ("shopify", "amazon", "flipkart")
@@ -597,3 +600,203 @@ def test_amazon_paces_at_its_usage_plans_by_default():
     reader = READERS["amazon"](config("amazon", "http://127.0.0.1:9"), None, PollOptions())
     assert {op: (p.limit, p.capacity) for op, p in reader.paces.items()} == {
         "getOrders": (0.0167, 20.0), "getOrderItems": (0.5, 30.0)}
+
+
+# ----- the command line, the worker process, the metric -------------------------------------------------------
+
+
+def toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml(v) for v in value) + "]"
+    return "{ " + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + " }"
+
+
+def write_config(path: Path, tables: dict[str, dict]) -> Path:
+    tables = {**tables, "ebay": {"kind": "webhook", "url": "http://127.0.0.1:9/ebay"}}
+    text = "".join(f"[channels.{name}]\n" + "".join(f"{k} = {toml(v)}\n" for k, v in table.items()) + "\n"
+                   for name, table in tables.items())
+    path.write_text(text)
+    return path
+
+
+async def stocksync(settings: Settings, config_file: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "STOCKSYNC_PREFIX": settings.prefix,
+           "STOCKSYNC_CONFIG": str(config_file)}
+    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "stocksync", *args], capture_output=True,
+                                   text=True, env=env, timeout=120, cwd=ROOT)
+
+
+def iso_ago(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds))
+
+
+async def test_reconcile_orders_prints_progress_and_a_summary(store, settings, markets, tmp_path):
+    market = markets["shopify"]
+    await seed(store, market, {"A": 100})
+    for _ in range(12):
+        await market.order([("A", 2)])
+    await past_this_second()
+    market.sim.set_faults(latency_ms=300)  # six pages of two: a couple of seconds
+    cfg = write_config(tmp_path / "stocksync.toml", channel_tables(markets, poll_page_size=2))
+    out = await stocksync(settings, cfg, "reconcile", "orders", "shopify", "--since", iso_ago(60))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("shopify: 6 pages, 12 orders read, 12 lines applied, 0 already applied, 0 refused, "
+                                  "0 skipped; 12 orders found only by polling")
+    progress = [line for line in out.stderr.splitlines() if line.endswith(" so far")]
+    assert progress and all(line.startswith("shopify: ") and "orders read" in line for line in progress)
+    assert await stocks(store, ["A"]) == market.sim.quantities == {"A": 76}
+    # Again, from the cursor it left (less the overlap): everything is applied already.
+    market.sim.set_faults(latency_ms=0)
+    again = await stocksync(settings, cfg, "reconcile", "orders", "shopify")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().endswith("12 already applied, 0 refused, 0 skipped; 0 orders found only by polling")
+    assert await stocks(store, ["A"]) == {"A": 76}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["nope"], "no channel named 'nope'"),
+    (["ebay"], "channel ebay is of kind webhook, which has no order API"),
+    (["shopify", "--since", "yesterday"], "--since 'yesterday' is not an ISO 8601 time"),
+    (["shopify", "--since", "{3 days ago}"], "further back than the references are remembered"),
+    (["shopify", "--since", "{in an hour}"], "--since is in the future"),
+])
+async def test_reconcile_orders_refuses_bad_input_and_changes_nothing(settings, markets, tmp_path, sync_redis, args,
+                                                                       message):
+    args = [{"{3 days ago}": iso_ago(3 * 86400), "{in an hour}": iso_ago(-3600)}.get(a, a) for a in args]
+    cfg = write_config(tmp_path / "stocksync.toml", channel_tables(markets))
+    out = await stocksync(settings, cfg, "reconcile", "orders", *args)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("stocksync: ") and message in out.stderr, out.stderr
+    assert not list(sync_redis.scan_iter(match=f"*{settings.prefix}*"))
+
+
+async def test_reconcile_orders_exits_1_when_the_order_api_fails(store, settings, markets, tmp_path):
+    market = markets["flipkart"]
+    await seed(store, market, {"A": 10})
+    await market.order([("A", 1)])
+    market.sim.outage(True)
+    cfg = write_config(tmp_path / "stocksync.toml", channel_tables(markets))
+    out = await stocksync(settings, cfg, "reconcile", "orders", "flipkart", "--since", iso_ago(60))
+    assert out.returncode == 1
+    assert "503" in out.stderr and "the cursor stays at the last page applied" in out.stderr
+    assert await stocks(store, ["A"]) == {"A": 10}
+    assert await store.redis.zscore(store.keys.poll_cursor("flipkart"), "preDispatch") is None
+
+
+async def test_a_worker_process_polls_its_channel(store, settings, markets, tmp_path):
+    """`stocksync worker` starts the channel's poller beside its ChannelWorker (consumers/runner.py), holds the
+    lease while it runs, and gives it back when it stops."""
+    market = markets["amazon"]
+    await seed(store, market, {"A": 50})
+    tables = channel_tables(markets, poll_lease_s=2)
+    tables["amazon"]["poll_s"] = 0.2
+    cfg = write_config(tmp_path / "stocksync.toml", tables)
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "STOCKSYNC_PREFIX": settings.prefix,
+           "STOCKSYNC_CONFIG": str(cfg)}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "stocksync", "worker", "--channel", "amazon",
+                                                env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.PIPE)
+    try:
+        await wait_for(lambda: store.redis.get(store.keys.poll_lease("amazon")), 20, "the worker's poller")
+        for _ in range(5):
+            await market.order([("A", 3)])
+        await wait_for(lambda: _available(store, "A", 50 - 15), 20, "the orders polled")
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert await store.redis.get(store.keys.poll_lease("amazon")) is None
+    assert int((await store.redis.hgetall(store.keys.poll_stats("amazon")))["found_by_polling"]) == 5
+
+
+async def _available(store: StockStore, sku: str, n: int) -> bool:
+    return (await store.get(sku)).available == n
+
+
+async def test_metrics_export_the_orders_found_by_polling(store, settings, markets):
+    market = markets["shopify"]
+    await seed(store, market, {"A": 10})
+    for _ in range(3):
+        await market.order([("A", 1)])
+    await past_this_second()
+    with_tables = with_channels(settings, markets)
+    await one_pass(store, load_channels(with_tables)["shopify"], since_ms=int(time.time() * 1000) - 60_000)
+    tables = channel_tables(markets)
+    tables["ebay"] = {"kind": "webhook", "url": "http://127.0.0.1:9/ebay"}
+    async with running(settings.with_(sections={"channels": tables})) as client:
+        text = (await client.get("/metrics")).text
+    found = [line for line in text.splitlines() if line.startswith("stocksync_orders_found_by_polling")]
+    assert sorted(found) == ['stocksync_orders_found_by_polling_total{channel="amazon"} 0.0',
+                             'stocksync_orders_found_by_polling_total{channel="flipkart"} 0.0',
+                             'stocksync_orders_found_by_polling_total{channel="shopify"} 3.0']
+    assert "# TYPE stocksync_orders_found_by_polling_total counter" in text
+
+
+# ----- end to end ----------------------------------------------------------------------------------------------
+
+
+async def test_a_flash_sale_with_lost_and_doubled_webhooks_adds_up_after_one_pass(store, settings, markets):
+    """Buyers on the three marketplaces at once, webhooks to the running API with 5% of them dropped and 5%
+    delivered twice, some orders cancelled and refunded (the same odds), then one poll pass per channel:
+    every SKU's stock is its start less what the marketplaces sold plus what they restocked, and every line
+    was taken once."""
+    skus = [f"FLASH-{i}" for i in range(5)]
+    hooked = with_channels(settings, markets)
+    start = 400  # more than the three listings can sell, restocks resold included: nothing is refused
+    for sku in skus:
+        await store.set(sku, start, ref=f"seed-{sku}", source="test")
+    for market in markets.values():
+        market.sim.seed({sku: 40 for sku in skus})
+    rng = random.Random(2024)
+
+    def mode() -> str:
+        roll = rng.random()
+        return "drop" if roll < 0.05 else "twice" if roll < 0.10 else "deliver"
+
+    since = int(time.time() * 1000) - 1000
+    with serve_api(hooked) as api:
+        for market in markets.values():
+            await point_webhooks(market, api)
+
+        async def buyer(market: Market) -> None:
+            for _ in range(40):
+                lines = [(rng.choice(skus), rng.randint(1, 3)) for _ in range(rng.randint(1, 2))]
+                order_id = await market.order(lines, mode())
+                if order_id and rng.random() < 0.1:
+                    await market.cancel(order_id, mode())
+                elif order_id and rng.random() < 0.1 and market.name != "amazon":
+                    line = market.sim.order(order_id)["lines"][0]
+                    kw = {"restock_type": "return"} if market.name == "shopify" else {}
+                    await market.refund(order_id, [{"line_id": line["line_id"], "qty": 1}], mode(), **kw)
+
+        await asyncio.gather(*(buyer(m) for m in markets.values() for _ in range(3)))
+        for market in markets.values():
+            await wait_for(market.delivered, 60, f"{market.name}'s webhooks delivered")
+        modes = collections.Counter()
+        for market in markets.values():
+            modes.update(d["mode"] for d in await market.deliveries())
+        assert modes["drop"] and modes["twice"] and modes["deliver"] > 10 * modes["drop"]
+        await past_this_second()
+        reports = {}
+        for name in KINDS:
+            reports[name] = await one_pass(store, load_channels(hooked)[name], since_ms=since)
+    # what the marketplaces sold less what they restocked: their listings' fall
+    sold = {sku: sum(40 - m.sim.quantities[sku] for m in markets.values()) for sku in skus}
+    assert any(sold.values())
+    assert await stocks(store, skus) == {sku: start - sold[sku] for sku in skus}
+    assert all(r.refused == 0 for r in reports.values())
+    takes, restocks = await takes_and_restocks(store)
+    assert set(takes.values()) == {1} and set(restocks.values()) <= {1}
+    cancelled_first = set()  # lines whose cancellation's webhook came before anything took them
+    for market in markets.values():
+        for ref in market.line_refs() - set(takes):
+            cancelled_first.add(ref)
+            assert market.sim.order(_order_of(market, ref))["status"] == "cancelled", ref
+    assert sum(r.found_by_polling for r in reports.values()) >= 1
+    assert len(takes) + len(cancelled_first) == sum(len(m.line_refs()) for m in markets.values())
