@@ -74,11 +74,20 @@ class AmazonReader(OrderReader):
             orders = payload.get("Orders")
             if not isinstance(orders, list):
                 raise PollError(f"{self.name}: getOrders answered no Orders list")
-            yield Page(stream, await asyncio.gather(*(self.order(o) for o in orders)))
+            yield Page(stream, await self.orders(orders))
             token = payload.get("NextToken")
             if not token:
                 return
             params = {"MarketplaceIds": self.marketplace_id, "NextToken": token}
+
+    async def orders(self, orders: list) -> list[PolledOrder]:
+        """A page's orders with their items, read a few at a time; the first failure cancels the rest."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self.order(o)) for o in orders]
+        except ExceptionGroup as e:
+            raise e.exceptions[0] from None
+        return [t.result() for t in tasks]
 
     async def order(self, order: Any) -> PolledOrder:
         if not isinstance(order, dict) or not isinstance(order.get("AmazonOrderId"), str):
