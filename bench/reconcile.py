@@ -68,10 +68,11 @@ def http(url: str, body: dict | None = None, timeout: float = 600) -> dict:
         return orjson.loads(r.read())
 
 
-def fill(url: str, orders: int, seed: int) -> dict[str, int]:
-    """The book filled with `orders` orders of one or two lines over SKUS SKUs; answers units sold per SKU."""
-    rng = random.Random(seed)
-    book = [[(f"R{rng.randrange(SKUS)}", rng.randint(1, 3)) for _ in range(rng.choice((1, 1, 2)))]
+def fill(url: str, orders: int, name: str) -> dict[str, int]:
+    """The book filled with `orders` orders of one or two lines over SKUS SKUs of this marketplace's own
+    (each marketplace's run starts from stock of its own); answers units sold per SKU."""
+    rng = random.Random(name)
+    book = [[(f"{name}-{rng.randrange(SKUS)}", rng.randint(1, 3)) for _ in range(rng.choice((1, 1, 2)))]
             for _ in range(orders)]
     sold: dict[str, int] = {}
     for lines in book:
@@ -154,7 +155,7 @@ def run_one(name: str, url: str, settings: Settings, cfg: Path, orders: int, env
         http(url + "/_sim/market", {"limits": {"getOrders": None, "getOrder": None, "getOrderItems": None}})
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
     log(f"{name}: filling the book with {orders:,} orders")
-    sold = fill(url, orders, seed=len(name))
+    sold = fill(url, orders, name)
     start = max(sold.values()) + 1
     asyncio.run(seed_stock(settings, sold, start))
     while time.time() % 1 > 0.05:  # the pass reads orders updated before the current second

@@ -490,7 +490,7 @@ def test_poll_s_is_checked_where_channels_are_read():
         parse_channel("hook", {"kind": "webhook", "url": "http://127.0.0.1:9", "poll_s": 5})
 
 
-async def test_an_overlap_beyond_the_references_retention_is_refused_at_start(settings, markets):
+async def test_an_overlap_beyond_the_references_retention_is_refused_at_start(store, settings, markets):
     tables = channel_tables(markets, poll_overlap_s=4000)
     tables["shopify"]["poll_s"] = 60
     short = settings.with_(idem_ttl_s=3600, sections={"channels": tables})
@@ -500,6 +500,11 @@ async def test_an_overlap_beyond_the_references_retention_is_refused_at_start(se
         await run_workers(short, ["shopify"])  # the worker process refuses before it connects
     fine = settings.with_(idem_ttl_s=3600 * 48, sections={"channels": tables})
     assert OrderPollers(fine, load_channels(fine).values()).options["shopify"].overlap_s == 4000
+    p = poller(store, load_channels(settings.with_(sections={"channels": tables}))["flipkart"])
+    with pytest.raises(SettingsError, match="further back than the references are remembered"):
+        await p.run_pass(since_ms=int(time.time() * 1000) - 3 * 86_400_000)
+    await p.reader.close()
+    assert await p.cursors.all() == {}
     tables["amazon"]["poll_s"] = 60
     tables["amazon"]["options"]["order_api_limits"] = {"getOrders": [0, 1]}
     odd = settings.with_(sections={"channels": tables})

@@ -84,6 +84,7 @@ class OrderPoller:
 
     async def _start(self, stream: str, since_ms: int | None, end: int, now: int, report: PassReport) -> int:
         if since_ms is not None:
+            self.options.check_since(since_ms, now, self.store.settings.idem_ttl_s)
             return floor_s(since_ms)
         cursor = await self.cursors.get(stream)
         # No cursor yet: the first pass reads only the overlap before its end (go further back once with
