@@ -79,8 +79,8 @@ def fill(url: str, orders: int, name: str) -> dict[str, int]:
         for sku, qty in lines:
             sold[sku] = sold.get(sku, 0) + qty
     http(url + "/_sim/seed", {sku: n for sku, n in sold.items()})  # the listing covers every order
-    for i in range(0, orders, 20_000):
-        part = [{"lines": [{"sku": s, "qty": q} for s, q in lines]} for lines in book[i:i + 20_000]]
+    for i in range(0, orders, 5_000):  # (bodies under the simulator's server's size limit)
+        part = [{"lines": [{"sku": s, "qty": q} for s, q in lines]} for lines in book[i:i + 5_000]]
         reply = http(url + "/_sim/orders/bulk", {"orders": part})
         assert reply["refused"] == 0, reply
     return sold
