@@ -36,8 +36,8 @@ from pathlib import Path
 import orjson
 
 from bench.common import fmt, log, machine, python_versions, table, today, write_json
-from consumers.coalescer import NORMAL, ZERO
 from consumers.groups import ensure_groups
+from consumers.ranks import NORMAL, ZERO
 from stocksync.devtools.testing import SIMULATOR_ENV, config, toml_channel
 from stocksync.embedded import EmbeddedRedis
 from stocksync.settings import Settings

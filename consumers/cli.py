@@ -147,9 +147,10 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     async def main() -> int:
         settings = _settings(args)
         config = _channel(settings, args.channel)
+        recheck_ms = WorkerOptions.from_settings(settings).recheck_ms  # (pushed again as a worker would)
         async with await StockStore.connect(settings) as store:
             report = await dlq.replay(store.redis, store.keys, config, skus=set(args.sku) if args.sku else None,
-                                      ids=set(args.id) if args.id else None)
+                                      ids=set(args.id) if args.id else None, recheck_ms=recheck_ms)
         for sku in report.resolved:
             print(f"replayed {sku}")
         for sku, error in report.failed.items():
@@ -171,9 +172,10 @@ def cmd_resync(args: argparse.Namespace) -> int:
                 print(f"{report.done + report.failed} SKUs so far: {report.pushed} pushed, {report.failed} failed",
                       file=sys.stderr)
 
+        recheck_ms = WorkerOptions.from_settings(settings).recheck_ms  # (pushed again as a worker would)
         async with await StockStore.connect(settings) as store:
             report = await resync.resync(store.redis, store.keys, config, skus=args.sku, force=not args.missing,
-                                         progress=progress)
+                                         progress=progress, recheck_ms=recheck_ms)
         for sku, error in report.failures.items():
             print(f"failed {sku}: {error}", file=sys.stderr)
         if report.failed + report.refused > len(report.failures):

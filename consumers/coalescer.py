@@ -2,15 +2,16 @@
 
 Many changes to one SKU become one push of its current quantity. A SKU is handed out to at most one push
 at a time (pushes of one SKU never overlap within a process; the lease does it across processes), and
-the SKUs where an oversell can happen go first: a listed quantity at or below the low-stock mark (0
-included) or a sharp drop (at least half of what was there), then the rest, oldest first. Among those,
-a drop to 0 goes first of all: the channel still lists units that no longer exist, so each of its sales
-is an oversell, where a low quantity only may become one.
+the SKUs where an oversell is likeliest go first: the highest expected units oversold before the push
+lands (consumers/risk.py: the SKU's sales velocity, how far the channel lists above what it should, the
+channel's time to land a push), then by rank (consumers/ranks.py: a drop to 0, then a low listed
+quantity or a sharp drop, then the rest), then oldest first. A SKU goes at the risk of its latest held
+change and the rank of its most urgent one.
 
 A SKU can also be due for a recheck (recheck()): a push of its current quantity at a given time even if
 the channel already has that version (after a push that got no answer and may still land late, or when
 its channel SKU changed). Such a SKU is held, with or without entries, until a push started at or after
-that time succeeds (the worker clears recheck_at).
+that time succeeds (repaid() clears it).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-ZERO, URGENT, NORMAL = 0, 1, 2  # ranks: lower goes first
+from .ranks import NORMAL
 
 
 @dataclass(slots=True)
@@ -31,7 +33,7 @@ class Entry:
     version: int
     available: int
     delta: int
-    deliveries: int = 1
+    source: str = ""  # who made the change (a channel's name for its takes)
 
     @property
     def ts_ms(self) -> int:
@@ -45,10 +47,10 @@ class SkuWork:
     entries: dict[str, Entry] = field(default_factory=dict)
     since: float = 0.0  # monotonic time the oldest held entry arrived
     urgency: int = NORMAL
+    risk: float = 0.0  # expected units the channel oversells before this push lands (consumers/risk.py)
     attempts: int = 0
     not_before: float = 0.0
     busy: bool = False  # a push of this SKU is in flight
-    last_error: str = ""
     recheck_at: float = 0.0  # monotonic time a push of the current quantity is due whatever was pushed (0: none)
     owed_ms: int = 0  # the same as recorded in Redis (stocksync_recheck), wall-clock ms
     forced: bool = False  # the push in flight is such a recheck
@@ -64,11 +66,12 @@ class SkuWork:
 
 
 class Coalescer:
-    def __init__(self, rank) -> None:
-        self.rank = rank  # (Entry) -> ZERO | URGENT | NORMAL
+    def __init__(self, rank: Callable[[Entry], int], risk: Callable[[Entry], float] | None = None) -> None:
+        self.rank = rank  # (Entry) -> ZERO | URGENT | NORMAL (consumers/ranks.py)
+        self.risk = risk  # (Entry) -> expected oversold units (consumers/risk.py); None: ranks alone
         self.work: dict[str, SkuWork] = {}
         self.ids: set[str] = set()
-        self._ready: list[tuple[int, float, int, str]] = []
+        self._ready: list[tuple[float, int, float, int, str]] = []  # (-risk, rank, since, seq, sku)
         self._later: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
 
@@ -91,12 +94,17 @@ class Coalescer:
             fresh = not w.entries and not w.busy
         w.entries[entry.id] = entry
         rank = self.rank(entry)
-        if rank < w.urgency:  # queued again at its new rank (the old heap item is skipped as stale)
-            w.urgency = rank
+        risk = round(self.risk(entry), 3) if self.risk is not None else 0.0  # (the latest change's)
+        if rank < w.urgency or risk > w.risk:  # queued again ahead (the old heap item is skipped as stale)
             fresh = fresh or not w.busy
+        w.urgency, w.risk = min(rank, w.urgency), risk
         if fresh and not w.busy:
             self._queue(w)
         return True
+
+    def total_risk(self) -> float:
+        """Expected units oversold, summed over the held SKUs (as of when each was ranked)."""
+        return sum(w.risk for w in self.work.values())
 
     def is_urgent(self, sku: str) -> bool:
         """Whether sku is held with an urgent entry (a drop to 0 included)."""
@@ -114,6 +122,10 @@ class Coalescer:
         if not w.busy:
             self._queue(w)
 
+    def repaid(self, w: SkuWork) -> None:
+        """The recheck owed for w was paid (or given up): it is held for its entries only."""
+        w.recheck_at, w.owed_ms = 0.0, 0
+
     def _due(self, w: SkuWork, now: float) -> bool:
         return bool(w.entries) or 0 < w.recheck_at <= now
 
@@ -124,7 +136,7 @@ class Coalescer:
         if w.not_before > time.monotonic():
             heapq.heappush(self._later, (w.not_before, next(self._seq), w.sku))
         else:
-            heapq.heappush(self._ready, (w.urgency, w.since, next(self._seq), w.sku))
+            heapq.heappush(self._ready, (-w.risk, w.urgency, w.since, next(self._seq), w.sku))
 
     def next_due(self) -> float | None:
         """Monotonic time the earliest delayed SKU becomes ready."""
@@ -137,11 +149,11 @@ class Coalescer:
             _, _, sku = heapq.heappop(self._later)
             w = self.work.get(sku)
             if w is not None and not w.busy and (w.entries or w.recheck_at):
-                heapq.heappush(self._ready, (w.urgency, w.since, next(self._seq), sku))
+                heapq.heappush(self._ready, (-w.risk, w.urgency, w.since, next(self._seq), sku))
         out: list[SkuWork] = []
         seen: set[str] = set()
         while self._ready and len(out) < n:
-            _, _, _, sku = heapq.heappop(self._ready)
+            *_, sku = heapq.heappop(self._ready)
             w = self.work.get(sku)
             if w is None or w.busy or not self._due(w, now) or sku in seen or w.not_before > now:
                 continue  # a stale heap item (the SKU was queued twice, settled or delayed since)
@@ -157,8 +169,8 @@ class Coalescer:
         urgent one, or the oldest ready one has waited linger_s), else the time to look again."""
         if not self._ready or len(self._ready) >= n:  # (stale heap items make this an upper bound)
             return None
-        urgency, since, _, _ = self._ready[0]
-        if urgency < NORMAL or time.monotonic() >= since + linger_s:
+        neg_risk, urgency, since, _, _ = self._ready[0]
+        if neg_risk < 0 or urgency < NORMAL or time.monotonic() >= since + linger_s:
             return None
         return since + linger_s
 
@@ -177,13 +189,15 @@ class Coalescer:
                 self.ids.discard(entry_id)
         w.busy = w.forced = False
         if covered is not None:
-            w.attempts, w.last_error = 0, ""
+            w.attempts = 0
         if retry_at is not None:
             w.not_before = retry_at
         if not w.entries and not w.recheck_at:
             del self.work[w.sku]
         else:
             w.urgency = min((self.rank(e) for e in w.entries.values()), default=NORMAL)
+            latest = max(w.entries.values(), key=lambda e: e.version, default=None)
+            w.risk = round(self.risk(latest), 3) if self.risk is not None and latest is not None else 0.0
             if covered is not None:
                 w.since = time.monotonic()
             self._queue(w)

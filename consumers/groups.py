@@ -1,4 +1,4 @@
-"""Consumer groups on the events streams: creation, reading, reclaiming, parsing entries."""
+"""Consumer groups on the events streams: creation, reclaiming, parsing entries, stream IDs."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ async def _missed_changes(redis: AnyRedis, stream: str, channel: str) -> bool:
     if not first:
         return False
     group = next(g for g in await redis.xinfo_groups(stream) if g["name"] == channel)
-    return _id_tuple(str(group["last-delivered-id"])) >= _id_tuple(first[0][0])
+    return id_tuple(str(group["last-delivered-id"])) >= id_tuple(first[0][0])
 
 
 def parse(partition: int, entry_id: str, fields: dict | None) -> Entry | None:
@@ -66,7 +66,7 @@ def parse(partition: int, entry_id: str, fields: dict | None) -> Entry | None:
         return None
     try:
         return Entry(entry_id, partition, fields["sku"], int(fields["version"]), int(fields["available"]),
-                     int(fields.get("delta", 0)))
+                     int(fields.get("delta", 0)), fields.get("source", ""))
     except (KeyError, ValueError):
         log.warning("entry %s of partition %d is not a stock event: %r", entry_id, partition, fields)
         return None
@@ -97,13 +97,22 @@ async def deliveries(redis: AnyRedis, keys: Keys, partition: int, channel: str, 
     """Times each of `ids` (pending for consumer) has been delivered."""
     if not ids:
         return {}
-    lo, hi = min(ids, key=_id_tuple), max(ids, key=_id_tuple)
+    lo, hi = min(ids, key=id_tuple), max(ids, key=id_tuple)
     rows = await redis.xpending_range(keys.events(partition), channel, min=lo, max=hi, count=len(ids) * 4 + 100,
                                       consumername=consumer)
     wanted = set(ids)
     return {r["message_id"]: int(r["times_delivered"]) for r in rows if r["message_id"] in wanted}
 
 
-def _id_tuple(entry_id: str) -> tuple[int, int]:
-    ms, seq = entry_id.split("-")
-    return int(ms), int(seq)
+def id_tuple(entry_id: str) -> tuple[int, int]:
+    """A stream ID as (ms, seq), to compare IDs in stream order."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def id_before(entry_id: str) -> str:
+    """The stream ID just before entry_id (a history read from it starts at entry_id)."""
+    ms, seq = id_tuple(entry_id)
+    if seq:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-18446744073709551615" if ms else "0"

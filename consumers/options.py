@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 from stocksync.settings import Settings, SettingsError
@@ -96,6 +96,3 @@ class WorkerOptions:
             raise SettingsError(f"worker: unknown setting(s) {', '.join(sorted(unknown))}")
         table.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**table)
-
-    def with_(self, **changes: Any) -> WorkerOptions:
-        return replace(self, **changes)

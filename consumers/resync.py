@@ -7,40 +7,27 @@ A worker pushes what changes. Some listings need the current quantity without a 
 - listings edited by hand on the marketplace, or a channel restored from a backup: `stocksync resync`;
 - dead letters after the cause was fixed: `stocksync dlq replay` (consumers/dlq.py).
 
-Every push here takes the SKU's lease under an owner of its own (never the worker's consumer name: the
-library renews a lease for its own owner, so sharing it would let two pushes of one SKU overlap), reads
-the current quantity and the version the channel has in the same call, and records the accepted version
-(never lowering it), so a worker pushing the same SKU at the same time is never overtaken by an older
-quantity. A push that got no answer leaves a recheck owed 4 x the adapter's timeout later
-(stocksync_recheck), which a worker pays worker.reclaim_idle_ms after it is due: the abandoned request
-may land after a newer push. Pushes go through the channel's adapter, with its
-batch size, rate limit and timeouts.
+Every push here goes through the push cycle (consumers/cycle.py) under a lease owner of its own (never
+the worker's consumer name: the library renews a lease for its own owner, so sharing it would let two
+pushes of one SKU overlap): it reads the current quantity and the version the channel has in the same
+call as the lease, and records the accepted version (never lowering it), so a worker pushing the same
+SKU at the same time is never overtaken by an older quantity. A push that got no answer leaves a recheck
+owed (cycle.recheck_delay_s: worker.recheck_ms, or 4 x the adapter's timeout, later), which a worker pays
+worker.reclaim_idle_ms after it is due: the abandoned request may land after a newer push. Pushes go
+through the channel's adapter, with its batch size, rate limit and timeouts.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import socket
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from stocksync import library
 from stocksync.channels import ChannelConfig
 from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
 from stocksync.store import scan_skus
 
-from .adapters import Adapter, PushError, Result, Update, make_adapter
-from .skumap import ChannelSkus
-
-log = logging.getLogger(__name__)
-
-def owner_name(kind: str) -> str:
-    """A lease owner of its own for one run (<kind>-host-pid-uuid): two runs at once never share a lease."""
-    return f"{kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+from .cycle import ACCEPTED, BUSY, CURRENT, GONE, REFUSED, PushCycle, Round, Want, owner_name, standalone
 
 
 @dataclass
@@ -53,6 +40,25 @@ class PushReport:
     busy: list[str] = field(default_factory=list)  # SKUs another consumer is pushing right now (their current quantity)
     refused: dict[str, str] = field(default_factory=dict)  # SKU -> why the channel refused it for good
     failed: dict[str, str] = field(default_factory=dict)  # SKU -> why the channel did not take it for now
+
+    @classmethod
+    def of(cls, rnd: Round) -> PushReport:
+        report = cls()
+        for p in rnd.pushed:
+            sku, status = p.job.sku, p.status
+            if status == ACCEPTED:
+                report.pushed[sku] = p.version
+            elif status == CURRENT:
+                report.current[sku] = p.version
+            elif status == GONE:
+                report.gone.append(sku)
+            elif status == BUSY:
+                report.busy.append(sku)
+            elif status == REFUSED:
+                report.refused[sku] = p.error
+            else:  # failed, throttled, or sent without an answer
+                report.failed[sku] = p.error
+        return report
 
 
 SAMPLE = 100  # SKUs a ResyncReport names per kind (its counts are exact): a pass over 1M SKUs stays small
@@ -100,95 +106,32 @@ class ResyncReport:
         self.failures.update(list(again.failures.items())[: SAMPLE - len(self.failures)])
 
 
-class Pusher:
-    """Pushes of the current quantity of given SKUs to one channel, under one lease owner."""
-
-    def __init__(self, redis: AnyRedis, keys: Keys, config: ChannelConfig, *, adapter: Adapter | None = None,
-                 owner: str | None = None, lease_ms: int = 15000) -> None:
-        self.redis, self.keys, self.config = redis, keys, config
-        self.owner = owner or owner_name("resync")
-        self.lease_ms = lease_ms
-        self._own_adapter = adapter is None
-        self.adapter = adapter or make_adapter(config)
-        self.names = ChannelSkus(redis, keys, config)  # channel SKUs as the worker pushes them
-
-    async def __aenter__(self) -> Pusher:
-        await self.names.refresh()
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        if self._own_adapter:
-            await self.adapter.close()
-
-    async def push(self, partition: int, skus: list[str], *, force: bool) -> PushReport:
-        """Push the current quantity of `skus` (all of one partition, at most the adapter's batch size);
-        unless `force`, skip those the channel already has at their current version."""
-        report = PushReport()
-        deadline = time.monotonic() + self.lease_ms / 1000 - 0.25
-        claims = await library.push_claim(self.keys, partition, self.config.name, self.owner, skus,
-                                    self.lease_ms).run(self.redis)
-        leased = [c.sku for c in claims if c.leased]
-        updates = []
-        for c in claims:
-            if not c.leased:
-                report.busy.append(c.sku)
-            elif c.version is None:
-                report.gone.append(c.sku)
-            elif c.pushed >= c.version and not force:
-                report.current[c.sku] = c.pushed
-            else:
-                updates.append(Update(c.sku, self.names.channel_sku(c.sku), self.config.rules.listed(c.available),
-                                      c.version))
-        unanswered: list[str] = []
-        try:
-            if updates:
-                unanswered = await self._call(updates, deadline, report)
-        finally:
-            await library.push_done(self.keys, partition, self.config.name, self.owner, report.pushed, [],
-                              leased).run(self.redis)
-        if unanswered:
-            # Sent without an answer: the channel may apply it after a newer push by a worker. Owe the
-            # channel the current quantity once it can no longer land; the workers pay what is owed.
-            due_ms = int(time.time() * 1000 + 4000 * self.adapter.timeout_s)
-            await library.recheck(self.keys, partition, self.config.name, "due", due_ms, unanswered).run(self.redis)
-        return report
-
-    async def _call(self, updates: list[Update], deadline: float, report: PushReport) -> list[str]:
-        """Push; answers the SKUs whose request got no answer (it may still be applied)."""
-        try:
-            results = list(await self.adapter.push(updates, deadline))
-        except PushError as e:
-            results = [Result.failed(u.sku, str(e), permanent=e.permanent, ambiguous=e.ambiguous) for u in updates]
-        by_sku = {r.sku: r for r in results}
-        unanswered = []
-        for u in updates:
-            r = by_sku.get(u.sku) or Result.failed(u.sku, "the channel did not answer for this SKU", permanent=False)
-            if r.ok:
-                report.pushed[u.sku] = u.version
-            elif r.permanent:
-                report.refused[u.sku] = r.error
-            else:
-                report.failed[u.sku] = r.error
-                if r.ambiguous:
-                    unanswered.append(u.sku)
-        return unanswered
+async def push_skus(cycle: PushCycle, partition: int, skus: list[str], *, force: bool) -> PushReport:
+    """Push the current quantity of `skus` (all of one partition, at most the adapter's batch size);
+    unless `force`, skip those the channel already has at their current version."""
+    return PushReport.of(await cycle.run([Want(sku, partition, forced=force) for sku in skus]))
 
 
 async def resync(redis: AnyRedis, keys: Keys, config: ChannelConfig, *, skus: Iterable[str] | None = None,
-                 partitions: Iterable[int] | None = None, force: bool = True, adapter: Adapter | None = None,
+                 partitions: Iterable[int] | None = None, force: bool = True, cycle: PushCycle | None = None,
                  progress: Callable[[ResyncReport], None] | None = None,
-                 ready: Callable[[], Awaitable[None]] | None = None) -> ResyncReport:
+                 ready: Callable[[], Awaitable[None]] | None = None, recheck_ms: int = 0) -> ResyncReport:
     """Push the current quantity of every SKU (of `partitions`, default all), or of `skus`, to the channel,
     a batch at a time. `force=False`: only SKUs the channel does not have at their current version.
-    progress(report so far) is called after every batch; `ready()` is awaited before each."""
+    progress(report so far) is called after every batch; `ready()` is awaited before each. `cycle`: the
+    push cycle to use (a worker's initial sync); by default one of its own, under an owner drawn for this
+    run, with the channel's adapter (`recheck_ms`: worker.recheck_ms)."""
+    if cycle is None:
+        async with standalone(redis, keys, config, owner=owner_name("resync"), recheck_ms=recheck_ms) as cycle:
+            return await resync(redis, keys, config, skus=skus, partitions=partitions, force=force, cycle=cycle,
+                                progress=progress, ready=ready)
     report = ResyncReport()
-    async with Pusher(redis, keys, config, adapter=adapter) as pusher:
-        async for p, batch in _batches(redis, keys, skus, partitions, pusher.adapter.batch_size):
-            if ready is not None:
-                await ready()
-            report.add(await pusher.push(p, batch, force=force))
-            if progress is not None:
-                progress(report)
+    async for p, batch in _batches(redis, keys, skus, partitions, cycle.adapter.batch_size):
+        if ready is not None:
+            await ready()
+        report.add(await push_skus(cycle, p, batch, force=force))
+        if progress is not None:
+            progress(report)
     return report
 
 

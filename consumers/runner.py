@@ -17,6 +17,7 @@ from stocksync.orders.pollers.service import OrderPollers
 from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 
+from .adapters import check_options
 from .options import WorkerOptions
 from .worker import Accepted, ChannelWorker
 
@@ -59,6 +60,8 @@ async def run_workers(settings: Settings, channels: Iterable[str] | None = None,
     missing = [n for n in names if n not in configs]
     if missing or not names:
         raise SettingsError(f"no channel configured named {', '.join(missing)}" if missing else "no channel configured")
+    for name in names:  # (refused before anything starts)
+        check_options(configs[name])
     options = options or WorkerOptions.from_settings(settings)
     lags: dict[str, list[tuple[int, int, int]]] = {n: [] for n in names}
 

@@ -1,4 +1,5 @@
-"""Per channel: lag, pending, dead letters, last push, circuit state (for `stocksync status` and the API).
+"""Per channel: lag, pending, dead letters, last push, circuit state, oversell risk (for `stocksync status`
+and the API).
 
 Lag and pending come from the consumer groups (XINFO GROUPS: entries not yet delivered, and delivered
 but not acknowledged), dead letters from the dead-letter streams, and the rest from the heartbeats the
@@ -67,6 +68,8 @@ async def channel_status(redis: AnyRedis, keys: Keys, channels: Iterable[str]) -
             "dead_letters": dead,
             "last_push_ms": max((int(w.get("last_push_ms", 0)) for w in workers), default=0) or None,
             "circuit": circuit,
+            # expected units the channel sells that are not there, before its held pushes land (risk.py)
+            "oversell_risk_units": round(sum(float(w.get("oversell_risk_units", 0)) for w in alive), 3),
             "workers": sorted(workers, key=lambda w: w["consumer"]),
         }
     return out
@@ -75,12 +78,12 @@ async def channel_status(redis: AnyRedis, keys: Keys, channels: Iterable[str]) -
 def format_table(status: dict[str, dict[str, Any]]) -> str:
     now_ms = int(time.time() * 1000)
     lines = [f"{'channel':<16} {'lag':>8} {'pending':>8} {'oldest':>9} {'dead':>6} {'last push':>10} "
-             f"{'circuit':<10} workers"]
+             f"{'circuit':<10} {'risk':>7} workers"]
     for channel, s in status.items():
         oldest = "-" if s["oldest_pending_age_ms"] is None else f"{s['oldest_pending_age_ms'] / 1000:.1f}s"
         last = "-" if not s["last_push_ms"] else f"{(now_ms - s['last_push_ms']) / 1000:.1f}s ago"
         lag = "-" if s["lag"] is None else str(s["lag"])
         alive = sum(1 for w in s["workers"] if w["alive"])
         lines.append(f"{channel:<16} {lag:>8} {s['pending']:>8} {oldest:>9} {s['dead_letters']:>6} {last:>10} "
-                     f"{s['circuit']:<10} {alive}")
+                     f"{s['circuit']:<10} {s['oversell_risk_units']:>7.2f} {alive}")
     return "\n".join(lines)

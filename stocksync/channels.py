@@ -7,7 +7,8 @@ names of the environment variables that hold them:
     kind = "shopify"                 # shopify | amazon | flipkart | webhook
     url = "https://example.myshopify.com"
     credentials = { token = "SHOPIFY_ACCESS_TOKEN" }   # name -> environment variable
-    buffer = 2                       # units held back from this channel
+    buffer = 2                       # units held back from this channel, or "auto" (consumers/risk.py)
+    oversell_target = 1.0            # with buffer = "auto": expected oversold units per 10,000 orders
     share = 100                      # percent of the rest listed here
     max_listed = 0                   # cap on the listed quantity (0: none)
     end_when = 0                     # list 0 at or below this quantity
@@ -39,14 +40,20 @@ class Kind:
     name: str
     marketplace: str
     orders_in: bool
+    # keys of the channel's `options` table read on the orders side (webhook receiver, order poller); the
+    # adapter declares its own, and a key neither reads is refused at start
+    order_options: frozenset[str] = frozenset()
 
 
 # The one registry of channel kinds: every table of implementations (adapters, webhook receivers,
 # simulators) is built with by_kind() against it, so a kind cannot be half added.
+# The order poller's options, every kind with orders in (stocksync/orders/pollers/options.py).
+POLL_OPTIONS = frozenset({"settle_s", "poll_overlap_s", "poll_lease_s", "poll_timeout_s", "poll_page_size"})
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("shopify", "Shopify", orders_in=True),
-    Kind("amazon", "Amazon", orders_in=True),
-    Kind("flipkart", "Flipkart", orders_in=True),
+    Kind("shopify", "Shopify", orders_in=True, order_options=frozenset({"restock"}) | POLL_OPTIONS),
+    Kind("amazon", "Amazon", orders_in=True,
+         order_options=frozenset({"token_header", "include_afn", "order_api_limits"}) | POLL_OPTIONS),
+    Kind("flipkart", "Flipkart", orders_in=True, order_options=frozenset({"notification_url", "max_skew_s"}) | POLL_OPTIONS),
     Kind("webhook", "a generic HTTP receiver", orders_in=False),
 )}
 
@@ -70,22 +77,29 @@ def by_kind(implementations: Iterable[T], what: str, *, orders_in: bool = False)
 
 @dataclass(frozen=True)
 class Rules:
-    buffer: int = 0
+    buffer: int | str = 0  # units held back, or "auto": by the channel's measured risk (consumers/risk.py)
     share: int = 100
     max_listed: int = 0
     end_when: int = 0
+    oversell_target: float = 1.0  # with buffer = "auto": expected oversold units per 10,000 orders
 
     def __post_init__(self) -> None:
-        for name in ("buffer", "max_listed", "end_when"):
+        for name in ("max_listed", "end_when") + (() if self.buffer == "auto" else ("buffer",)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise SettingsError(f"{name} must be a whole number >= 0, got {value!r}")
+                raise SettingsError(f"{name} must be a whole number >= 0" + (' or "auto"' if name == "buffer" else "")
+                                    + f", got {value!r}")
         if isinstance(self.share, bool) or not isinstance(self.share, int) or not 0 <= self.share <= 100:
             raise SettingsError(f"share must be a whole number of percent from 0 to 100, got {self.share!r}")
+        target = self.oversell_target
+        if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 10_000:
+            raise SettingsError(f"oversell_target must be a number of units per 10,000 orders in (0, 10000], got {target!r}")
 
-    def listed(self, available: int) -> int:
-        """The quantity this channel lists when `available` units are in stock."""
-        q = max(available - self.buffer, 0) * self.share // 100
+    def listed(self, available: int, auto_buffer: int = 0) -> int:
+        """The quantity this channel lists when `available` units are in stock (`auto_buffer`: what the
+        risk model holds back where buffer = "auto")."""
+        buffer = auto_buffer if self.buffer == "auto" else self.buffer
+        q = max(available - buffer, 0) * self.share // 100
         if self.max_listed:
             q = min(q, self.max_listed)
         return 0 if q <= self.end_when else q
@@ -123,7 +137,7 @@ def parse_channel(name: str, table: Mapping[str, Any]) -> ChannelConfig:
     if not isinstance(table, Mapping):
         raise SettingsError(f"channels.{name} must be a table")
     known = {"kind", "url", "credentials", "sku_map", "options", "buffer", "share", "max_listed", "end_when",
-             "poll_s"}
+             "oversell_target", "poll_s"}
     unknown = set(table) - known
     if unknown:
         raise SettingsError(f"channels.{name}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -133,7 +147,7 @@ def parse_channel(name: str, table: Mapping[str, Any]) -> ChannelConfig:
     url = table.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise SettingsError(f"channels.{name}.url must be an http(s) URL")
-    rules = Rules(**{k: table[k] for k in ("buffer", "share", "max_listed", "end_when") if k in table})
+    rules = Rules(**{k: table[k] for k in ("buffer", "share", "max_listed", "end_when", "oversell_target") if k in table})
     for sub in ("credentials", "sku_map", "options"):
         if not isinstance(table.get(sub, {}), Mapping):
             raise SettingsError(f"channels.{name}.{sub} must be a table")

@@ -8,6 +8,8 @@
     stocksync reconcile orders CHANNEL [--since ISO-TIME]   one pass of the channel's order poller, now
     stocksync redis [--port N]             an embedded Redis in the foreground
     stocksync demo [--keep]                the whole system, two replays (--keep: stay up)
+    stocksync rejections list|apply|resolve   orders that could not be covered (stocksync.orders.commands)
+    stocksync serve, worker, dlq, resync, status   (stocksync.api.serve, consumers.cli)
 
 Exit codes: 0 done, 1 the operation was refused (insufficient, conflict, unknown SKU), 2 bad input.
 """
@@ -30,6 +32,7 @@ from .api import serve
 from .embedded import EmbeddedRedis
 from .errors import InvalidArgument
 from .events import follow
+from .orders import commands as order_commands
 from .orders import reconcile
 from .settings import Settings, SettingsError
 from .store import StockStore
@@ -79,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     # Subcommands that live with the parts they drive: the API server, the channel workers.
     serve.register(sub)
     consumers_cli.register(sub)
+    order_commands.register(sub)
     reconcile.register(sub)
     return parser
 

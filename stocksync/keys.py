@@ -127,6 +127,11 @@ class Keys:
         """hash: the channel's poller counters (found_by_polling, orders, applied, ...) and its last pass."""
         return f"{self.prefix}:poll:stats:{channel}"
 
+    def webhook_line_waiting(self, channel: str, line_key: str) -> str:
+        """hash per order line: restock id -> units ("all": whatever is taken) of restocks that came before
+        the line's take; the take applies them (stocksync.orders.intake)."""
+        return f"{self.prefix}:wh:line:{channel}:{line_key}:waiting"
+
     @property
     def rejections(self) -> str:
         """hash "<channel>|<order id>" -> JSON of the order lines that could not be covered (before 0.3:

@@ -8,13 +8,16 @@ import os
 
 import pytest
 
-from consumers.adapters import PermanentError, TransientError, Update, make_adapter
-from consumers.adapters.base import RateLimiter, push_rank, retry_after_s
+from consumers.adapters import PermanentError, TransientError, Update, check_options, make_adapter
+from consumers.adapters.base import RateLimiter, retry_after_s
+from consumers.ranks import NORMAL, ZERO
+from consumers.runner import run_workers
 from stocksync.devtools.testing import (
     SIMULATOR_ENV,
     config,
     wait_for,
 )
+from stocksync.settings import Settings, SettingsError
 
 
 @pytest.fixture
@@ -190,13 +193,66 @@ async def test_the_rate_limiter_serves_a_drop_to_zero_before_calls_waiting_longe
     order: list[str] = []
 
     async def call(name: str, rank: int) -> None:
-        push_rank.set(rank)
-        await limiter.acquire()
+        await limiter.acquire(rank=rank)
         order.append(name)
 
-    ordinary = [asyncio.create_task(call(f"normal-{i}", 2)) for i in range(5)]
-    await wait_for(lambda: len(limiter._waiting) == 4, 5, "four ordinary calls waiting")
-    await asyncio.create_task(call("drop-to-0", 0))
+    ordinary = [asyncio.create_task(call(f"normal-{i}", NORMAL)) for i in range(5)]
+    await wait_for(lambda: limiter.waiting == 4, 5, "four ordinary calls waiting")
+    await asyncio.create_task(call("drop-to-0", ZERO))
     await asyncio.gather(*ordinary)
     assert order[:2] == ["normal-0", "drop-to-0"], order
     assert order[2:] == [f"normal-{i}" for i in range(1, 5)]
+
+
+# ----- the options table ----------------------------------------------------------------------------------
+
+
+# every option each kind of channel reads (docs/channels/<kind>.md), its adapter's and the webhook intake's
+KNOWN_OPTIONS = {
+    "shopify": {"location_id": "gid://shopify/Location/1", "api_version": "2026-04", "reason": "correction",
+                "restock": "refund"},
+    "amazon": {"seller_id": "A2SIMSELLER000", "marketplace_id": "ATVPDKIKX0DER", "product_type": "PRODUCT",
+               "fulfillment_channel_code": "DEFAULT", "token_header": "x-stocksync-token", "include_afn": False},
+    "flipkart": {"location_id": "LOC1", "product_ids": {"RED-M": "TSHFDG3VACEXZEYZ"}, "product_id_format": "{sha}",
+                 "notification_url": "https://stock.example.com/webhooks/flipkart", "max_skew_s": 900},
+    "webhook": {"path": "/stocksync"},
+}
+COMMON = {"timeout_s": 2.5, "batch_size": 5, "max_in_flight": 3, "rate_limit": 0, "burst": 2}
+
+
+@pytest.mark.parametrize("kind", sorted(KNOWN_OPTIONS))
+def test_every_option_a_channel_reads_is_accepted(kind):
+    adapter = make_adapter(config(kind, "http://127.0.0.1:9", **KNOWN_OPTIONS[kind], **COMMON))
+    assert (adapter.timeout_s, adapter.max_in_flight, adapter.limiter) == (2.5, 3, None)
+    assert adapter.batch_size == min(5, adapter.max_batch)
+
+
+@pytest.mark.parametrize("kind, typo", [("shopify", "locaton_id"), ("amazon", "rate_limt"), ("flipkart", "restock"),
+                                        ("webhook", "location_id")])
+def test_an_option_the_channel_does_not_read_is_refused_naming_channel_and_key(kind, typo):
+    cfg = config(kind, "http://127.0.0.1:9", **{typo: "x"})
+    with pytest.raises(SettingsError, match=rf"^channels\.{kind}\.options: unknown option\(s\) {typo} "):
+        check_options(cfg)
+    with pytest.raises(SettingsError, match=typo):
+        make_adapter(cfg)
+
+
+@pytest.mark.parametrize("name, value", [("timeout_s", 0), ("timeout_s", "5"), ("batch_size", 2.5), ("batch_size", 0),
+                                         ("max_in_flight", True), ("rate_limit", -1), ("burst", "10")])
+def test_a_malformed_common_option_is_refused(name, value):
+    with pytest.raises(SettingsError, match=rf"^channels\.amazon\.options\.{name} must be "):
+        make_adapter(config("amazon", "http://127.0.0.1:9", **{name: value}))
+
+
+def test_a_required_option_missing_is_a_settings_error():
+    cfg = config("shopify", "http://127.0.0.1:9")
+    cfg.options.pop("location_id")
+    with pytest.raises(SettingsError, match=r"channels\.shopify\.options\.location_id .*required"):
+        make_adapter(cfg)
+
+
+async def test_the_worker_refuses_an_unknown_option_before_it_connects():
+    table = {"kind": "amazon", "url": "http://127.0.0.1:9", "options": {"seller_id": "A1", "timeout": 3}}
+    settings = Settings(redis_url="redis://127.0.0.1:9/0", sections={"channels": {"amazon": table}})  # no Redis there
+    with pytest.raises(SettingsError, match=r"channels\.amazon\.options: unknown option\(s\) timeout "):
+        await run_workers(settings)

@@ -107,3 +107,55 @@ def test_two_server_processes_sum_their_metrics_on_every_scrape(tmp_path, redis_
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+def _wait_ready(base: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(base + "/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "the server did not become ready"
+        time.sleep(0.05)
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_half_sent_requests_are_closed_within_the_read_timeout_while_the_server_answers(tmp_path, redis_url, prefix):
+    config = tmp_path / "stocksync.toml"
+    config.write_text(CONFIG + "\n[api]\nread_timeout_s = 3\n")
+    port = _free_port()
+    env = {**os.environ, **ENV, "REDIS_URL": redis_url, "STOCKSYNC_PREFIX": prefix}
+    proc = subprocess.Popen([sys.executable, "-m", "stocksync", "--config", str(config), "serve", "--port", str(port)],
+                            env=env, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    clients: list[socket.socket] = []
+    try:
+        _wait_ready(base, proc)
+        fds_before = _open_fds(proc.pid)
+        start = time.monotonic()
+        for i in range(300):  # half a head, and half a body after a whole head
+            s = socket.create_connection(("127.0.0.1", port))
+            head = b"POST /webhooks/shopify HTTP/1.1\r\nHost: x\r\n"
+            s.sendall(head if i % 2 else head + b"Content-Length: 100\r\nContent-Type: application/json\r\n\r\n{")
+            s.settimeout(30)
+            clients.append(s)
+        assert httpx.get(base + "/healthz", timeout=5).status_code == 200  # the server still answers
+        for s in clients:
+            assert s.recv(1024) == b""  # closed by the server, without a reply
+        assert time.monotonic() - start < 30
+        deadline = time.monotonic() + 10
+        while _open_fds(proc.pid) > fds_before + 5:
+            assert time.monotonic() < deadline, "the server kept descriptors of closed clients"
+            time.sleep(0.05)
+        r = httpx.post(base + "/webhooks/shopify", content=b"{}", headers={"X-Shopify-Topic": "orders/create"})
+        assert r.status_code == 401  # a whole request is served as before
+    finally:
+        for s in clients:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from stocksync.orders.batcher import Batcher
+from stocksync.orders.batcher import Batcher, pack
 
 
 class CountingBatcher(Batcher):
@@ -53,3 +53,7 @@ async def test_an_error_reply_is_that_command_s_value_and_a_dropped_connection_i
     sync_redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
     assert await batcher.call([("GET", key)]) == ["abc"]
     assert await batcher.call([("SET", key, b"\x00v"), ("GET", key)]) in (["OK", "\x00v"], [True, "\x00v"])
+
+
+def test_pack_writes_resp_as_redis_reads_it():
+    assert pack(("SET", "k", 12, b"\x00v", "é")) == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$2\r\n\x00v\r\n$2\r\n\xc3\xa9\r\n"

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 
 import pytest
 import redis
+
+from stocksync.channels import parse_channel
+from stocksync.metrics import Metrics
+from stocksync.orders.intake import Intake
+from stocksync.orders.webhooks import Delivery, Line
+from stocksync.store import StockStore
 
 
 def stocksync(settings, *args, env=None, timeout=30):
@@ -84,3 +91,32 @@ def test_redis_command_serves_until_stopped():
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0
+
+
+def test_rejections_list_apply_and_resolve(settings, tmp_path, sync_redis):
+    """An order line with an unknown SKU is listed with its action; once mapped, `apply` takes it."""
+    config = tmp_path / "stocksync.toml"
+    config.write_text('[channels.amazon]\nkind = "amazon"\nurl = "http://127.0.0.1:9/amazon"\n')
+    channel = parse_channel("amazon", {"kind": "amazon", "url": "http://127.0.0.1:9/amazon"})
+
+    async def deliver() -> None:
+        async with await StockStore.connect(settings) as store:
+            await store.set("MUG", 5, source="test")
+            await Intake(store, Metrics()).apply(channel, Delivery(None, "test", takes=[
+                Line("111-7:i1", "111-7", "i1", "AMZ-MUG", 2), Line("111-7:i2", "111-7", "i2", "MUG", 9)]))
+
+    asyncio.run(deliver())
+    listed = stocksync(settings, "--config", str(config), "rejections", "list")
+    assert listed.returncode == 0
+    assert "line i1: 2 x AMZ-MUG -> unknown_sku: fix_map" in listed.stdout
+    assert "line i2: 9 x MUG -> insufficient: cancel" in listed.stdout
+    assert stocksync(settings, "--config", str(config), "rejections", "apply", "amazon", "111-7").returncode == 1
+    sync_redis.hset(f"{settings.prefix}:skumap:amazon", "AMZ-MUG", "MUG")
+    applied = stocksync(settings, "--config", str(config), "rejections", "apply", "amazon", "111-7")
+    assert applied.returncode == 0 and "line i1: ok" in applied.stdout
+    assert "available=3" in stocksync(settings, "sku", "get", "MUG").stdout
+    bad = stocksync(settings, "--config", str(config), "rejections", "apply", "ebay", "111-7")
+    assert bad.returncode == 2 and "no channel 'ebay'" in bad.stderr
+    resolved = stocksync(settings, "--config", str(config), "rejections", "resolve", "amazon", "111-7")
+    assert resolved.returncode == 0 and "resolved" in resolved.stdout
+    assert "0 order(s)" in stocksync(settings, "--config", str(config), "rejections", "list").stderr

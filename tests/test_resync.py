@@ -167,14 +167,14 @@ def test_the_resync_command(tmp_path, settings, sims):
 # ----- found in review (each failed before its fix; the comment says how) -------------------------------
 
 
-# ----- 1. Pusher: a push that got no answer releases its lease and owes nothing (G4) ---------------------
+# ----- 1. resync: a push that got no answer releases its lease and owes nothing (G4) ---------------------
 
 
-# Was: consumers/resync.py Pusher._call/push: a push that got no answer (an ambiguous TransientError: a
-# timeout) is only reported as failed; push() releases the SKU's lease at once and records no recheck
-# (stocksync_recheck), unlike the worker, which keeps the lease and owes the current quantity. A worker then
-# pushes a newer version, the abandoned resync/initial-sync/dlq-replay request lands after it, and the
-# channel is left listing the older quantity for good (its pushed record says it is current)
+# Was (resync's own push, before the push cycle of consumers/cycle.py): a push that got no answer (an
+# ambiguous TransientError: a timeout) is only reported as failed; the push releases the SKU's lease at once
+# and records no recheck (stocksync_recheck), unlike the worker, which keeps the lease and owes the current
+# quantity. A worker then pushes a newer version, the abandoned resync/initial-sync/dlq-replay request lands
+# after it, and the channel is left listing the older quantity for good (its pushed record says it is current)
 async def test_a_resync_push_without_an_answer_is_followed_by_the_current_quantity(store, sims):
     sim, url = sims["amazon"]
     sim.reset()
@@ -202,7 +202,7 @@ async def test_a_resync_push_without_an_answer_is_followed_by_the_current_quanti
 # ----- 2. Initial sync: a SKU the channel refuses for good keeps the sync (and its mark) alive forever -----
 
 
-# Was: consumers/worker.py _sync_partition: any failed SKU, permanent ones included (no such listing on this
+# Was (the initial sync, now consumers/initial_sync.py): any failed SKU, permanent ones included (no such listing on this
 # channel, common for a channel that lists only part of the catalogue), makes the whole partition be gone
 # over again, forever (1 s doubling to 60 s, a full SCAN each time); the resync mark is never deleted and
 # the SKU is neither dead-lettered nor reported anywhere but the log, where the worker's own pushes dead-
@@ -222,10 +222,10 @@ async def test_the_initial_sync_ends_when_a_sku_is_refused_for_good(store, sims)
 # ----- 3. Initial sync: a Redis error deleting the mark ends the sync task silently -----------------------
 
 
-# Was: consumers/worker.py _sync_partition: `await self.redis.delete(keys.resync(...))` is outside the try;
-# a Redis error there (a failover, a dropped connection) kills the sync task, which run() never watches (it
-# is not among the tasks it waits on), so nothing logs it at the time, nothing retries it and the mark stays
-# until the worker restarts (status shows nothing either)
+# Was (the initial sync, now consumers/initial_sync.py): `await self.redis.delete(keys.resync(...))` is
+# outside the try; a Redis error there (a failover, a dropped connection) kills the sync task, which run()
+# never watches (it is not among the tasks it waits on), so nothing logs it at the time, nothing retries it
+# and the mark stays until the worker restarts (status shows nothing either)
 async def test_the_initial_sync_deletes_its_mark_after_a_redis_error(store, sims):
     sim, url = sims["shopify"]
     sim.reset()
@@ -253,7 +253,7 @@ async def test_the_initial_sync_deletes_its_mark_after_a_redis_error(store, sims
 # ----- 4. SKU map refresh: a Redis error recording the recheck loses the push under the new name ----------
 
 
-# Was: consumers/worker.py _refresh_sku_map: skus.refresh() commits the new map before the loop that records
+# Was (the SKU map refresh, now consumers/housekeeping.py): skus.refresh() commits the new map before the loop that records
 # each changed SKU's recheck (ledger.recheck, then coalescer.recheck) and adds the old names to _orphans; a
 # Redis error in that loop is caught by housekeeping, and the next refresh sees no change, so the SKUs after
 # the failure are never pushed under their new name (nor the old name retired) until a sale changes them

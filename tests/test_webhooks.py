@@ -77,8 +77,19 @@ async def test_uncoverable_and_unmapped_lines_answer_200_and_are_listed(settings
         r = await client.get("/v1/rejections", headers=auth(key=False))
         [rejection] = r.json()["rejections"]
         assert rejection["channel"] == "shopify" and rejection["order_id"] == "2002"
-        assert [(line["line_id"], line["reason"]) for line in rejection["lines"]] == [
-            ("1", "insufficient"), ("2", "unknown_sku"), ("3", "no_sku")]
+        assert [(line["line_id"], line["reason"], line["action"]) for line in rejection["lines"]] == [
+            ("1", "insufficient", "cancel"), ("2", "unknown_sku", "fix_map"), ("3", "no_sku", "none")]
+        # Applying again before the map is fixed changes nothing; after, the line is taken and leaves the list.
+        r = await client.post("/v1/rejections/shopify/2002:apply", headers=auth())
+        assert r.status_code == 200 and [line["status"] for line in r.json()["lines"]] == ["unknown_sku"]
+        await store.set("MUG", 4, source="test")
+        r = await client.put("/v1/channels/shopify/sku-map/NOPE", json={"sku": "MUG"}, headers=auth())
+        assert r.status_code == 200
+        for _ in range(2):  # the second changes nothing: the line was taken (exactly once, by its reference)
+            r = await client.post("/v1/rejections/shopify/2002:apply", headers=auth())
+        assert [line["line_id"] for line in r.json()["remaining"]] == ["1", "3"]
+        assert await _available(store, "MUG") == 3
+        assert (await client.post("/v1/rejections/shopify/9999:apply", headers=auth())).status_code == 404
         # Resolved by an operator: gone from the list.
         r = await client.delete("/v1/rejections/shopify/2002", headers=auth())
         assert r.status_code == 204
@@ -101,12 +112,15 @@ async def test_shopify_cancellation_restocks_once_per_policy(settings, store):
             assert (await post_shopify(client, cancelled, topic="orders/cancelled")).status_code == 200
             assert (await post_shopify(client, refund, topic="refunds/create")).status_code == 200
         assert await _available(store, "A") == 10
-        # A refund without restock, and a cancellation of an order never taken, change nothing.
+        # A refund without restock changes nothing; a refund of an order not seen yet waits for its take.
         no_restock = {**refund, "id": 901, "refund_line_items": [{**refund["refund_line_items"][0], "id": 52,
                                                                   "restock_type": "no_restock"}]}
         await post_shopify(client, no_restock, topic="refunds/create")
         r = await post_shopify(client, {**refund, "order_id": 4444}, topic="refunds/create")
-        assert r.json()["lines"][0]["status"] == "not_taken"
+        assert r.json()["lines"][0]["status"] == "waiting"
+        assert await _available(store, "A") == 10
+        r = await post_shopify(client, shopify_order(4444, [(1, "A", 2)]))
+        assert [(line["op"], line["status"]) for line in r.json()["lines"]] == [("take", "ok"), ("restock", "ok")]
     assert await _available(store, "A") == 10
 
 
@@ -394,3 +408,48 @@ async def test_rejections_written_before_per_line_fields_are_still_listed_and_re
         assert [line["line_id"] for line in rejection["lines"]] == ["1", "2"] and rejection["ts_ms"] == 1
         assert (await client.delete("/v1/rejections/shopify/8008", headers=auth())).status_code == 204
         assert (await client.get("/v1/rejections", headers=auth(key=False))).json()["rejections"] == []
+
+
+def _shopify_line_item(line_id: int, sku: str) -> dict:
+    """A line item with the fields Shopify's orders webhooks carry (sizes as in its published examples)."""
+    money = {"shop_money": {"amount": "199.00", "currency_code": "USD"},
+             "presentment_money": {"amount": "199.00", "currency_code": "USD"}}
+    return {"id": line_id, "admin_graphql_api_id": f"gid://shopify/LineItem/{line_id}", "attributed_staffs": [],
+            "current_quantity": 1, "fulfillable_quantity": 1, "fulfillment_service": "manual",
+            "fulfillment_status": None, "gift_card": False, "grams": 567, "name": "IPod Nano - 8GB - Pink " * 2,
+            "price": "199.00", "price_set": money, "pre_tax_price": "191.00", "pre_tax_price_set": money,
+            "product_exists": True, "product_id": 632910392, "product_has_variants": True, "tax_code": "",
+            "properties": [{"name": "Custom Engraving Front", "value": "Happy Birthday Mom!"},
+                           {"name": "Custom Engraving Back", "value": "Engraved on the back of the device"}],
+            "quantity": 1, "requires_shipping": True, "sku": sku, "taxable": True, "title": "IPod Nano - 8GB",
+            "total_discount": "0.00", "total_discount_set": money, "variant_id": 808950810,
+            "variant_inventory_management": "shopify", "variant_title": "Pink", "vendor": "Apple Computers Inc.",
+            "tax_lines": [{"channel_liable": False, "price": "3.98", "price_set": money, "rate": 0.06,
+                           "title": "State Tax"}, {"channel_liable": False, "price": "1.99", "price_set": money,
+                                                   "rate": 0.01, "title": "County Tax"}],
+            "duties": [], "discount_allocations": [{"amount": "3.33", "amount_set": money,
+                                                    "discount_application_index": 0}],
+            "origin_location": {"id": 24826418, "country_code": "US", "province_code": "NY",
+                                "name": "Apple Computers Inc.", "address1": "1 Infinite Loop", "address2": "",
+                                "city": "Cupertino", "zip": "95014"}}
+
+
+async def test_a_250_line_shopify_cancellation_with_its_refund_passes_the_body_limit(settings, store):
+    skus = [f"BIG{i:03d}" for i in range(250)]
+    for sku in skus:
+        await store.set(sku, 5, source="test")
+    items = [_shopify_line_item(10_000 + i, sku) for i, sku in enumerate(skus)]
+    order = {"id": 7777, "name": "#7777", "line_items": items}
+    refund = {"id": 778, "order_id": 7777, "refund_line_items": [
+        {"id": 20_000 + i, "line_item_id": item["id"], "quantity": 1, "restock_type": "cancel", "line_item": item,
+         "location_id": 24826418, "subtotal": 199.0, "total_tax": 5.97,
+         "subtotal_set": item["price_set"], "total_tax_set": item["price_set"]} for i, item in enumerate(items)]}
+    cancelled = {**order, "cancelled_at": "2025-01-01T00:00:00Z", "cancel_reason": "customer", "refunds": [refund]}
+    body = orjson.dumps(cancelled)
+    assert len(body) > 1 << 20  # over the old 1 MiB limit
+    async with running(api_settings(settings)) as client:
+        assert (await post_shopify(client, order)).status_code == 200
+        r = await post_shopify(client, cancelled, topic="orders/cancelled")
+        assert r.status_code == 200, r.text[:300]
+        assert sum(line["status"] == "ok" for line in r.json()["lines"]) == 250
+    assert [(await store.get(sku)).available for sku in skus] == [5] * 250

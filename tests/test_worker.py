@@ -367,3 +367,27 @@ async def test_a_worker_settles_the_recheck_it_owes_itself(store, fresh):
 
 async def _none(coro) -> bool:
     return await coro is None
+
+
+async def test_auto_buffer_holds_back_a_hot_sku_sold_elsewhere_and_reports_the_risk(store, fresh):
+    """buffer = "auto": Amazon lists a SKU that Shopify is selling fast below the canonical quantity (a unit
+    Shopify sells while Amazon still lists it would be oversold on Amazon); a cold SKU is listed whole."""
+    await store.set("HOT", 500, source="test")
+    await store.set("COLD", 500, source="test")
+    rules = {"amazon": Rules(buffer="auto", oversell_target=1.0)}
+    async with Running(store, fresh, ["amazon"], opts(), rules) as run:
+        for i in range(120):
+            await store.decrement("HOT", 1, ref=f"hot-{i}", source="shopify")
+        await store.adjust("COLD", 1, source="test")  # (a receipt: not demand)
+        amazon = fresh["amazon"][0]
+
+        async def settled() -> bool:
+            return await all_acknowledged(store, ["amazon"]) and "COLD" in amazon.quantities
+
+        await wait_for(settled, 20, "amazon caught up")
+        hot, cold = (await store.get("HOT")).available, (await store.get("COLD")).available
+        risk = run.worker("amazon").state.risk
+        assert risk.buffer("HOT") > 0 and risk.buffer("COLD") == 0
+        assert amazon.quantities["COLD"] == cold  # listed whole
+        assert amazon.quantities["HOT"] < hot  # held back by the buffer of the last push
+        assert "oversell_risk_units" in run.worker("amazon").status()

@@ -1,27 +1,30 @@
-"""One adapter per marketplace API; `make_adapter(config)` picks it by the channel's kind."""
+"""One adapter per marketplace API; `make_adapter(config)` picks it by the channel's kind, and
+`check_options(config)` refuses options that kind of channel does not read (before anything starts)."""
 
 from __future__ import annotations
 
 import aiohttp
 
-from stocksync.channels import ChannelConfig
+from stocksync.channels import ChannelConfig, by_kind
 
 from .amazon import AmazonAdapter
-from .base import Adapter, PermanentError, PushError, Result, TransientError, Update, push_rank
+from .base import Adapter, PermanentError, PushError, Result, TransientError, Update
 from .flipkart import FlipkartAdapter
 from .shopify import ShopifyAdapter
 from .webhook import WebhookAdapter
 
-ADAPTERS: dict[str, type[Adapter]] = {
-    "shopify": ShopifyAdapter,
-    "amazon": AmazonAdapter,
-    "flipkart": FlipkartAdapter,
-    "webhook": WebhookAdapter,
-}
+ADAPTERS: dict[str, type[Adapter]] = by_kind((ShopifyAdapter, AmazonAdapter, FlipkartAdapter, WebhookAdapter),
+                                              "adapter")
 
 
 def make_adapter(config: ChannelConfig, session: aiohttp.ClientSession | None = None) -> Adapter:
     return ADAPTERS[config.kind](config, session)
 
 
-__all__ = ["ADAPTERS", "Adapter", "PermanentError", "PushError", "Result", "TransientError", "Update", "make_adapter", "push_rank"]
+def check_options(config: ChannelConfig) -> None:
+    """Raise SettingsError, naming the channel and the key, for an option its kind does not read."""
+    ADAPTERS[config.kind].check_options(config)
+
+
+__all__ = ["ADAPTERS", "Adapter", "PermanentError", "PushError", "Result", "TransientError", "Update",
+           "check_options", "make_adapter"]

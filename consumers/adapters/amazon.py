@@ -14,6 +14,8 @@ from urllib.parse import quote
 
 from yarl import URL
 
+from stocksync.settings import SettingsError
+
 from .base import Adapter, PermanentError, Result, TransientError, Update, json_body
 
 API = "/listings/2021-08-01/items"
@@ -26,13 +28,14 @@ class AmazonAdapter(Adapter):
     default_in_flight = 8
     default_rate = 5.0
     default_burst = 10.0
+    OPTIONS = Adapter.OPTIONS | {"seller_id", "marketplace_id", "product_type", "fulfillment_channel_code"}
 
     def __init__(self, config, session=None) -> None:
         super().__init__(config, session)
         opts = config.options
         self.seller_id = opts.get("seller_id")
         if not self.seller_id:
-            raise ValueError(f"channel {config.name}: options.seller_id is required")
+            raise SettingsError(f"channels.{config.name}.options.seller_id is required")
         self.marketplace_id = str(opts.get("marketplace_id", "ATVPDKIKX0DER"))
         self.product_type = str(opts.get("product_type", "PRODUCT"))
         self.channel_code = str(opts.get("fulfillment_channel_code", "DEFAULT"))
@@ -54,12 +57,13 @@ class AmazonAdapter(Adapter):
             self._headers = {"x-amz-access-token": token, "Content-Type": "application/json"}
         return self._headers
 
-    async def push_batch(self, updates: list[Update], deadline: float | None) -> list[Result]:
+    async def push_batch(self, updates: list[Update], deadline: float | None, rank: int) -> list[Result]:
         (u,) = updates
         url = URL(self._url_head + quote(u.channel_sku, safe="") + self._url_tail, encoded=True)
         body = b"%s%d%s" % (self._body_head, int(u.quantity), self._body_tail)
         try:
-            _, data = await self.request("PATCH", url, body=body, headers=self.headers(), deadline=deadline)
+            _, data = await self.request("PATCH", url, body=body, headers=self.headers(), deadline=deadline,
+                                         rank=rank)
         except PermanentError as e:
             return [Result.failed(u.sku, str(e), permanent=True)]
         if not isinstance(data, dict):

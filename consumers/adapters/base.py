@@ -4,12 +4,16 @@ An adapter turns "SKU s is now listed at q (version v)" into one marketplace's A
 API's limits (batch size, requests per second); the worker owns everything else (coalescing, ordering,
 leases, retries, the circuit breaker, acknowledgements). One aiohttp session per channel, a timeout on
 every call, credentials read through ChannelConfig.secret() and never logged or put in an error.
+
+What the worker needs to know of an adapter is declared on Adapter (class attributes, and the values
+read from the channel's `options` table): `versioned`, `batch_size`, `max_in_flight`, `timeout_s`,
+`limiter`. Each adapter lists the options it takes (`OPTIONS`); an unknown one is refused when the
+adapter is made (`check_options`), naming the channel and the option.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import email.utils
 import heapq
 import itertools
@@ -22,7 +26,10 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from stocksync.channels import ChannelConfig
+from stocksync.channels import KINDS, ChannelConfig
+from stocksync.settings import SettingsError
+
+from ..ranks import NORMAL
 
 log = logging.getLogger(__name__)
 MIN_CALL_S = 0.1  # no call is started with less time than this left before the deadline
@@ -105,15 +112,10 @@ def retry_after_s(value: str | None) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
-# The rank of the push the current task makes (lower goes first; the worker sets it per push task from
-# its coalescer's ranks: 0 a drop to 0, 1 urgent, 2 the rest). A rate limiter serves waiting calls by it.
-push_rank: contextvars.ContextVar[int] = contextvars.ContextVar("stocksync_push_rank", default=2)
-
-
 class RateLimiter:
     """A client-side token bucket (rate per second, capacity burst) that adapts to the server.
 
-    Waiting callers are served by push_rank, then in arrival order: a drop to 0 handed to the adapter
+    Waiting callers are served by the rank of their push (consumers/ranks.py), then in arrival order: a drop to 0 handed to the adapter
     after ordinary pushes does not queue behind them. On a 429 it stops every caller until Retry-After
     and halves its rate (not below a tenth of the configured one); each success gives back a twentieth.
     So a channel keeps under the marketplace's limit even when the configured rate is too high, instead
@@ -133,8 +135,16 @@ class RateLimiter:
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
 
-    async def acquire(self, cost: float = 1.0) -> None:
-        ticket = (push_rank.get(), next(self._arrivals))
+    def room(self, seconds: float) -> int:
+        """Calls it lets through within `seconds` from a full bucket: what it is worth queueing here."""
+        return int(self.capacity + self.rate * seconds)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def acquire(self, cost: float = 1.0, rank: int = NORMAL) -> None:
+        ticket = (rank, next(self._arrivals))
         async with self._turns:
             heapq.heappush(self._waiting, ticket)
             try:
@@ -172,27 +182,66 @@ class RateLimiter:
             self.rate = min(self.configured, self.rate + self.configured / 20)
 
 
+# The options every adapter reads: (type, test, what the error says)
+NUMERIC_OPTIONS: dict[str, tuple[type | tuple[type, ...], Any, str]] = {
+    "timeout_s": ((int, float), lambda v: v > 0, "a number > 0 (seconds)"),
+    "batch_size": (int, lambda v: v >= 1, "a whole number >= 1 (at most the API's own limit is used)"),
+    "max_in_flight": (int, lambda v: v >= 1, "a whole number >= 1"),
+    "rate_limit": ((int, float), lambda v: v >= 0, "a number >= 0 (requests per second, 0: no limit)"),
+    "burst": ((int, float), lambda v: v >= 0, "a number >= 0"),
+}
+COMMON_OPTIONS = frozenset(NUMERIC_OPTIONS)
+
+
 class Adapter:
-    """Base class. Subclasses set kind/max_batch and implement push_batch()."""
+    """Base class. Subclasses set kind/max_batch/OPTIONS and implement push_batch()."""
 
     kind = "base"
     max_batch = 1  # the API's own limit of SKUs per call
+    default_batch: int | None = None  # SKUs a call without options.batch_size (None: max_batch)
+    # The receiver orders pushes by version per channel SKU itself (a push without a newer version is
+    # dropped there), so it retires channel SKUs no SKU uses any more on its own: the worker does not
+    # list 0 under them.
+    versioned = False
     default_in_flight = 8
     default_rate: float | None = None  # requests per second, None: no client-side limit
     default_burst: float = 1.0
+    default_timeout_s = 5.0
+    OPTIONS: frozenset[str] = COMMON_OPTIONS  # the keys of the channel's `options` table this adapter reads
+
+    # read from the channel's options (declared here: the worker reads them, and nothing else of an adapter)
+    timeout_s: float  # a call's timeout (the worker also derives its recheck delay from it)
+    batch_size: int  # SKUs a call (at most max_batch)
+    max_in_flight: int  # calls at once
+    limiter: RateLimiter | None  # the client-side rate limit, None: none
 
     def __init__(self, config: ChannelConfig, session: aiohttp.ClientSession | None = None) -> None:
+        self.check_options(config)
         self.config = config
         self.name = config.name
         opts = config.options
-        self.timeout_s = float(opts.get("timeout_s", 5.0))
-        self.batch_size = max(1, min(int(opts.get("batch_size", self.max_batch)), self.max_batch))
+        self.timeout_s = float(opts.get("timeout_s", self.default_timeout_s))
+        self.batch_size = max(1, min(int(opts.get("batch_size", self.default_batch or self.max_batch)), self.max_batch))
         self.max_in_flight = max(1, int(opts.get("max_in_flight", self.default_in_flight)))
         rate = opts.get("rate_limit", self.default_rate)
         self.limiter = RateLimiter(float(rate), float(opts.get("burst", self.default_burst))) if rate else None
         self._session = session
         self._own_session = session is None
         self.calls = 0
+
+    @classmethod
+    def check_options(cls, config: ChannelConfig) -> None:
+        """Refuse an options table with a key this kind of channel does not read (a typo would otherwise
+        be ignored silently) or a malformed common option."""
+        known = cls.OPTIONS | KINDS[config.kind].order_options
+        unknown = sorted(set(config.options) - known)
+        if unknown:
+            raise SettingsError(f"channels.{config.name}.options: unknown option(s) {', '.join(unknown)} "
+                                f"(a {config.kind} channel reads {', '.join(sorted(known))})")
+        for name, (kind, test, bound) in NUMERIC_OPTIONS.items():
+            value = config.options.get(name)
+            if value is not None and not (isinstance(value, kind) and not isinstance(value, bool) and test(value)):
+                raise SettingsError(f"channels.{config.name}.options.{name} must be {bound}, got {value!r}")
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -222,17 +271,19 @@ class Adapter:
 
     # ----- the contract ------------------------------------------------------------------------
 
-    async def push(self, updates: list[Update], deadline: float | None = None) -> list[Result]:
+    async def push(self, updates: list[Update], deadline: float | None = None, *, rank: int = NORMAL) -> list[Result]:
         """Push up to batch_size updates; one Result per update (any order). Raises PushError when
         the whole call failed. `deadline` (time.monotonic()) is when the worker's lease on these SKUs
-        ends: no request is sent that could still be running then."""
+        ends: no request is sent that could still be running then. `rank` (consumers/ranks.py): the
+        push's place in the rate limiter's queue."""
         if not updates:
             return []
         if len(updates) > self.batch_size:
             raise ValueError(f"{self.name}: at most {self.batch_size} updates a call, got {len(updates)}")
-        return await self.push_batch(updates, deadline)
+        return await self.push_batch(updates, deadline, rank)
 
-    async def push_batch(self, updates: list[Update], deadline: float | None) -> list[Result]:
+    async def push_batch(self, updates: list[Update], deadline: float | None, rank: int) -> list[Result]:
+        """The API call(s) of one push; every request() made for it passes `rank` on."""
         raise NotImplementedError
 
     # ----- one HTTP call -------------------------------------------------------------------------
@@ -246,12 +297,13 @@ class Adapter:
         headers: dict[str, str] | None = None,
         deadline: float | None = None,
         cost: float = 1.0,
+        rank: int = NORMAL,
     ) -> tuple[int, Any]:
         """Send one request and answer (status, parsed JSON or None) for a 2xx; raise PushError for
         anything else (TransientError: timeout, connection, 429, 5xx, 401/403; PermanentError: other
         4xx). A timeout or a connection lost after connecting raises an `ambiguous` TransientError."""
         if self.limiter is not None:
-            await self.limiter.acquire(cost)
+            await self.limiter.acquire(cost, rank)
         timeout = self.timeout_s
         if deadline is not None:  # the call must end (or be abandoned) before the worker's lease does
             timeout = min(timeout, deadline - time.monotonic())
@@ -293,3 +345,4 @@ class Adapter:
 
 def json_body(data: Any) -> bytes:
     return orjson.dumps(data)
+

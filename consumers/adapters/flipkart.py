@@ -15,6 +15,8 @@ import hashlib
 
 from yarl import URL
 
+from stocksync.settings import SettingsError
+
 from .base import Adapter, Result, TransientError, Update, json_body
 
 PATH = "/sellers/listings/v3/update/inventory"
@@ -25,13 +27,14 @@ class FlipkartAdapter(Adapter):
     kind = "flipkart"
     max_batch = 10
     default_in_flight = 8
+    OPTIONS = Adapter.OPTIONS | {"location_id", "product_ids", "product_id_format"}
 
     def __init__(self, config, session=None) -> None:
         super().__init__(config, session)
         opts = config.options
         self.location_id = opts.get("location_id")
         if not self.location_id:
-            raise ValueError(f"channel {config.name}: options.location_id is required")
+            raise SettingsError(f"channels.{config.name}.options.location_id is required")
         self.product_ids = dict(opts.get("product_ids", {}))
         self.product_id_format = opts.get("product_id_format")
         self._formatted: dict[str, str] = {}  # SKU -> product_id_format's product id (a SHA-1 and a format)
@@ -52,7 +55,7 @@ class FlipkartAdapter(Adapter):
             return fsn
         return None
 
-    async def push_batch(self, updates: list[Update], deadline: float | None) -> list[Result]:
+    async def push_batch(self, updates: list[Update], deadline: float | None, rank: int) -> list[Result]:
         results, body, by_sku = [], {}, {}
         location_id = self.location_id
         for u in updates:
@@ -69,7 +72,7 @@ class FlipkartAdapter(Adapter):
         if self._headers is None or self._headers[0] != token:
             self._headers = (token, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
         _, data = await self.request("POST", self._url, body=json_body(body), headers=self._headers[1],
-                                     deadline=deadline)
+                                     deadline=deadline, rank=rank)
         if not isinstance(data, dict):
             raise TransientError(f"{self.name}: reply is not a JSON object")
         for channel_sku, u in by_sku.items():

@@ -30,18 +30,18 @@ class WebhookAdapter(Adapter):
     max_batch = 500
     versioned = True  # the receiver orders pushes by version per SKU name (a version-less push is dropped)
     default_in_flight = 8
+    default_batch = 100
+    OPTIONS = Adapter.OPTIONS | {"path"}
 
     def __init__(self, config, session=None) -> None:
         super().__init__(config, session)
-        if "batch_size" not in config.options:
-            self.batch_size = 100
         self.url = config.url + str(config.options.get("path", "/webhook"))
 
-    async def push_batch(self, updates: list[Update], deadline: float | None) -> list[Result]:
+    async def push_batch(self, updates: list[Update], deadline: float | None, rank: int) -> list[Result]:
         body = json_body({"items": [{"sku": u.channel_sku, "quantity": u.quantity, "version": u.version}
                                     for u in updates]})
         headers = {SIGNATURE_HEADER: signature(body, self.config.secret("secret")), "Content-Type": "application/json"}
-        _, data = await self.request("POST", self.url, body=body, headers=headers, deadline=deadline)
+        _, data = await self.request("POST", self.url, body=body, headers=headers, deadline=deadline, rank=rank)
         listed = (data or {}).get("results") if isinstance(data, dict) else None
         if not listed:  # no per-item answers at all: the 2xx covers every item
             return [Result.accepted(u.sku) for u in updates]

@@ -8,6 +8,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from consumers import dlq
+from consumers.options import WorkerOptions
 from consumers.status import channel_status
 from stocksync.settings import SettingsError
 from stocksync.validate import check_keys, invalid, want_list, want_object, want_sku, want_str
@@ -35,6 +36,20 @@ async def resolve_rejection(request: Request) -> Response:
     if not await ctx.intake.rejections.resolve(channel, order_id):
         raise HTTPError(404, "not_found", f"no rejection recorded for order {order_id!r} of {channel!r}")
     return Response(status_code=204)
+
+
+async def apply_rejection(request: Request) -> Response:
+    """Take again the lines of a listed order that wait for a fixed SKU map (action fix_map)."""
+    ctx = context(request)
+    ctx.auth.require(request, "orders:write")
+    idempotency_key(request)  # applying again is itself exactly once per line (the lines' references)
+    channel = _channel(request, ctx)
+    order_id = request.path_params["order_id"]
+    lines = await ctx.intake.apply_rejected(channel, order_id)
+    if lines is None:
+        raise HTTPError(404, "not_found", f"no rejection recorded for order {order_id!r} of {channel.name!r}")
+    remaining = await ctx.intake.rejections.lines(channel.name, order_id)
+    return json_response({"channel": channel.name, "order_id": order_id, "lines": lines, "remaining": remaining})
 
 
 def _channel(request: Request, ctx: Context):
@@ -113,7 +128,9 @@ async def replay_dead_letters(request: Request) -> Response:
     skus = {want_sku(x, f"skus[{i}]") for i, x in enumerate(want_list(doc["skus"], "skus", 1000))} if "skus" in doc else None
     ids = {want_str(x, f"ids[{i}]", 64) for i, x in enumerate(want_list(doc["ids"], "ids", 1000))} if "ids" in doc else None
     try:
-        report = await dlq.replay(ctx.store.redis, ctx.store.keys, channel, skus=skus, ids=ids)
+        options = WorkerOptions.from_settings(ctx.settings)  # (the workers' recheck delay and lease)
+        report = await dlq.replay(ctx.store.redis, ctx.store.keys, channel, skus=skus, ids=ids,
+                                  lease_ms=options.lease_ms, recheck_ms=options.recheck_ms)
     except SettingsError as e:
         raise HTTPError(503, "not_configured", f"channel {channel.name!r} cannot push: {e}") from None
     return json_response({"channel": channel.name, "resolved": report.resolved, "failed": report.failed},
@@ -123,6 +140,7 @@ async def replay_dead_letters(request: Request) -> Response:
 def routes() -> list[Route]:
     return [
         Route("/v1/rejections", list_rejections, methods=["GET"]),
+        Route("/v1/rejections/{channel}/{order_id}:apply", apply_rejection, methods=["POST"]),
         Route("/v1/rejections/{channel}/{order_id}", resolve_rejection, methods=["DELETE"]),
         Route("/v1/channels", list_channels, methods=["GET"]),
         Route("/v1/channels/{channel}/dead-letters", list_dead_letters, methods=["GET"]),

@@ -4,7 +4,9 @@ startup and kept on the app's state.
 Settings of the API (the [api] table of the config file; an unknown key is refused at start):
 
     [api]
-    max_body_bytes = 1048576      # larger bodies get 413 before they are read whole
+    max_body_bytes = 4194304      # larger bodies get 413 before they are read whole (the largest valid
+                                  # payload, a 250-line Shopify cancellation with its refund, is ~1.1 MB)
+    read_timeout_s = 10           # a request must arrive whole within this (stocksync.api.protocols)
     webhook_seen_ttl_s = 604800   # how long a webhook id / NotificationId is remembered
     line_ttl_days = 120           # how long a taken order line is remembered for its restock
     sse_keepalive_s = 15          # a comment line on an idle /v1/events stream this often
@@ -34,14 +36,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ApiSettings:
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: int = 4 << 20
+    read_timeout_s: float = 10.0
     webhook_seen_ttl_s: int = 7 * 86400
     line_ttl_days: int = 120
     sse_keepalive_s: float = 15.0
     tokens: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "webhook_seen_ttl_s", "line_ttl_days", "sse_keepalive_s"):
+        for name in ("max_body_bytes", "read_timeout_s", "webhook_seen_ttl_s", "line_ttl_days", "sse_keepalive_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise SettingsError(f"api.{name} must be a number > 0, got {value!r}")
@@ -73,7 +76,7 @@ class Context:
     channels: dict[str, ChannelConfig]
     hooks: dict[str, Webhook]
     disabled: dict[str, str] = field(default_factory=dict)
-    max_body: int = 1 << 20
+    max_body: int = 4 << 20
     sse_keepalive_s: float = 15.0
 
 

@@ -13,6 +13,7 @@ import orjson
 from stocksync import __version__, functions
 from stocksync.library import Status
 from stocksync.limits import MAX_ORDER_LINES, MAX_QTY, MAX_VERSION
+from stocksync.orders.rejections import ACTIONS
 
 from .auth import SCOPES
 
@@ -70,10 +71,14 @@ SCHEMAS: dict[str, Any] = {
     "Rejection": {"type": "object", "required": ["channel", "order_id", "lines", "ts_ms"], "properties": {
         "channel": {"type": "string"}, "order_id": {"type": "string"}, "ts_ms": {"type": "integer"},
         "lines": {"type": "array", "items": {"type": "object", "properties": {
+            "line": {"type": "string", "description": "the line's key (order and line ids)"},
             "line_id": {"type": "string"}, "channel_sku": {"type": ["string", "null"]},
             "sku": {"type": ["string", "null"]}, "qty": {"type": "integer"},
-            "reason": {"enum": ["insufficient", "unknown_sku", "no_sku", "invalid_sku", "invalid"]},
-            "available": {"type": ["integer", "null"]}}}}}},
+            "reason": {"enum": list(ACTIONS)}, "available": {"type": ["integer", "null"]},
+            "action": {"enum": sorted({a for a, _ in ACTIONS.values()}), "description": (
+                "cancel: cancel the line at the marketplace; fix_map: fix the SKU map (or create the SKU), "
+                "then POST .../{order_id}:apply; none: nothing to do but resolve")},
+            "hint": {"type": "string"}}}}}},
     "SkuMapEntry": {"type": "object", "required": ["sku"], "additionalProperties": False,
                     "properties": {"sku": SKU}},
     "WebhookResult": {"type": "object", "required": ["status"], "properties": {
@@ -160,6 +165,14 @@ PATHS = {
          "422": ERR},
         parameters=[{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                     {"name": "channel", "in": "query", "schema": {"type": "string"}}])},
+    "/v1/rejections/{channel}/{order_id}:apply": {"post": _op(
+        "Take again the order's lines whose SKU map was fixed (action fix_map); a line taken leaves the list",
+        "orders:write", {"200": _json({"type": "object", "properties": {
+            "channel": {"type": "string"}, "order_id": {"type": "string"},
+            "lines": {"type": "array", "items": {"type": "object"}},
+            "remaining": {"type": "array", "items": {"type": "object"}}}}), "400": ERR, "404": ERR},
+        parameters=[CHANNEL_PARAM, {"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    IDEM])},
     "/v1/rejections/{channel}/{order_id}": {"delete": _op(
         "Mark a rejected order as handled", "orders:write", {"204": {"description": "removed"}, "400": ERR, "404": ERR},
         parameters=[CHANNEL_PARAM, {"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"}},

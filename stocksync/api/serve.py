@@ -6,6 +6,10 @@
 --loop and --http are uvicorn's: `auto` (the default) takes uvloop and httptools when they are installed
 (`pip install 'uvicorn[standard]'`), else asyncio and h11.
 
+A request must arrive whole (head and body) within [api] read_timeout_s (10 s): a client that sends part
+of a request and stops is disconnected then (stocksync.api.protocols), so slow clients cannot hold the
+server's connections. No proxy is needed in front for that; put one there for TLS.
+
 SIGTERM or SIGINT: uvicorn stops accepting, lets requests in flight finish (server-sent event streams are
 cut after --graceful-timeout seconds), then the app closes its Redis connections. Logs are one JSON object
 a line on stderr; they never carry a token, a webhook secret or a Redis password (settings are logged
@@ -29,7 +33,9 @@ import uvicorn
 
 from stocksync.settings import Settings
 
+from . import protocols
 from .app import create_app
+from .context import ApiSettings
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 
@@ -71,9 +77,12 @@ def log_config(level: str = "info") -> dict:
 def run(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, *,
         access_log: bool = False, graceful_timeout: float = 10.0, log_level: str = "info",
         loop: str = "auto", http: str = "auto") -> None:
+    # A request must arrive whole within [api] read_timeout_s (stocksync.api.protocols); the environment
+    # carries the setting to uvicorn's worker processes.
+    os.environ[protocols.ENV] = str(ApiSettings.from_settings(settings).read_timeout_s)
     common = dict(host=host, port=port, log_config=log_config(log_level), access_log=access_log,
                   timeout_graceful_shutdown=graceful_timeout, proxy_headers=True, server_header=False,
-                  lifespan="on", loop=loop, http=http)
+                  lifespan="on", loop=loop, http=protocols.protocol(http))
     logging.config.dictConfig(common["log_config"])
     logging.getLogger(__name__).info("starting: %s on %s:%d, %d worker(s)", settings, host, port, workers)
     if workers > 1:

@@ -64,6 +64,11 @@ class Read:
     checks: list[tuple[int, LineResult, Line, str]] = field(default_factory=list)  # takes recorded over a marker?
 
 
+def _line_key(config: ChannelConfig, order_id: str, line_id: str) -> str:
+    """A line's key as the webhooks build it (for rejections listed before they kept it)."""
+    return line_id if config.kind == "flipkart" else f"{order_id}:{line_id}"
+
+
 def _has_sku(sku: str | None) -> bool:
     return sku is not None and len(sku.encode()) <= MAX_SKU_BYTES
 
@@ -122,6 +127,21 @@ class Intake:
         self.metrics.child(self.metrics.deliveries, channel, "applied").inc()
         return {"status": "applied", "event": delivery.kind, "lines": [r.to_json() for r in results]}
 
+    async def apply_rejected(self, config: ChannelConfig, order_id: str) -> list[dict] | None:
+        """Take again the listed lines of an order whose action is fix_map (the SKU map was fixed, or the
+        SKU created), under their first references; None when the order is not listed. A line taken now
+        leaves the list; the others stay with their new outcome."""
+        listed = await self.rejections.lines(config.name, order_id)
+        if not listed:
+            return None
+        takes = [Line(doc.get("line") or _line_key(config, order_id, doc["line_id"]), order_id, doc["line_id"],
+                      doc.get("channel_sku"), doc["qty"]) for doc in listed if doc["action"] == "fix_map"]
+        reply = await self.apply(config, Delivery(None, "rejection apply", takes=takes))
+        applied = [r for r in reply["lines"] if r["op"] == "take" and r["status"] == Status.OK]
+        if applied:
+            await self._call([self.rejections.forget(config.name, order_id, r["line_id"]) for r in applied])
+        return reply["lines"]
+
     async def _call(self, commands: list[tuple]) -> list:
         """The replies of `commands`, sent with the other requests' (any error raised)."""
         replies = await self.batcher.call(commands)
@@ -152,16 +172,23 @@ class Intake:
 
     async def _record(self, channel: str, results: list[LineResult], read: Read, seen: str | None) -> None:
         """The last round trip: line records, rejections, the delivery id. A take whose record replaced a
-        cancellation marker is put back (_put_back)."""
-        refused = [r for r in results if r.op == "take" and r.status not in (Status.OK, "cancelled")]
-        writes = read.writes + self.rejections.writes(channel, refused)
+        cancellation marker is put back (_put_back); one that replaced a marker of restocks that came
+        before it (or an unknown SKU's record: restocks may wait for it too) applies them (_apply_waiting)."""
+        writes = read.writes + self.rejections.writes(channel, results)
         if seen:
             writes.append(("SET", seen, "1", "EX", self.settings.seen_ttl_s))
         replies = await self._call(writes)
-        late = [check[1:] for check in read.checks
-                if (first := LineRecord.parse(replies[check[0]])) and first.state == LineState.CANCELLED]
+        late, waited = [], []
+        for index, result, line, sku in read.checks:
+            before = LineRecord.parse(replies[index])
+            if before and before.state == LineState.CANCELLED:
+                late.append((result, line, sku))
+            elif before and before.state in (LineState.WAITING, LineState.UNKNOWN):
+                waited.append((result, line, sku))
         if late:
             await self._put_back(channel, late)
+        if waited:
+            results += await self._apply_waiting(channel, waited)
 
     async def _cancel(self, channel: str, cancels: list[Line], read: Read, canonical) -> None:
         """Mark the lines of a cancelled order not taken yet (state c), so that a late take takes nothing.
@@ -183,7 +210,10 @@ class Intake:
             commands.append(("SET", self.line_key(channel, line), value, *nx, "GET", "EX", ttl))
             marked.append(line)
         for line, reply in zip(marked, await self._call(commands), strict=True):
-            read.records[line.key] = LineRecord.parse(reply)  # None: marked now; t: taken in between
+            # marked now (the marker is the record), or what was there: taken in between, restocks waiting
+            before = LineRecord.parse(reply)
+            marked_now = before is None or before.state == LineState.UNKNOWN
+            read.records[line.key] = LineRecord(LineState.CANCELLED, line.qty, canonical(line)) if marked_now else before
 
     async def _take(self, channel: str, takes: list[Line], read: Read, canonical) -> list[LineResult]:
         results, calls = [], []
@@ -201,10 +231,11 @@ class Intake:
                 result.available = result.version = None
                 result.replayed = True
                 self.metrics.outcome("decrement", status, True)
-            elif sku is None:
-                result.status = "no_sku"
             elif not _has_sku(sku):
-                result.status = "invalid_sku"
+                result.status = "no_sku" if sku is None else "invalid_sku"
+                # (a record as for an unknown SKU: a fixed map can take it later, see rejections)
+                read.writes.append(("SET", self.line_key(channel, line), LineRecord(LineState.UNKNOWN, line.qty, "").value(),
+                                    "NX", "EX", self.settings.line_ttl_s))
             else:
                 calls.append((result, line, sku))
         if calls:
@@ -234,6 +265,9 @@ class Intake:
             read.writes.append(("SET", key, value, "GET", "EX", ttl))  # the first outcome: over u, and c (_record)
         if state == LineState.TAKEN:
             read.checks.append((len(read.writes) - 1, result, line, sku))
+            before = read.records.get(line.key)
+            if before and before.state == LineState.UNKNOWN:  # listed as a rejection until now
+                read.writes.append(self.rejections.forget(channel, line.order_id, line.line_id))
 
     async def _outcomes(self, calls: list[library.Call[Outcome]]) -> list[Outcome | InvalidArgument]:
         """The replies of stocksync_decrement/adjust calls as Outcomes (a stocksync: error as InvalidArgument)."""
@@ -261,7 +295,8 @@ class Intake:
                 result.available, result.version = restock.available, restock.version
 
     async def _restock(self, channel: str, restocks: list[Restock], read: Read, canonical) -> list[LineResult]:
-        results, items, lookups = [], [], []
+        """Restock what was taken; a restock of a line not taken yet waits for its take (_wait)."""
+        results, items, pending = [], [], []
         for restock in restocks:
             line, record = restock.line, read.records.get(restock.line.key)
             result = LineResult.of(line, "restock")
@@ -270,20 +305,60 @@ class Intake:
             if record and record.state == LineState.TAKEN:
                 items.append(RestockItem(result, restock, record.sku, record.qty, before))
                 continue
-            sku = canonical(line)
+            sku = (record.sku if record and record.state == LineState.UNKNOWN else None) or canonical(line)
             result.sku, result.qty, result.status = sku, line.qty, "not_taken"
-            if (record and record.state == LineState.REFUSED) or not _has_sku(sku):
-                continue
-            # No record of a take (expired, a marker, or a take that has not written its record yet): ask
-            # the library's record of the take's reference.
-            lookups.append(RestockItem(result, restock, sku, line.qty, before))
-        if lookups:
-            firsts = await self._call([("GET", self.keys.idem(self.keys.partition(item.sku),
-                                                              self.take_ref(channel, item.restock.line)))
-                                       for item in lookups])
-            items += [item for item, first in zip(lookups, firsts, strict=True) if first and first.startswith("o|")]
+            # refused or cancelled before it was taken: nothing was taken, nothing will be
+            if not (record and record.state in (LineState.REFUSED, LineState.CANCELLED)):
+                pending.append(RestockItem(result, restock, sku or "", 0, before))
+        items += await self._wait(channel, pending)
         await self._reserve_and_adjust(channel, items, read.writes)
         return results
+
+    async def _wait(self, channel: str, pending: list[RestockItem]) -> list[RestockItem]:
+        """Keep restocks of lines not taken yet for their take: it applies them when it comes (its record
+        replaces the marker written here, see _record). Answers those whose take was recorded meanwhile."""
+        if not pending:
+            return []
+        ttl, commands = self.settings.line_ttl_s, []
+        for item in pending:
+            line = item.restock.line
+            waiting = self.keys.webhook_line_waiting(channel, line.key)
+            marker = LineRecord(LineState.WAITING, 0, item.sku or "-").value()
+            commands += [("HSET", waiting, self._restock_id(item.restock), "all" if item.restock.full else line.qty),
+                         ("EXPIRE", waiting, ttl), ("SET", self.line_key(channel, line), marker, "NX", "GET", "EX", ttl)]
+        replies = await self._call(commands)
+        now = []
+        for i, item in enumerate(pending):
+            record = LineRecord.parse(replies[3 * i + 2])
+            if record and record.state == LineState.TAKEN:  # taken in between: restock now
+                item.sku, item.taken = record.sku, record.qty
+                now.append(item)
+            else:
+                item.result.status = "waiting"  # for the line's take
+        return now
+
+    async def _apply_waiting(self, channel: str, taken: list[tuple[LineResult, Line, str]]) -> list[LineResult]:
+        """The restocks that waited for these takes, applied now (each once: by its restock id)."""
+        waiting = await self._call([("HGETALL", self.keys.webhook_line_waiting(channel, line.key))
+                                    for _, line, _ in taken])
+        items, writes = [], []
+        for (result, line, sku), found in zip(taken, waiting, strict=True):
+            if result.status != Status.OK:
+                continue
+            writes.append(("SET", self.line_key(channel, line), LineRecord(LineState.TAKEN, result.qty, sku).value(),
+                           "XX", "EX", self.settings.line_ttl_s))  # (over the marker a replayed take kept)
+            for restock_id, units in found.items():
+                restock = Restock(Line(line.key, line.order_id, line.line_id, line.channel_sku,
+                                       result.qty if units == "all" else int(units)), restock_id, units == "all")
+                items.append(RestockItem(LineResult.of(line, "restock"), restock, sku, result.qty))
+                writes.append(("HDEL", self.keys.webhook_line_waiting(channel, line.key), restock_id))
+        await self._reserve_and_adjust(channel, items, writes)
+        await self._call(writes)
+        return [item.result for item in items]
+
+    @staticmethod
+    def _restock_id(restock: Restock) -> str:
+        return fit(restock.suffix, MAX_RESTOCK_ID_BYTES, "h")
 
     async def _reserve_and_adjust(self, channel: str, items: list[RestockItem], writes: list) -> None:
         """Restock the items, never beyond what was taken.
@@ -296,9 +371,8 @@ class Intake:
         if not items:
             return
         ttl = self.settings.line_ttl_s
-        claims = [library.restock_claim(self.keys, channel, item.restock.line.key,
-                                        fit(item.restock.suffix, MAX_RESTOCK_ID_BYTES, "h"), item.restock.line.qty,
-                                        max(0, item.taken), ttl, item.before) for item in items]
+        claims = [library.restock_claim(self.keys, channel, item.restock.line.key, self._restock_id(item.restock),
+                                        item.wanted, max(0, item.taken), ttl, item.before) for item in items]
         adjusts = []
         for item, claim, reply in zip(items, claims, await self._call([c.command for c in claims]), strict=True):
             got, result = claim.parse(reply), item.result
@@ -323,5 +397,4 @@ class Intake:
             item.result.merge(outcome)
             if outcome.ok:
                 key = self.keys.webhook_line_restocks(channel, item.restock.line.key)
-                writes += [("HSET", key, fit(item.restock.suffix, MAX_RESTOCK_ID_BYTES, "h"), f"d{item.units}"),
-                           ("EXPIRE", key, ttl)]
+                writes += [("HSET", key, self._restock_id(item.restock), f"d{item.units}"), ("EXPIRE", key, ttl)]

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
 
-from stocksync.api.context import ApiSettings
 from stocksync.channels import KINDS, ChannelConfig, load_channels
 from stocksync.metrics import Metrics
 from stocksync.settings import Settings, SettingsError
@@ -29,7 +28,7 @@ from stocksync.store import StockStore
 
 from .intake import Intake
 from .pollers.client import PollError
-from .pollers.options import PollOptions
+from .pollers.options import PollOptions, intake_settings
 from .pollers.poller import READERS, OrderPoller
 from .pollers.report import PassReport
 
@@ -75,12 +74,12 @@ async def cmd_reconcile_orders(args: argparse.Namespace) -> int:
     if args.since is not None:
         since = since_ms(args.since)
         options.check_since(since, int(time.time() * 1000), settings.idem_ttl_s)
-    intake_settings = ApiSettings.from_settings(settings).intake()
+    ttls = intake_settings(settings)
     reader = READERS[config.kind](config, None, options)  # checks the marketplace's own options
     # (everything above is checked before anything connects: bad input changes nothing)
     async with await StockStore.connect(settings) as store:
         reader.store = store
-        poller = OrderPoller(store, config, Intake(store, Metrics(), intake_settings), options, reader=reader)
+        poller = OrderPoller(store, config, Intake(store, Metrics(), ttls), options, reader=reader)
         return await _pass(poller, since)
 
 

@@ -21,7 +21,8 @@ class LineState(enum.StrEnum):
     TAKEN = "t"
     REFUSED = "r"  # insufficient when it was taken: the order was listed as a rejection
     UNKNOWN = "u"  # the SKU did not exist: nothing was taken
-    CANCELLED = "c"  # cancelled before it was taken: a late take takes nothing
+    CANCELLED = "c"  # cancelled (restocked whole) before it was taken: a late take takes nothing
+    WAITING = "w"  # restocks came before the take: they wait for it (<line>:waiting)
 
     @property
     def settled(self) -> bool:
@@ -95,3 +96,8 @@ class RestockItem:
     taken: int
     before: int = 0
     units: int = field(default=0)  # reserved for it (stocksync_restock_claim)
+
+    @property
+    def wanted(self) -> int:
+        """Units to restock: what was taken for a full restock (a cancellation), else what the restock says."""
+        return self.taken if self.restock.full else self.restock.line.qty

@@ -56,6 +56,7 @@ class Line:
 class Restock:
     line: Line  # channel_sku may be None (Flipkart cancellations name only the line): looked up
     suffix: str  # what makes this restock's reference distinct from the take's and other restocks'
+    full: bool = False  # restock whatever was taken for the line, whatever line.qty says
 
 
 @dataclass
@@ -64,7 +65,9 @@ class Delivery:
     kind: str  # the topic or event type, for logs and replies
     takes: list[Line] = field(default_factory=list)
     restocks: list[Restock] = field(default_factory=list)
-    cancels: list[Line] = field(default_factory=list)  # lines never to take (order cancelled first)
+    # Lines of an order cancelled with a full restock: one not taken yet is never taken (in order, it would
+    # be taken and put back whole; see stocksync.orders.intake).
+    cancels: list[Line] = field(default_factory=list)
     ignored: str = ""  # why the delivery changes nothing, when it does not
 
 
@@ -84,8 +87,21 @@ def shopify_signature(body: bytes, secret: str) -> str:
 
 
 def flipkart_authorization(app_id: str, secret: str, date: str, url: str, method: str = "POST") -> str:
+    """FKLOGIN base64(appId:sha1hex(date + url + method + secret)); `date` as signed (see flipkart_dates)."""
     digest = hashlib.sha1((date + url + method + secret).encode()).hexdigest()
     return "FKLOGIN " + base64.b64encode(f"{app_id}:{digest}".encode()).decode()
+
+
+def flipkart_dates(x_date: str) -> list[str]:
+    """The forms of X_Date a notification may be signed over: the Unix time in seconds, as Flipkart's
+    published sample signs it ("Tue, 19 May 2015 09:02:15 GMT" as 1432026135), and the header's text,
+    as its prose reads (and as stocksync verified before)."""
+    forms = [x_date]
+    try:
+        forms.insert(0, str(int(parsedate_to_datetime(x_date).timestamp())))
+    except (TypeError, ValueError):
+        pass
+    return forms
 
 
 class Webhook:
@@ -143,15 +159,11 @@ class ShopifyWebhook(Webhook):
             delivery.takes = [line for line in self._lines(doc, order_id) if line]
         elif topic == "orders/cancelled":
             order_id = _id(doc, "id")
-            # Webhooks are not ordered: lines not taken yet are marked cancelled, and a late orders/create
-            # takes nothing of them (restock policy never: the merchant restocks by hand, so a late take
-            # must still take what they will put back).
-            lines = [line for line in self._lines(doc, order_id, "line_items" in doc or self.policy == "cancel")
-                     if line]
-            delivery.cancels = lines
-            if self.policy == "cancel":
-                delivery.restocks = [Restock(line, "cancel") for line in lines]
-            elif self.policy == "refund":
+            if self.policy == "cancel":  # every line restocked whole: one not taken yet is never taken
+                lines = [line for line in self._lines(doc, order_id) if line]
+                delivery.cancels = lines
+                delivery.restocks = [Restock(line, "cancel", full=True) for line in lines]
+            elif self.policy == "refund":  # what the merchant restocked: the refunds the cancellation made
                 refunds = want_list(doc.get("refunds", []), "refunds", 1000, 0)
                 for i, refund in enumerate(refunds):
                     delivery.restocks += self._refund(want_object(refund, f"refunds[{i}]"), order_id, f"refunds[{i}].")
@@ -246,14 +258,12 @@ class AmazonWebhook(Webhook):
             item = want_object(item, at[:-1])
             item_id = _id(item, "OrderItemId", at)
             sku = item.get("SellerSKU") if isinstance(item.get("SellerSKU"), str) and item["SellerSKU"] else None
-            qty = _qty(item, "Quantity", at, allow_zero=True)
-            if qty:
-                lines.append(Line(f"{order_id}:{item_id}", order_id, item_id, sku, qty))
-        if status == "Canceled":
-            delivery.restocks = [Restock(line, "cancel") for line in lines]
+            lines.append(Line(f"{order_id}:{item_id}", order_id, item_id, sku, _qty(item, "Quantity", at, True)))
+        if status == "Canceled":  # (a Canceled item may say Quantity 0: what was taken is put back whole)
+            delivery.restocks = [Restock(line, "cancel", full=True) for line in lines]
             delivery.cancels = lines
         else:
-            delivery.takes = lines
+            delivery.takes = [line for line in lines if line.qty]
         return delivery
 
 
@@ -283,8 +293,8 @@ class FlipkartWebhook(Webhook):
         if not date or not given:
             raise Unverified("X_Date or X_Authorization is missing")
         url = self.url or str(request.url)
-        expected = flipkart_authorization(self.app_id, self.secret, date, url, request.method)
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not any(hmac.compare_digest(given.encode(), flipkart_authorization(
+                self.app_id, self.secret, form, url, request.method).encode()) for form in flipkart_dates(date)):
             raise Unverified("X_Authorization does not match")
         try:
             sent = parsedate_to_datetime(date).timestamp()
@@ -307,16 +317,17 @@ class FlipkartWebhook(Webhook):
         elif event == "order_item_created":
             delivery.takes.append(self._line(attributes, "attributes.", _id(attributes, "orderId", "attributes.")))
         elif event == "shipment_cancelled":
-            stamp = doc.get("timestamp") if isinstance(doc.get("timestamp"), str) else ""
-            shipment = str(doc.get("shipmentId") or "")
+            # Each cancellation event is its own restock (a shipment can be cancelled in parts): named by a
+            # digest of the event itself, so a redelivery is the same restock and two partial cancellations
+            # within one second are not (their timestamps have whole seconds).
+            event_id = "x" + hashlib.blake2b(body, digest_size=12).hexdigest()
             items = want_list(attributes.get("orderItems"), "attributes.orderItems", MAX_WEBHOOK_LINES, 0)
             for i, item in enumerate(items):
                 at = f"attributes.orderItems[{i}]."
                 item = want_object(item, at[:-1])
                 line = Line(_id(item, "orderItemId", at), "", _id(item, "orderItemId", at), None,
                             _qty(item, "quantity", at))
-                # A shipment can be cancelled in parts: each cancellation event is its own restock.
-                delivery.restocks.append(Restock(line, f"x{shipment}@{stamp}"))
+                delivery.restocks.append(Restock(line, event_id))
         else:
             delivery.ignored = f"event type {event} changes no stock"
         return delivery

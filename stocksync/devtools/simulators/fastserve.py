@@ -40,6 +40,8 @@ from urllib.parse import parse_qsl, unquote
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .amazon import API_PREFIX, AmazonSim
+
 
 async def run_asgi(asgi: Any, scope: dict[str, Any], body: bytes) -> tuple[int, list, bytes]:
     """One request, its body already read whole, through an ASGI app: status, headers (less
@@ -129,13 +131,33 @@ class _PlainRequest:
         return self._body
 
 
+def _request_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
+    """Method, target, protocol and header pairs of a request head (ValueError when malformed)."""
+    lines = head[:-4].decode("latin-1").split("\r\n")
+    method, target, proto = lines[0].split(" ")
+    return method, target, proto, [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
+
+
+def _response(status: int, headers: list, content: bytes, length: int, close: bool) -> bytes:
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    parts = [f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1")]
+    parts += [k + b": " + v + b"\r\n" for k, v in headers]
+    parts.append(b"content-length: %d\r\n" % length)
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    parts.append(content)
+    return b"".join(parts)
+
+
 def _plain_server(sim: Any) -> Any:
     """A minimal HTTP/1.1 server (asyncio streams: keep-alive, Content-Length bodies, requests answered in
     order) for the Amazon simulator: the listing PATCH/GET go straight into the simulator's pipeline, every
     other request through its ASGI app. aiohttp's server machinery (a task, a request and a response
     object, the writer) cost about as much as the simulator's own work per call; this costs a fraction."""
-    from .amazon import API_PREFIX
-
     asgi = sim.app
     prefix = API_PREFIX + "/"
     patch = sim.endpoint(sim._parse_patch, sim._handle_patch)
@@ -160,10 +182,8 @@ def _plain_server(sim: Any) -> Any:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
-                lines = head[:-4].decode("latin-1").split("\r\n")
                 try:
-                    method, target, proto = lines[0].split(" ")
-                    raw = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
+                    method, target, proto, raw = _request_head(head)
                 except ValueError:
                     writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                     return
@@ -185,19 +205,7 @@ def _plain_server(sim: Any) -> Any:
                     out = [(k, v) for k, v in out if k != b"content-length"]
                 else:
                     status, out, content = await via_asgi(method, target, path, query, version, raw, body, peer)
-                try:
-                    reason = HTTPStatus(status).phrase
-                except ValueError:
-                    reason = ""
-                parts = [f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1")]
-                parts += [k + b": " + v + b"\r\n" for k, v in out]
-                parts.append(b"content-length: %d\r\n" % len(content))
-                if close:
-                    parts.append(b"connection: close\r\n")
-                parts.append(b"\r\n")
-                if method != "HEAD":
-                    parts.append(content)
-                writer.write(b"".join(parts))
+                writer.write(_response(status, out, content if method != "HEAD" else b"", len(content), close))
                 if close:
                     return
         finally:
@@ -225,6 +233,29 @@ def new_event_loop(choice: str | None = None) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def _listening(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+def _shut_down(loop: asyncio.AbstractEventLoop, state: dict[str, Any]) -> None:
+    """Close the server of a stopped loop, then the loop."""
+    if "plain" in state:
+        state["plain"].close()
+        # Connections still open (keep-alive) are tasks parked in a read: end them while the loop runs,
+        # or their coroutines are collected after loop.close() and fail closing their socket.
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    else:
+        loop.run_until_complete(state["runner"].cleanup())
+    loop.close()
+
+
 @contextmanager
 def serve_aiohttp(app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout: float = 10.0,
                   loop: str | None = None) -> Iterator[str]:
@@ -233,13 +264,8 @@ def serve_aiohttp(app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout: 
     importable; the default, or $STOCKSYNC_LOOP), uvloop or asyncio."""
     asgi = getattr(app, "app", app)
     handler = _bridge(asgi)
-    from .amazon import AmazonSim
-
     plain = _plain_server(app) if isinstance(app, AmazonSim) else None
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    sock = _listening(host, port)
     bound_port = sock.getsockname()[1]
     loop = new_event_loop(loop)
     started = threading.Event()
@@ -267,17 +293,7 @@ def serve_aiohttp(app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout: 
             return
         started.set()
         loop.run_forever()
-        if "plain" in state:
-            state["plain"].close()
-            # Connections still open (keep-alive) are tasks parked in a read: end them while the loop
-            # runs, or their coroutines are collected after loop.close() and fail closing their socket.
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        else:
-            loop.run_until_complete(state["runner"].cleanup())
-        loop.close()
+        _shut_down(loop, state)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

@@ -400,90 +400,62 @@ class ShopifySim(ShopifyOrders, MarketSim):
 
     def _validate(self, version: str, data: dict[str, Any], call: Call) -> list[dict[str, Any]]:
         """userErrors of the whole input, then of each quantity (marking that item's result)."""
-        errors: list[dict[str, Any]] = []
-
-        def error(code: str | None, field: list[str], message: str) -> None:
-            errors.append({"code": code, "field": ["input", *field], "message": message})
-
-        if data.get("name") != "available":
-            error("INVALID_NAME", ["name"], "The quantity name must be 'available' (the only one simulated).")
-        if data.get("reason") not in REASONS:
-            error("INVALID_REASON", ["reason"], "The specified reason is invalid.")
-        uri = data.get("referenceDocumentUri")
-        if uri is not None and not (isinstance(uri, str) and _URI.match(uri)):
-            error(
-                "INVALID_REFERENCE_DOCUMENT",
-                ["referenceDocumentUri"],
-                "The specified reference document is invalid.",
-            )
+        errors = _input_errors(data)
         if errors:  # the input as a whole is invalid: nothing can be applied, even partially
             for item in call.items:
                 item["result"] = "not_applied"
             return errors
         seen: set[tuple[str, str]] = set()
-        known, location_id, listed, rejected = self._skus, self.location_id, self._quantities, self.rejected
         cas_required = version >= CAS_REQUIRED_FROM
         for i, (q, item) in enumerate(zip(data["quantities"], call.items, strict=True)):
-            item_id, location, quantity = q["inventoryItemId"], q["locationId"], q["quantity"]
-            pair = (item_id, location)
-            code: str | None
-            if item_id not in known:
-                code, field, message = (
-                    "INVALID_INVENTORY_ITEM",
-                    "inventoryItemId",
-                    "The specified inventory item could not be found.",
-                )
-            elif location != location_id:
-                code, field, message = (
-                    "INVALID_LOCATION",
-                    "locationId",
-                    "The specified location could not be found.",
-                )
-            elif pair in seen:
-                code, field, message = (
-                    "NO_DUPLICATE_INVENTORY_ITEM_ID_GROUP_ID_PAIR",
-                    "inventoryItemId",
-                    "The combination of inventoryItemId and locationId must be unique.",
-                )
-            elif quantity < 0:
-                code, field, message = (
-                    "INVALID_QUANTITY_NEGATIVE",
-                    "quantity",
-                    "The quantity can't be negative.",
-                )
-            elif quantity > 1_000_000_000:
-                code, field, message = (
-                    "INVALID_QUANTITY_TOO_HIGH",
-                    "quantity",
-                    "The total quantity can't be higher than 1,000,000,000.",
-                )
-            elif cas_required and "changeFromQuantity" not in q:
-                code, field, message = (
-                    None,
-                    "changeFromQuantity",
-                    "changeFromQuantity is required: pass the expected quantity, or null to skip the check.",
-                )
-            elif (change_from := q.get("changeFromQuantity")) is not None and change_from != listed.get(
-                item["sku"], 0
-            ):
-                code, field, message = (
-                    "CHANGE_FROM_QUANTITY_STALE",
-                    "changeFromQuantity",
-                    "The changeFromQuantity value does not match persisted value.",
-                )
-            elif rejected(item["sku"]):
-                code, field, message = (
-                    "NON_MUTABLE_INVENTORY_ITEM",
-                    "inventoryItemId",
-                    "The specified inventory item is not allowed to be adjusted via API.",
-                )
-            else:
-                seen.add(pair)
-                continue
+            pair = (q["inventoryItemId"], q["locationId"])
+            found = self._quantity_error(q, item["sku"], pair in seen, cas_required)
             seen.add(pair)
-            error(code, ["quantities", str(i), field], message)
-            item["result"] = code or "CHANGE_FROM_QUANTITY_REQUIRED"
+            if found is not None:
+                code, field, message = found
+                errors.append({"code": code, "field": ["input", "quantities", str(i), field], "message": message})
+                item["result"] = code or "CHANGE_FROM_QUANTITY_REQUIRED"
         return errors
+
+    def _quantity_error(self, q: dict[str, Any], sku: str, duplicate: bool,
+                        cas_required: bool) -> tuple[str | None, str, str] | None:
+        """(code, field, message) of the first thing wrong with one quantity, as Shopify checks them."""
+        quantity = q["quantity"]
+        checks = (
+            (q["inventoryItemId"] not in self._skus, "INVALID_INVENTORY_ITEM", "inventoryItemId",
+             "The specified inventory item could not be found."),
+            (q["locationId"] != self.location_id, "INVALID_LOCATION", "locationId",
+             "The specified location could not be found."),
+            (duplicate, "NO_DUPLICATE_INVENTORY_ITEM_ID_GROUP_ID_PAIR", "inventoryItemId",
+             "The combination of inventoryItemId and locationId must be unique."),
+            (quantity < 0, "INVALID_QUANTITY_NEGATIVE", "quantity", "The quantity can't be negative."),
+            (quantity > 1_000_000_000, "INVALID_QUANTITY_TOO_HIGH", "quantity",
+             "The total quantity can't be higher than 1,000,000,000."),
+            (cas_required and "changeFromQuantity" not in q, None, "changeFromQuantity",
+             "changeFromQuantity is required: pass the expected quantity, or null to skip the check."),
+            (q.get("changeFromQuantity") is not None and q["changeFromQuantity"] != self._quantities.get(sku, 0),
+             "CHANGE_FROM_QUANTITY_STALE", "changeFromQuantity",
+             "The changeFromQuantity value does not match persisted value."),
+            (self.rejected(sku), "NON_MUTABLE_INVENTORY_ITEM", "inventoryItemId",
+             "The specified inventory item is not allowed to be adjusted via API."),
+        )
+        return next(((code, field, message) for wrong, code, field, message in checks if wrong), None)
+
+
+def _input_errors(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """userErrors of the input as a whole (its name, reason and reference document)."""
+    errors = []
+    uri = data.get("referenceDocumentUri")
+    for wrong, code, field, message in (
+        (data.get("name") != "available", "INVALID_NAME", "name",
+         "The quantity name must be 'available' (the only one simulated)."),
+        (data.get("reason") not in REASONS, "INVALID_REASON", "reason", "The specified reason is invalid."),
+        (uri is not None and not (isinstance(uri, str) and _URI.match(uri)), "INVALID_REFERENCE_DOCUMENT",
+         "referenceDocumentUri", "The specified reference document is invalid."),
+    ):
+        if wrong:
+            errors.append({"code": code, "field": ["input", field], "message": message})
+    return errors
 
 
 def _arg(query: str, field: str, name: str, variables: dict[str, Any]) -> Any:

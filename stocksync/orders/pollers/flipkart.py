@@ -11,16 +11,17 @@ Each shipment is rebuilt into the notifications its life sends and parsed by Fli
 `shipment_created` with its order items (orderItemId, orderId, sku, quantity as ordered: the line key is
 the orderItemId, as the webhook's), then one `shipment_cancelled` per cancellation time of its items.
 
-Restock ids: the receiver restocks a cancellation under `x<shipmentId>@<timestamp>`, the timestamp of the
-notification, which the search does not show. The poller uses the item's cancellationDate there (for a
-cancellation of one item at one time, the same instant as the notification's timestamp, so the same id
-when Flipkart formats both alike). The search shows only an item's cancelled units so far
-(cancelledQuantity; without it, every unit of a CANCELLED item) and its last cancellation's date, not each
-cancellation: the poller restocks the units cancelled so far less those the line's restock record
-already holds under any id (a webhook's or an earlier pass's), so a line cancelled in two parts is
-restocked twice its cancelled units by neither. What it cannot see: a cancellation whose webhook comes
-after the poller restocked it under another date (the line is then restocked by that webhook again, up
-to what was taken).
+Restocks: the receiver names a cancellation by a digest of its notification, which the search cannot
+rebuild (it shows an item's cancelled units so far, `cancelledQuantity`, and its last cancellationDate,
+not each cancellation). So, per item:
+- cancelled whole (status CANCELLED): restocked under the suffix `cancel` as a full restock (whatever
+  was taken, less what other restocks of the line reserved): whichever of webhooks and poller comes
+  first, the line is restocked what was taken, once;
+- cancelled in part (still APPROVED, cancelledQuantity > 0): the units cancelled so far less those the
+  line's restock records already hold (reserved, applied, or waiting for the take, under any id), as one
+  `shipment_cancelled` at the item's cancellationDate parsed by the receiver (named by its digest). Not
+  covered: a part whose webhook arrives after the poller restocked it (later than settle_s): that part is
+  restocked again, up to what was taken.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from typing import Any
 
 import orjson
 from yarl import URL
+
+from stocksync.orders.webhooks import Delivery, Line, Restock
 
 from .client import PollError
 from .reader import OrderReader, Page, PolledOrder, iso, to_ms
@@ -67,18 +70,18 @@ class FlipkartReader(OrderReader):
             reply = await self.api.call("GET", url, headers=self.headers())
 
     async def restocked(self, shipments: list[dict]) -> dict[str, int]:
-        """orderItemId -> units the line's restock record holds (reserved or applied, under any id), for the
-        items with cancelled units."""
-        ids = sorted({str(i.get("orderItemId")) for s in shipments for i in _items(s) if _cancelled(i)})
+        """orderItemId -> units the line's restock records hold (reserved or applied under any id, or waiting
+        for the take), for the items cancelled in part."""
+        ids = sorted({str(i.get("orderItemId")) for s in shipments for i in _items(s) if _cancelled(i) and not _whole(i)})
         if not ids:
             return {}
         keys = self.store.keys
         async with self.store.redis.pipeline(transaction=False) as pipe:
             for item_id in ids:
                 pipe.hvals(keys.webhook_line_restocks(self.name, item_id))
+                pipe.hvals(keys.webhook_line_waiting(self.name, item_id))
             replies = await pipe.execute()
-        return {item_id: sum(int(v[1:]) for v in values if v[:1] in ("p", "d") and v[1:].isdigit())
-                for item_id, values in zip(ids, replies, strict=True)}
+        return {item_id: _held(replies[2 * i], replies[2 * i + 1]) for i, item_id in enumerate(ids)}
 
     def shipment(self, shipment: dict, restocked: dict[str, int]) -> PolledOrder:
         sid = str(shipment.get("shipmentId") or "")
@@ -87,7 +90,7 @@ class FlipkartReader(OrderReader):
             {k: i.get(k) for k in ("orderItemId", "orderId", "sku", "quantity")} for i in items]}}
         events = [self.parse(sid, created)]
         by_time: dict[str, list[dict]] = {}
-        for item in items:
+        for item in (i for i in items if not _whole(i)):
             units = _cancelled(item) - restocked.get(str(item.get("orderItemId")), 0)
             if units > 0:
                 stamp = str(item.get("cancellationDate") or shipment.get("updatedAt") or "")
@@ -95,6 +98,12 @@ class FlipkartReader(OrderReader):
         for stamp, cancelled in by_time.items():
             events.append(self.parse(sid, {"eventType": "shipment_cancelled", "shipmentId": sid, "timestamp": stamp,
                                            "attributes": {"orderItems": cancelled}}))
+        whole = [i for i in items if _whole(i)]
+        if whole:
+            taken = events[0].takes  # (the lines as the receiver read them)
+            events.append(Delivery(None, "shipment_cancelled", restocks=[
+                Restock(Line(line.key, "", line.line_id, None, line.qty), "cancel", full=True)
+                for line in taken if line.key in {str(i.get("orderItemId")) for i in whole}]))
         return PolledOrder(sid, to_ms(shipment.get("updatedAt"), f"{self.name} shipment {sid} updatedAt"),
                            [d for d in events if not d.ignored])
 
@@ -102,6 +111,19 @@ class FlipkartReader(OrderReader):
 def _items(shipment: dict) -> list[dict]:
     items = shipment.get("orderItems")
     return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+
+def _whole(item: dict) -> bool:
+    return item.get("status") == "CANCELLED"
+
+
+def _held(restocks: list[str], waiting: list[str]) -> int:
+    """Units of a line's restock records: p<units>/d<units> reserved or applied, and <units> waiting for the
+    take ("all": everything, whatever was taken)."""
+    held = sum(int(v[1:]) for v in restocks if v[:1] in ("p", "d") and v[1:].isdigit())
+    if "all" in waiting:
+        return 2**31
+    return held + sum(int(v) for v in waiting if v.isdigit())
 
 
 def _cancelled(item: dict) -> int:
