@@ -812,3 +812,33 @@ async def test_a_flash_sale_with_lost_and_doubled_webhooks_adds_up_after_one_pas
         for ref in market.line_refs() - set(takes):
             assert market.sim.order(_order_of(market, ref))["status"] == "cancelled", ref
     assert set(takes) <= set().union(*(m.line_refs() for m in markets.values()))
+
+
+async def test_flipkart_a_cancellation_restocked_by_the_poller_is_not_restocked_again_by_its_late_webhook(
+    store, settings, markets,
+):
+    market = markets["flipkart"]
+    await seed(store, market, {"A": 100})
+    hooked = with_channels(settings, markets)
+    since = int(time.time() * 1000) - 60_000
+    with serve_api(hooked) as api:
+        await point_webhooks(market, api)
+        await market.post("/_sim/market", {"late_s": 2.0})
+        whole = await market.order([("A", 3)], webhook="deliver")
+        part = await market.order([("A", 4)], webhook="deliver")
+        await wait_for(market.delivered, 10, "the orders' webhooks")
+        await market.cancel(whole, webhook="late")
+        line = market.sim.order(part)["lines"][0]["line_id"]
+        await market.refund(part, [{"line_id": line, "qty": 1}], webhook="deliver")
+        await wait_for(lambda: _delivered_count(market, 3), 10, "the partial cancellation's webhook")
+        await past_this_second()
+        report = await one_pass(store, load_channels(hooked)["flipkart"], since_ms=since)  # before the late one
+        assert not await market.delivered()
+        assert await stocks(store, ["A"]) == market.sim.quantities == {"A": 100 - 4 + 1}
+        await wait_for(market.delivered, 10, "the late cancellation's webhook")
+    assert await stocks(store, ["A"]) == {"A": 97}  # the late webhook restocked nothing more
+    assert (report.found_by_polling, report.applied) == (0, 1)  # (the full restock; the part was held)
+
+
+async def _delivered_count(market: Market, n: int) -> bool:
+    return sum(d["state"] == "delivered" for d in await market.deliveries()) >= n
