@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 
 from stocksync.channels import load_channels
+from stocksync.orders.pollers.service import OrderPollers
 from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 
@@ -67,6 +68,7 @@ async def run_workers(settings: Settings, channels: Iterable[str] | None = None,
     def on_accept(a: Accepted) -> None:
         lags[a.channel].extend((ts, a.accepted_ms, rank) for ts, rank in a.entries)
 
+    pollers = OrderPollers(settings, [configs[n] for n in names])  # channels with poll_s: checked before starting
     store = await StockStore.connect(settings)
     workers = [ChannelWorker(store.redis, store.keys, configs[n], options, on_accept=on_accept if lag_file else None)
                for n in names]
@@ -74,12 +76,14 @@ async def run_workers(settings: Settings, channels: Iterable[str] | None = None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: [w.stop() for w in workers])
     try:
+        pollers.start(store)
         tasks = [asyncio.create_task(w.run()) for w in workers]
         if ready is not None:
             await asyncio.gather(*(w.started.wait() for w in workers))
             ready.set()
         await asyncio.gather(*tasks)
     finally:
+        await pollers.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await store.close()

@@ -12,6 +12,8 @@ names of the environment variables that hold them:
     share = 100                      # percent of the rest listed here
     max_listed = 0                   # cap on the listed quantity (0: none)
     end_when = 0                     # list 0 at or below this quantity
+    poll_s = 60                      # read orders back from the order API this often (0 or absent: off;
+                                     # Shopify, Amazon and Flipkart, see stocksync/orders/pollers/)
     options = { location_id = "gid://shopify/Location/1" }   # adapter-specific
     [channels.shopify.sku_map]       # channel SKU -> canonical SKU, where they differ
     "SHOP-RED-M" = "RED-M"
@@ -45,10 +47,13 @@ class Kind:
 
 # The one registry of channel kinds: every table of implementations (adapters, webhook receivers,
 # simulators) is built with by_kind() against it, so a kind cannot be half added.
+# The order poller's options, every kind with orders in (stocksync/orders/pollers/options.py).
+POLL_OPTIONS = frozenset({"settle_s", "poll_overlap_s", "poll_lease_s", "poll_timeout_s", "poll_page_size"})
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("shopify", "Shopify", orders_in=True, order_options=frozenset({"restock"})),
-    Kind("amazon", "Amazon", orders_in=True, order_options=frozenset({"token_header", "include_afn"})),
-    Kind("flipkart", "Flipkart", orders_in=True, order_options=frozenset({"notification_url", "max_skew_s"})),
+    Kind("shopify", "Shopify", orders_in=True, order_options=frozenset({"restock"}) | POLL_OPTIONS),
+    Kind("amazon", "Amazon", orders_in=True,
+         order_options=frozenset({"token_header", "include_afn", "order_api_limits"}) | POLL_OPTIONS),
+    Kind("flipkart", "Flipkart", orders_in=True, order_options=frozenset({"notification_url", "max_skew_s"}) | POLL_OPTIONS),
     Kind("webhook", "a generic HTTP receiver", orders_in=False),
 )}
 
@@ -109,6 +114,7 @@ class ChannelConfig:
     credentials: Mapping[str, str] = field(default_factory=dict)  # name -> environment variable
     sku_map: Mapping[str, str] = field(default_factory=dict)  # channel SKU -> canonical SKU
     options: Mapping[str, Any] = field(default_factory=dict)
+    poll_s: float = 0.0  # seconds between two passes of the channel's order poller; 0: no poller
 
     def secret(self, name: str) -> str:
         """A credential's value from the environment; the error names the variable, never a value."""
@@ -131,7 +137,7 @@ def parse_channel(name: str, table: Mapping[str, Any]) -> ChannelConfig:
     if not isinstance(table, Mapping):
         raise SettingsError(f"channels.{name} must be a table")
     known = {"kind", "url", "credentials", "sku_map", "options", "buffer", "share", "max_listed", "end_when",
-             "oversell_target"}
+             "oversell_target", "poll_s"}
     unknown = set(table) - known
     if unknown:
         raise SettingsError(f"channels.{name}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -146,4 +152,20 @@ def parse_channel(name: str, table: Mapping[str, Any]) -> ChannelConfig:
         if not isinstance(table.get(sub, {}), Mapping):
             raise SettingsError(f"channels.{name}.{sub} must be a table")
     return ChannelConfig(name, kind, url.rstrip("/"), rules, dict(table.get("credentials", {})),
-                         dict(table.get("sku_map", {})), dict(table.get("options", {})))
+                         dict(table.get("sku_map", {})), dict(table.get("options", {})),
+                         _poll_s(name, kind, table.get("poll_s", 0)))
+
+
+MIN_POLL_S, MAX_POLL_S = 0.1, 86_400  # a day: a poller that runs less often is a forgotten one
+
+
+def _poll_s(name: str, kind: str, value: Any) -> float:
+    """poll_s: a number of seconds, 0 (off) or 0.1 to a day, and only for a kind with an order API."""
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not (value == 0 or MIN_POLL_S <= value <= MAX_POLL_S)):
+        raise SettingsError(f"channels.{name}.poll_s must be 0 (off) or a number of seconds from {MIN_POLL_S:g} to "
+                            f"{MAX_POLL_S}, got {value!r}")
+    if value and not KINDS[kind].orders_in:
+        raise SettingsError(f"channels.{name}.poll_s: kind {kind} has no order API to poll (only "
+                            f"{', '.join(k.name for k in KINDS.values() if k.orders_in)})")
+    return float(value)

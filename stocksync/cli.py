@@ -5,6 +5,7 @@
     stocksync sku set SKU AVAILABLE [--expected-version N] [--ref REF]
     stocksync sku adjust SKU DELTA [--ref REF]
     stocksync tail [--from ID]             one line per event, every partition
+    stocksync reconcile orders CHANNEL [--since ISO-TIME]   one pass of the channel's order poller, now
     stocksync redis [--port N]             an embedded Redis in the foreground
     stocksync demo [--keep]                the whole system, two replays (--keep: stay up)
     stocksync rejections list|apply|resolve   orders that could not be covered (stocksync.orders.commands)
@@ -32,6 +33,7 @@ from .embedded import EmbeddedRedis
 from .errors import InvalidArgument
 from .events import follow
 from .orders import commands as order_commands
+from .orders import reconcile
 from .settings import Settings, SettingsError
 from .store import StockStore
 
@@ -81,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.register(sub)
     consumers_cli.register(sub)
     order_commands.register(sub)
+    reconcile.register(sub)
     return parser
 
 

@@ -112,6 +112,21 @@ class Keys:
         """hash per order line: restock id -> p<units> reserved / d<units> applied (stocksync_restock_claim)."""
         return f"{self.prefix}:wh:line:{channel}:{line_key}:restocks"
 
+    # The order pollers (stocksync/orders/pollers/): orders read back from the marketplaces' order APIs.
+
+    def poll_cursor(self, channel: str) -> str:
+        """sorted set: order stream (Shopify and Amazon: "orders"; Flipkart: one per shipment search) -> the
+        update time in ms before which every order of that stream was applied (only ever raised: ZADD GT)."""
+        return f"{self.prefix}:poll:cursor:{channel}"
+
+    def poll_lease(self, channel: str) -> str:
+        """string: the poller of that channel polling now (SET NX PX, renewed while it runs)."""
+        return f"{self.prefix}:poll:lease:{channel}"
+
+    def poll_stats(self, channel: str) -> str:
+        """hash: the channel's poller counters (found_by_polling, orders, applied, ...) and its last pass."""
+        return f"{self.prefix}:poll:stats:{channel}"
+
     def webhook_line_waiting(self, channel: str, line_key: str) -> str:
         """hash per order line: restock id -> units ("all": whatever is taken) of restocks that came before
         the line's take; the take applies them (stocksync.orders.intake)."""

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from stocksync.metrics import Metrics
+from stocksync.orders.pollers import stats as poll_stats
+
+log = logging.getLogger(__name__)
 
 
 def endpoint(metrics: Metrics):
     async def serve_metrics(request: Request) -> Response:
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        ctx = request.app.state.ctx
+        try:  # the order pollers' counter lives in Redis (every process that polls adds to it)
+            polled = await poll_stats.exposition(ctx.store.redis, ctx.store.keys, ctx.channels.values())
+        except RedisError as e:
+            log.warning("stocksync_orders_found_by_polling left out of /metrics: %s", e)
+            polled = b""
+        return Response(metrics.exposition() + polled, media_type=CONTENT_TYPE_LATEST)
 
     return serve_metrics
 

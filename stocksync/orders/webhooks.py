@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
+import orjson
 from starlette.requests import Request
 
 from stocksync.channels import ChannelConfig, by_kind
@@ -372,6 +373,78 @@ def _qty(doc: dict, name: str, where: str, allow_zero: bool = False) -> int:
     return value
 
 
+# Parsing what the order pollers read -------------------------------------------------------------------
+#
+# An order poller (stocksync/orders/pollers/) reads a marketplace's orders from its order API, rebuilds from
+# each order the bodies of the webhooks its events send (orders/create, ORDER_CHANGE, shipment_created,
+# ...), and parses them here with the receiver's own parse(): so a polled order is taken and restocked
+# under the very line keys, SKUs, quantities and restock suffixes its webhooks carry, and a change to a
+# receiver's mapping is a change to the poller's too. These are the receivers without their verifiers: a
+# poller holds no webhook secret, and they are never installed as receivers (verify refuses everything).
+
+
+class _Headers:
+    """What parse() reads of a request: its headers (lower-case names)."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+
+
+class ShopifyPayloads(ShopifyWebhook):
+    """ShopifyWebhook's parser and restock policy, without the webhook secret."""
+
+    def __init__(self, channel: ChannelConfig) -> None:
+        Webhook.__init__(self, channel)
+        self.secret = ""
+        self.policy = channel.options.get("restock", "refund")  # read and checked as the receiver does
+        if self.policy not in self.POLICIES:
+            raise ValueError(f"channels.{channel.name}.options.restock must be one of {', '.join(self.POLICIES)}")
+
+    def verify(self, request: Request, body: bytes) -> None:
+        raise Unverified("a parser of polled orders verifies nothing")
+
+
+class AmazonPayloads(AmazonWebhook):
+    """AmazonWebhook's parser (include_afn as the receiver reads it), without the destination's token."""
+
+    def __init__(self, channel: ChannelConfig) -> None:
+        Webhook.__init__(self, channel)
+        self.token, self.header = "", ""
+        self.include_afn = bool(channel.options.get("include_afn", False))
+
+    def verify(self, request: Request, body: bytes) -> None:
+        raise Unverified("a parser of polled orders verifies nothing")
+
+
+class FlipkartPayloads(FlipkartWebhook):
+    """FlipkartWebhook's parser, without the app's id and secret."""
+
+    def __init__(self, channel: ChannelConfig) -> None:
+        Webhook.__init__(self, channel)
+        self.app_id = self.secret = ""
+        self.url, self.max_skew_s = None, 0.0
+
+    def verify(self, request: Request, body: bytes) -> None:
+        raise Unverified("a parser of polled orders verifies nothing")
+
+
+PAYLOAD_PARSERS: dict[str, type[Webhook]] = by_kind((ShopifyPayloads, AmazonPayloads, FlipkartPayloads),
+                                                    "payload parser", orders_in=True)
+
+
+def payload_parser(channel: ChannelConfig) -> Webhook:
+    """The channel's webhook parser without its verifier (ValueError: a bad option, as the receiver says)."""
+    return PAYLOAD_PARSERS[channel.kind](channel)
+
+
+def parse_payload(parser: Webhook, payload: dict, topic: str = "") -> Delivery:
+    """The Delivery the receiver makes of a webhook with body `payload` (Shopify: and topic `topic`, which it
+    reads from X-Shopify-Topic). Raises Invalid where the receiver would answer 422."""
+    return parser.parse(_Headers({"x-shopify-topic": topic} if topic else {}), orjson.dumps(payload))  # type: ignore[arg-type]
+
+
 def build(channels: dict[str, ChannelConfig]) -> tuple[dict[str, Webhook], dict[str, str]]:
     """The webhooks of every channel of a known kind, and why the others' are disabled (no secret, ...)."""
     hooks, disabled = {}, {}
@@ -387,4 +460,4 @@ def build(channels: dict[str, ChannelConfig]) -> tuple[dict[str, Webhook], dict[
 
 
 __all__ = ["Delivery", "Line", "Restock", "Unverified", "Webhook", "build", "flipkart_authorization",
-           "shopify_signature"]
+           "parse_payload", "payload_parser", "shopify_signature"]
