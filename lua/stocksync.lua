@@ -991,7 +991,7 @@ local MAX_LINE_TTL_S = 315360000  -- 10 years
 --[[
   stocksync_restock_claim: reserve the units of one restock of an order line, capped at what was taken.
     KEYS[1] <prefix>:wh:line:<channel>:<line key>:restocks
-    ARGV[1] restock id (distinct per restock of the line: cancel, r<refund line id>, x<shipment>@<time>)
+    ARGV[1] restock id (distinct per restock of the line: cancel, r<refund line id>, x<event digest>)
     ARGV[2] units wanted (1 .. 2^31-1)
     ARGV[3] units taken (0 .. 2^31-1)
     ARGV[4] TTL of the key in seconds (1 .. 10 years), renewed by every new reservation

@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 class ApiSettings:
     max_body_bytes: int = 4 << 20
     read_timeout_s: float = 10.0
-    webhook_seen_ttl_s: int = 7 * 86400
-    line_ttl_days: int = 120
+    webhook_seen_ttl_s: int = IntakeSettings.seen_ttl_s
+    line_ttl_days: int = IntakeSettings.line_ttl_s // 86400
     sse_keepalive_s: float = 15.0
     tokens: Mapping[str, Any] = field(default_factory=dict)
 
@@ -60,8 +60,6 @@ class ApiSettings:
                                 f"{', '.join(f.name for f in fields(cls))}")
         return cls(**table)
 
-    def intake(self) -> IntakeSettings:
-        return IntakeSettings(int(self.webhook_seen_ttl_s), int(self.line_ttl_days) * 86400)
 
 
 @dataclass
@@ -89,7 +87,7 @@ async def build_context(settings: Settings, metrics: Metrics) -> Context:
         log.warning("webhook of channel %s disabled: %s", name, reason)
     return Context(
         settings=settings, store=store, metrics=metrics, auth=Auth(api.tokens),
-        intake=Intake(store, metrics, api.intake()), channels=channels, hooks=hooks,
+        intake=Intake(store, metrics, IntakeSettings.from_settings(settings)), channels=channels, hooks=hooks,
         disabled=disabled, max_body=int(api.max_body_bytes), sse_keepalive_s=float(api.sse_keepalive_s),
     )
 

@@ -36,6 +36,7 @@ from stocksync.errors import InvalidArgument
 from stocksync.library import Outcome, RestockStatus, Status
 from stocksync.limits import MAX_REF_BYTES, MAX_RESTOCK_ID_BYTES, MAX_SKU_BYTES, fit
 from stocksync.metrics import Metrics
+from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 
 from .batcher import Batcher
@@ -50,6 +51,18 @@ log = logging.getLogger(__name__)
 class IntakeSettings:
     seen_ttl_s: int = 7 * 86400
     line_ttl_s: int = 120 * 86400
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IntakeSettings:
+        """[api] webhook_seen_ttl_s and line_ttl_days: the webhook endpoint and the order pollers apply
+        orders alike, so a line a poller took is remembered as long as one a webhook took."""
+        table = settings.section("api")
+        values = {"webhook_seen_ttl_s": table.get("webhook_seen_ttl_s", cls.seen_ttl_s),
+                  "line_ttl_days": table.get("line_ttl_days", cls.line_ttl_s // 86400)}
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise SettingsError(f"api.{name} must be a number > 0, got {value!r}")
+        return cls(int(values["webhook_seen_ttl_s"]), int(values["line_ttl_days"]) * 86400)
 
 
 @dataclass

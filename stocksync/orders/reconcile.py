@@ -26,9 +26,9 @@ from stocksync.metrics import Metrics
 from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 
-from .intake import Intake
+from .intake import Intake, IntakeSettings
 from .pollers.client import PollError
-from .pollers.options import PollOptions, intake_settings
+from .pollers.options import PollOptions
 from .pollers.poller import READERS, OrderPoller
 from .pollers.report import PassReport
 
@@ -74,7 +74,7 @@ async def cmd_reconcile_orders(args: argparse.Namespace) -> int:
     if args.since is not None:
         since = since_ms(args.since)
         options.check_since(since, int(time.time() * 1000), settings.idem_ttl_s)
-    ttls = intake_settings(settings)
+    ttls = IntakeSettings.from_settings(settings)
     reader = READERS[config.kind](config, None, options)  # checks the marketplace's own options
     # (everything above is checked before anything connects: bad input changes nothing)
     async with await StockStore.connect(settings) as store:

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stocksync.channels import KINDS, ChannelConfig
-from stocksync.orders.intake import IntakeSettings
-from stocksync.settings import Settings, SettingsError
+from stocksync.settings import SettingsError
 
 NAMES = {"settle_s": 30.0, "poll_overlap_s": 60.0, "poll_lease_s": 30.0, "poll_timeout_s": 10.0}
 
@@ -80,19 +79,6 @@ class PollOptions:
                 f"--since is {(now_ms - since_ms) / 3600_000:.1f} hours ago, further back than the references are "
                 f"remembered (STOCKSYNC_IDEM_TTL {idem_ttl_s} s, less a margin: {self.retention_s / 3600:.1f} "
                 f"hours); an order older than that could be applied twice")
-
-
-def intake_settings(settings: Settings) -> IntakeSettings:
-    """The intake's TTLs as the API's intake has them ([api] webhook_seen_ttl_s, line_ttl_days; the same
-    defaults as stocksync.api.context.ApiSettings, which the orders side may not import): a line a poller
-    took is remembered as long as one a webhook took."""
-    table, defaults = settings.section("api"), IntakeSettings()
-    values = {"webhook_seen_ttl_s": table.get("webhook_seen_ttl_s", defaults.seen_ttl_s),
-              "line_ttl_days": table.get("line_ttl_days", defaults.line_ttl_s // 86400)}
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise SettingsError(f"api.{name} must be a number > 0, got {value!r}")
-    return IntakeSettings(int(values["webhook_seen_ttl_s"]), int(values["line_ttl_days"]) * 86400)
 
 
 def _number(config: ChannelConfig, name: str, default: float) -> float:

@@ -17,11 +17,11 @@ from collections.abc import Iterable
 
 from stocksync.channels import ChannelConfig
 from stocksync.metrics import Metrics
-from stocksync.orders.intake import Intake
+from stocksync.orders.intake import Intake, IntakeSettings
 from stocksync.settings import Settings
 from stocksync.store import StockStore
 
-from .options import PollOptions, intake_settings
+from .options import PollOptions
 from .poller import READERS, OrderPoller
 
 
@@ -33,7 +33,7 @@ class OrderPollers:
         self.options = {c.name: PollOptions.from_config(c, settings.idem_ttl_s) for c in self.configs}
         # Readers check their marketplace's own options now; they get the store once it is open.
         self.readers = {c.name: READERS[c.kind](c, None, self.options[c.name]) for c in self.configs}
-        self.intake_settings = intake_settings(settings) if self.configs else None
+        self.intake_settings = IntakeSettings.from_settings(settings) if self.configs else None
         self.pollers: list[OrderPoller] = []
         self.tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
