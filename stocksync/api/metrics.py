@@ -1,4 +1,5 @@
-"""The HTTP side of the metrics: the ASGI middleware that counts requests, and GET /metrics."""
+"""The HTTP side of the metrics: the ASGI middleware that counts requests, and GET /metrics (this process's
+registry, and the channels' numbers read from Redis: stocksync.api.channel_metrics)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from starlette.responses import Response
 
 from stocksync.metrics import Metrics
 
+from . import channel_metrics
+
 
 def endpoint(metrics: Metrics):
     async def serve_metrics(request: Request) -> Response:
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        channels = await channel_metrics.exposition(request.app.state.ctx)  # (from Redis: every channel)
+        return Response(metrics.exposition() + channels, media_type=CONTENT_TYPE_LATEST)
 
     return serve_metrics
 
