@@ -45,8 +45,9 @@ COLUMNS = ("sku", "available", "expected_version")
 EXPORT_COLUMNS = ("sku", "available", "reserved", "version", "updated_ms", "source")
 CHUNK = 500  # rows (or SKUs) per pipelined round trip
 MAX_PAGE = 1000  # SKUs per page at most
-MAX_ROUNDS = 32  # SCAN calls per page at most (a rare prefix ends a page early, with its cursor)
-MAX_COUNT = 256  # SCAN COUNT at most (it grows while a prefix finds nothing)
+MAX_ROUNDS = 64  # SCAN calls per page at most (a rare prefix ends a page early, with its cursor)
+MAX_COUNT = 256  # SCAN COUNT at most (it grows while a round finds nothing; it bounds what SCAN can
+# answer beyond a page, which the cursor carries)
 
 
 # Listing ---------------------------------------------------------------------------------------------
@@ -115,9 +116,11 @@ async def list_page(store: StockStore, cursor: str | None = None, limit: int = 1
         if sku not in seen:
             seen.add(sku)
             found.append(sku)
-    count, rounds = 0, 0
+    count, rounds, skus = 0, 0, [""]
     while len(found) < limit and at.partition < partitions and rounds < MAX_ROUNDS:
-        count = min(max(limit - len(found), 10, 2 * count if rounds and not found else 0), MAX_COUNT)
+        # as many as the page lacks; twice as many as last time after a round that found none (a sparse
+        # prefix, or SKUs sparse among other keys), up to MAX_COUNT
+        count = min(max(limit - len(found), 10, 0 if skus else 2 * count), MAX_COUNT)
         at.scan, skus = await _scan(store, at.partition, at.scan, prefix, count)
         rounds += 1
         for sku in skus:
@@ -206,23 +209,24 @@ def parse_csv(data: bytes) -> Parsed:
     refused: list[Refused] = []
     lines: dict[str, int] = {}
     try:
+        line = 1  # where the next record starts (a quoted field may span lines)
         for cells in reader:
+            line, start = reader.line_num + 1, line
             if not any(c.strip() for c in cells):
                 continue
             if columns is None:
                 columns = _header(cells)
                 continue
-            line = reader.line_num
             try:
-                row = _row(line, cells, columns)
+                row = _row(start, cells, columns)
             except Invalid as e:
                 sku = cells[columns["sku"]] if columns["sku"] < len(cells) else ""
-                refused.append(Refused(line, sku[:80], str(e)))
+                refused.append(Refused(start, sku[:80], str(e)))
                 continue
             if row.sku in lines:
-                refused.append(Refused(line, row.sku, f"already on line {lines[row.sku]}"))
+                refused.append(Refused(start, row.sku, f"already on line {lines[row.sku]}"))
                 continue
-            lines[row.sku] = line
+            lines[row.sku] = start
             rows.append(row)
     except csv.Error as e:
         raise Invalid(f"line {reader.line_num}: not valid CSV: {e}", "file") from None
@@ -235,7 +239,8 @@ def parse_csv(data: bytes) -> Parsed:
 class ImportReport:
     rows: int = 0
     applied: int = 0  # set now
-    replayed: int = 0  # set by an earlier import of the same file: nothing changed
+    replayed: int = 0  # seen by an earlier import of the same file: nothing changed (dry run: a row refused
+    # then, a conflict, is counted here: it would answer its first outcome again)
     refused: list[Refused] = field(default_factory=list)
     dry_run: bool = False
     # dry run only: what the rows would do
