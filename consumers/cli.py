@@ -97,10 +97,10 @@ def _register_worker(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--metrics-host", default=metrics.DEFAULT_METRICS_HOST, metavar="HOST",
                    help="address of the metrics endpoint (0.0.0.0 for every interface)")
     w.add_argument("--lag-file", help="at exit, write [commit ms, accepted ms, rank (0 drop to 0, 1 urgent, "
-                   "2 normal)] per accepted entry, per channel, here (JSON; used by bench/propagation.py)")
+                   "2 normal)] per accepted entry, per channel, here (JSON; used by bench/propagation.py; default: none)")
     for name, text in OPTION_FLAGS.items():
         w.add_argument("--" + name.replace("_", "-"), type=int, dest=name, metavar="N",
-                       help=f"{text} (worker.{name} of the config file, else {_DEFAULTS[name]})")
+                       help=f"{text} (default: worker.{name} of the config file, else {_DEFAULTS[name]})")
     w.set_defaults(run=cmd_worker, sync=True, log_default="info")
 
 

@@ -46,7 +46,7 @@ change pushed to every channel, even at the same quantity (--dry-run counts thos
 Exit codes: 0 every row imported (or imported already), 1 some rows refused, 2 the file cannot be read."""
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stocksync", description="Multichannel inventory sync over Redis.")
     parser.add_argument("--version", action="version", version=f"stocksync {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -89,7 +89,8 @@ def _sku_commands(sub) -> None:
     put = sku_sub.add_parser("set", help="set the absolute quantity (creates the SKU)")
     put.add_argument("sku", help="the SKU")
     put.add_argument("available", type=int, help="units available")
-    put.add_argument("--expected-version", type=int, help="refuse (conflict) unless the SKU's version is this")
+    put.add_argument("--expected-version", type=int,
+                     help="refuse (conflict) unless the SKU's version is this (0: unless it is new; default: no check)")
     put.add_argument("--ref", help="idempotency key (default: a new one)")
     put.set_defaults(run=_sku_set)
     adj = sku_sub.add_parser("adjust", help="add (positive) or remove (negative) units")
@@ -155,8 +156,8 @@ async def _tail(args) -> int:
     if args.count < 0:
         raise SettingsError("--count must be 0 (follow) or more")
     shown = 0
-    async with await _open(args) as store:
-        async for event in follow(store.redis, store.keys, since=args.since):
+    async with await _open(args) as store, contextlib.aclosing(follow(store.redis, store.keys, since=args.since)) as events:
+        async for event in events:  # (closed on the way out: its readers end before the store closes)
             print(event.line(), flush=True)
             shown += 1
             if shown == args.count:
@@ -239,7 +240,7 @@ def _demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return commandline.main(_parser(), argv)
+    return commandline.main(build_parser(), argv)
 
 
 if __name__ == "__main__":
