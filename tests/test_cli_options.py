@@ -141,3 +141,14 @@ async def test_last_event_id_0_means_from_the_beginning(settings, store, how):
         for bad in ("x", "0-", "-1", "1-2-3"):
             r = await client.get("/v1/events", params={"since": bad, "limit": 1}, headers=auth(key=False))
             assert r.status_code == 400, bad
+
+
+@pytest.mark.usefixtures("api_env")
+async def test_the_api_refuses_an_unknown_channel_naming_the_configured_ones(settings):
+    async with running(api_settings(settings)) as client:
+        for path in ("/v1/rejections?channel=nope", "/v1/channels/nope/dead-letters", "/v1/channels/nope/sku-map"):
+            r = await client.get(path, headers=auth(key=False))
+            assert r.status_code == 404 and r.json()["error"] == "unknown_channel", path
+            assert r.json()["message"] == ("no channel named 'nope' is configured (configured: amazon, ebay, "
+                                           "flipkart, shopify)")
+        assert (await client.get("/v1/rejections?channel=amazon", headers=auth(key=False))).status_code == 200

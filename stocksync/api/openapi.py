@@ -204,7 +204,7 @@ PATHS = {
     "/v1/rejections": {"get": _op(
         "Orders with lines that could not be covered", "stock:read",
         {"200": _json({"type": "object", "properties": {"rejections": {"type": "array", "items": _ref("Rejection")}}}),
-         "422": ERR},
+         "404": ERR, "422": ERR},
         parameters=[{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                     {"name": "channel", "in": "query", "schema": {"type": "string"}}])},
     "/v1/rejections/{channel}/{order_id}:apply": {"post": _op(
