@@ -4,13 +4,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean constraints
 
-$(STAMP): pyproject.toml
+# The runtime dependencies at the versions of constraints.txt (the Docker image's); `make constraints`
+# writes it again from the venv after an upgrade.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+constraints: $(STAMP)
+	$(PY) deploy/constraints.py
 
 demo: $(STAMP)
 	$(PY) -m stocksync demo

@@ -2,62 +2,69 @@
 
 `register(subparsers)` adds them to stocksync's CLI (stocksync.cli calls it): each sets
 `run(args) -> int` (the exit code) with `sync=True`, the convention of stocksync.cli; the settings are
-`args.settings` when the caller has loaded them, else Settings.load(args.config).
-`python -m consumers ...` runs them on their own.
+`args.settings` (stocksync.commandline loads them). `python -m consumers ...` runs them on their own.
+A channel named on the line that the config file does not configure is an error (exit 2, naming the
+configured ones), for every command.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import time
+from dataclasses import fields
 
 import orjson
 
-from stocksync.channels import load_channels
+from stocksync import commandline, preflight
+from stocksync.channels import known, load_channels
 from stocksync.limits import MAX_SKU_BYTES
-from stocksync.settings import Settings, SettingsError
+from stocksync.settings import Settings
 from stocksync.store import StockStore
 
-from . import dlq, resync
+from . import dlq, metrics, resync
 from .options import WorkerOptions
-from .runner import run_workers, use_event_loop
+from .runner import channels_to_run, run_workers, use_event_loop
 from .status import channel_status, format_table
 
-OPTION_FLAGS = ("read_count", "block_ms", "lease_ms", "reclaim_idle_ms", "max_deliveries", "max_attempts",
-                "retention_ms", "trim_interval_ms", "heartbeat_ms")
+# worker.<name> settings that `stocksync worker` also takes as --<name> (what each does)
+OPTION_FLAGS = {
+    "read_count": "entries read per XREADGROUP",
+    "block_ms": "how long an XREADGROUP waits for new entries (ms)",
+    "lease_ms": "per-SKU push lease (ms): a dead worker's pushes are retried after at most this",
+    "reclaim_idle_ms": "claim entries a dead consumer held for this long (ms; XAUTOCLAIM)",
+    "max_deliveries": "an entry delivered more often than this goes to the dead-letter stream",
+    "max_attempts": "failed pushes of one SKU (circuit closed, 429s not counted) before it is dead-lettered",
+    "retention_ms": "the trimmer keeps at least this much history (ms)",
+    "trim_interval_ms": "how often this worker trims the streams (ms; 0: never)",
+    "heartbeat_ms": "how often the worker writes its status to Redis (ms)",
+}
+_DEFAULTS = {f.name: f.default for f in fields(WorkerOptions)}
+WORKER_HELP = ("Run channel workers until SIGTERM/SIGINT. Several processes of a channel share its work. First "
+               "the start-up checks: every channel named is configured and its credentials are set (else exit 2), "
+               "Redis answers (else exit 1), its maxmemory-policy cannot evict keys (else exit 2; "
+               "STOCKSYNC_ALLOW_EVICTION=1 starts anyway). Settings of the [worker] table not given here come "
+               "from the config file. Runs on uvloop when it is installed (STOCKSYNC_LOOP=auto|uvloop|asyncio).")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    w = subparsers.add_parser("worker", help="push stock changes to the channels (consumer groups)",
-                              description="Run channel workers until SIGTERM/SIGINT. Several processes of a "
-                              "channel share its work. Runs on uvloop when it is installed "
-                              "(STOCKSYNC_LOOP=auto|uvloop|asyncio).")
-    w.add_argument("--channel", "-c", action="append", help="a channel to run (repeatable; default: all)")
-    w.add_argument("--consumer", help="consumer name (default: <host>-<pid>-<random suffix>, fixed for the process)")
-    w.add_argument("--lag-file", help="at exit, write [commit ms, accepted ms, rank (0 drop to 0, 1 urgent, "
-                   "2 normal)] per accepted entry, per channel, here (JSON; used by bench/propagation.py)")
-    for name in OPTION_FLAGS:
-        w.add_argument("--" + name.replace("_", "-"), type=int, dest=name, help=f"worker.{name}")
-    w.set_defaults(run=cmd_worker, sync=True)
-
+    _register_worker(subparsers)
     d = subparsers.add_parser("dlq", help="dead letters of a channel: list, replay")
     dsub = d.add_subparsers(dest="dlq_command", required=True)
-    ls = dsub.add_parser("list", help="list a channel's dead letters")
-    ls.add_argument("channel")
-    ls.add_argument("--count", type=int, default=100)
-    ls.add_argument("--json", action="store_true")
+    ls = dsub.add_parser("list", help="list a channel's dead letters, oldest first")
+    ls.add_argument("channel", help="the channel's name in the config file")
+    ls.add_argument("--count", type=int, default=100, help="list at most this many")
+    ls.add_argument("--json", action="store_true", help="one JSON document instead of lines of text")
     ls.set_defaults(run=cmd_dlq_list, sync=True)
     rp = dsub.add_parser("replay", help="push the current quantity of dead-lettered SKUs, then remove them",
                          description="Push the current quantity of the channel's dead-lettered SKUs (all, or "
                          "--sku/--id), then remove the dead letters of those the channel accepted or already "
                          "had at their current version, or that no longer exist. Failures are printed and "
                          "their entries stay (exit 1).")
-    rp.add_argument("channel")
-    rp.add_argument("--sku", action="append", help="only this SKU (repeatable)")
-    rp.add_argument("--id", action="append", help="only this dead-letter entry (repeatable)")
+    rp.add_argument("channel", help="the channel's name in the config file")
+    rp.add_argument("--sku", action="append", help="only this SKU (repeatable; default: every SKU listed)")
+    rp.add_argument("--id", action="append", help="only this dead-letter entry (repeatable; default: all)")
     rp.set_defaults(run=cmd_dlq_replay, sync=True)
 
     r = subparsers.add_parser("resync", help="push the current quantity of every SKU (or some) to a channel",
@@ -66,15 +73,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "after listings were edited by hand on the marketplace, or to fill a new "
                               "listing. Runs beside the workers (each SKU under its push lease). Exit 1 if a "
                               "SKU failed or a --sku does not exist.")
-    r.add_argument("channel")
+    r.add_argument("channel", help="the channel's name in the config file")
     r.add_argument("--sku", action="append", type=_sku_arg, help="only this SKU (repeatable; default: every SKU)")
     r.add_argument("--missing", action="store_true",
                    help="only SKUs the channel has not accepted at their current version")
     r.set_defaults(run=cmd_resync, sync=True)
 
     s = subparsers.add_parser("status", help="per channel: lag, pending, dead letters, last push, circuit")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--channel", "-c", action="append", help="only this channel (repeatable; default: every one)")
+    s.add_argument("--json", action="store_true", help="one JSON document, with each worker's heartbeat")
+    s.add_argument("--healthy", action="store_true",
+                   help="exit 1 unless every channel shown has a live worker (for health checks)")
     s.set_defaults(run=cmd_status, sync=True)
+
+
+def _register_worker(subparsers: argparse._SubParsersAction) -> None:
+    w = subparsers.add_parser("worker", help="push stock changes to the channels (consumer groups)",
+                              description=WORKER_HELP)
+    w.add_argument("--channel", "-c", action="append", help="a channel to run (repeatable; default: every one configured)")
+    w.add_argument("--consumer", help="consumer name (default: <host>-<pid>-<random suffix>, fixed for the process)")
+    w.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                   help="serve /metrics (Prometheus) and /healthz on this port (0: none)")
+    w.add_argument("--metrics-host", default=metrics.DEFAULT_METRICS_HOST, metavar="HOST",
+                   help="address of the metrics endpoint (0.0.0.0 for every interface)")
+    w.add_argument("--lag-file", help="at exit, write [commit ms, accepted ms, rank (0 drop to 0, 1 urgent, "
+                   "2 normal)] per accepted entry, per channel, here (JSON; used by bench/propagation.py; default: none)")
+    for name, text in OPTION_FLAGS.items():
+        w.add_argument("--" + name.replace("_", "-"), type=int, dest=name, metavar="N",
+                       help=f"{text} (default: worker.{name} of the config file, else {_DEFAULTS[name]})")
+    w.set_defaults(run=cmd_worker, sync=True, log_default="info")
 
 
 def _sku_arg(value: str) -> str:
@@ -84,49 +111,31 @@ def _sku_arg(value: str) -> str:
     return value
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = getattr(args, "settings", None)
-    return settings if isinstance(settings, Settings) else Settings.load(getattr(args, "config", None))
-
-
-def _run(coro) -> int:
-    try:
-        return asyncio.run(coro)
-    except SettingsError as e:
-        print(f"stocksync: {e}", file=sys.stderr)
-        return 2
+def _channel(settings: Settings, name: str):
+    configs = load_channels(settings)
+    return configs[known(configs, [name])[0]]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:  # `stocksync worker` too, not only `python -m consumers worker`: uvloop when importable
-        use_event_loop()
-    except SettingsError as e:
-        print(f"stocksync: {e}", file=sys.stderr)
-        return 2
+    use_event_loop()  # (before the loop exists) `stocksync worker` too: uvloop when importable
+    settings = args.settings
+    overrides = {name: getattr(args, name, None) for name in OPTION_FLAGS}
+    options = WorkerOptions.from_settings(settings, consumer=args.consumer, **overrides)
+    channels_to_run(settings, args.channel)  # (refused before anything connects)
 
     async def main() -> int:
-        settings = _settings(args)
-        overrides = {name: getattr(args, name, None) for name in OPTION_FLAGS}
-        options = WorkerOptions.from_settings(settings, consumer=args.consumer, **overrides)
-        await run_workers(settings, args.channel, options, lag_file=args.lag_file)
+        await preflight.check(settings)
+        async with metrics.serving(args.metrics_host, args.metrics_port):
+            await run_workers(settings, args.channel, options, lag_file=args.lag_file)
         return 0
 
-    return _run(main())
-
-
-def _channel(settings: Settings, name: str):
-    configs = load_channels(settings)
-    if name not in configs:
-        raise SettingsError(f"no channel named {name!r} (configured: {', '.join(configs) or 'none'})")
-    return configs[name]
+    return asyncio.run(main())
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     async def main() -> int:
-        settings = _settings(args)
-        async with await StockStore.connect(settings) as store:
+        _channel(args.settings, args.channel)
+        async with await StockStore.connect(args.settings) as store:
             letters = await dlq.list_dead_letters(store.redis, store.keys, args.channel, args.count)
         if args.json:
             print(orjson.dumps([_as_dict(d) for d in letters]).decode())
@@ -136,7 +145,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
             print(f"{len(letters)} dead letter(s) for {args.channel}", file=sys.stderr)
         return 0
 
-    return _run(main())
+    return asyncio.run(main())
 
 
 def _as_dict(d: dlq.DeadLetter) -> dict:
@@ -145,7 +154,7 @@ def _as_dict(d: dlq.DeadLetter) -> dict:
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     async def main() -> int:
-        settings = _settings(args)
+        settings = args.settings
         config = _channel(settings, args.channel)
         recheck_ms = WorkerOptions.from_settings(settings).recheck_ms  # (pushed again as a worker would)
         async with await StockStore.connect(settings) as store:
@@ -157,12 +166,12 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             print(f"failed {sku}: {error}", file=sys.stderr)
         return 0 if report.ok else 1
 
-    return _run(main())
+    return asyncio.run(main())
 
 
 def cmd_resync(args: argparse.Namespace) -> int:
     async def main() -> int:
-        settings = _settings(args)
+        settings = args.settings
         config = _channel(settings, args.channel)
         shown = [time.monotonic()]
 
@@ -187,26 +196,28 @@ def cmd_resync(args: argparse.Namespace) -> int:
               f"{report.busy} being pushed by a worker, {report.gone} unknown, {report.failed + report.refused} failed")
         return 0 if report.ok and not unknown else 1
 
-    return _run(main())
+    return asyncio.run(main())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     async def main() -> int:
-        settings = _settings(args)
-        names = list(load_channels(settings))
-        async with await StockStore.connect(settings) as store:
+        configs = load_channels(args.settings)
+        names = known(configs, args.channel) if args.channel else list(configs)
+        async with await StockStore.connect(args.settings) as store:
             status = await channel_status(store.redis, store.keys, names)
         print(orjson.dumps(status).decode() if args.json else format_table(status))
+        if args.healthy:
+            dead = [name for name, s in status.items() if not any(w["alive"] for w in s["workers"])]
+            if dead:
+                print(f"no live worker for {', '.join(dead)}", file=sys.stderr)
+                return commandline.REFUSED
         return 0
 
-    return _run(main())
+    return asyncio.run(main())
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m consumers ...`: the same commands as `stocksync worker|dlq|resync|status`."""
     parser = argparse.ArgumentParser(prog="python -m consumers")
-    parser.add_argument("--config", help="TOML settings file (default: $STOCKSYNC_CONFIG)")
-    parser.add_argument("--log-level", default="INFO")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.run(args)
+    return commandline.main(commandline.finish(parser), argv)

@@ -84,6 +84,7 @@ class Housekeeping:
     async def heartbeat(self) -> None:
         s = self.state
         await s.redis.hset(s.keys.channel_status(s.channel), s.consumer, orjson.dumps(s.status()))
+        s.beat_at = time.monotonic()
 
     async def _trim(self) -> None:
         s = self.state

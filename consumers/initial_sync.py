@@ -41,6 +41,8 @@ class InitialSync:
         s = self.state
         delay = 1.0
         progress = _Progress(s, p)
+        log.info("%s: initial sync of partition %d: pushing every SKU the channel does not have at its current "
+                 "version (progress every 10 s)", s.channel, p)
         while not s.stopping.is_set():
             await s.channel_open()
             try:

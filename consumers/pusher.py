@@ -99,6 +99,7 @@ class Pusher:
         """What each SKU's outcome means for this worker (before the cycle records and acknowledges)."""
         s = self.state
         if rnd.called:
+            s.push_seconds.observe(time.monotonic() - rnd.claimed_at)  # (the call came right after the claims)
             self._heard(rnd.error, probe)
         closed = s.breaker.state == CLOSED or probe
         for p in rnd.pushed:

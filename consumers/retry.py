@@ -3,13 +3,15 @@
 The breaker counts consecutive failed calls of the whole channel (a SKU the channel refuses for good is
 not the channel failing). After `threshold` of them it opens: the worker stops pulling and pushing. When
 the open period ends it lets one probe call through (half open); success closes it, failure opens it
-again for twice as long, up to `max_open_s`.
+again for twice as long, up to `max_open_s`. `on_change(old, new)` hears of every change of state (the
+worker logs them and counts them).
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -26,15 +28,26 @@ def backoff_s(attempt: int, base_s: float, cap_s: float, retry_after: float | No
 
 class CircuitBreaker:
     def __init__(self, threshold: int = 5, open_s: float = 1.0, max_open_s: float = 30.0,
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, on_change: Callable[[str, str], None] | None = None) -> None:
         self.threshold, self.open_s, self.max_open_s = max(threshold, 1), open_s, max_open_s
         self.clock = clock
-        self.state = CLOSED
+        self.on_change = on_change
+        self._state = CLOSED
         self.failures = 0
         self.opens = 0  # consecutive openings (the open period doubles with each)
         self.until = 0.0
         self.probing = False
         self.opened_total = 0
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, new: str) -> None:
+        old, self._state = self._state, new
+        if new != old and self.on_change is not None:
+            self.on_change(old, new)
 
     def allow(self) -> bool:
         """May a call start now? In half-open state, only one (the probe) until it reports."""
@@ -66,4 +79,5 @@ class CircuitBreaker:
         period = min(self.open_s * 2 ** self.opens, self.max_open_s)
         self.opens += 1
         self.opened_total += 1
-        self.state, self.until, self.probing = OPEN, self.clock() + period, False
+        self.until, self.probing = self.clock() + period, False
+        self.state = OPEN  # (last: on_change sees the new open period)

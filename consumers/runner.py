@@ -12,12 +12,12 @@ from pathlib import Path
 
 import orjson
 
-from stocksync.channels import load_channels
+from stocksync.channels import known, load_channels
 from stocksync.orders.pollers.service import OrderPollers
 from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 
-from .adapters import check_options
+from .adapters import check_credentials, check_options
 from .options import WorkerOptions
 from .worker import Accepted, ChannelWorker
 
@@ -49,19 +49,27 @@ def use_event_loop(choice: str | None = None) -> str:
     return "uvloop"
 
 
+def channels_to_run(settings: Settings, channels: Iterable[str] | None = None) -> tuple[dict, list[str]]:
+    """The configured channels and the names of those to run (all by default), refused (SettingsError,
+    naming what to fix) before anything connects: an unknown channel, an option its kind does not read,
+    a credential its pushes need that is not set."""
+    configs = load_channels(settings)
+    names = known(configs, channels) if channels else list(configs)
+    if not names:
+        raise SettingsError("no channel configured")
+    for name in names:
+        check_options(configs[name])
+        check_credentials(configs[name])
+    return configs, names
+
+
 async def run_workers(settings: Settings, channels: Iterable[str] | None = None, options: WorkerOptions | None = None,
                       *, lag_file: str | None = None, ready: asyncio.Event | None = None) -> None:
     """Run one ChannelWorker per channel (all configured ones by default) until SIGTERM or SIGINT.
 
     lag_file: at exit, write {channel: [[commit_ms, accepted_ms, rank], ...]} for every entry the
     channel accepted (used by bench/propagation.py)."""
-    configs = load_channels(settings)
-    names = list(channels) if channels else list(configs)
-    missing = [n for n in names if n not in configs]
-    if missing or not names:
-        raise SettingsError(f"no channel configured named {', '.join(missing)}" if missing else "no channel configured")
-    for name in names:  # (refused before anything starts)
-        check_options(configs[name])
+    configs, names = channels_to_run(settings, channels)
     options = options or WorkerOptions.from_settings(settings)
     lags: dict[str, list[tuple[int, int, int]]] = {n: [] for n in names}
 

@@ -5,7 +5,8 @@ same things, held here:
 
 * the entries held for pushing, per SKU (the coalescer), and the channel's SKU names (skumap);
 * the channel's health: its circuit breaker, the channel-wide pause of a 429 (`paused_until`, its
-  Retry-After), the last error and the counters the heartbeat reports;
+  Retry-After), the last error and the counters the heartbeat reports (and the worker's /metrics); each
+  change of the circuit and each throttled period is logged (consumers/health.py);
 * the worker's life: `stopping`, the gate the readers wait on (`pull_ok`: closed while the circuit is
   not closed or past the hard cap of held entries, twice max_pending), and the push tasks under way,
   which a stopping worker lets finish.
@@ -26,6 +27,8 @@ from stocksync.keys import Keys
 
 from .adapters import Adapter
 from .coalescer import Coalescer
+from .health import ChannelHealth
+from .metrics import push_seconds
 from .options import WorkerOptions
 from .ranks import PushOrder
 from .retry import CLOSED, CircuitBreaker
@@ -39,20 +42,35 @@ class ChannelState:
         self.redis, self.keys, self.config, self.options, self.adapter = redis, keys, config, options, adapter
         self.channel, self.consumer = config.name, options.consumer
         o = options
-        self.breaker = CircuitBreaker(o.breaker_threshold, o.breaker_open_ms / 1000, o.breaker_max_open_ms / 1000)
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.last_error = ""
+        self.health = ChannelHealth(self.channel, self.stats, lambda: self.last_error)
+        self.breaker = CircuitBreaker(o.breaker_threshold, o.breaker_open_ms / 1000, o.breaker_max_open_ms / 1000,
+                                      on_change=lambda old, new: self.health.circuit_changed(self.breaker, old, new))
         self.risk = RiskModel(config.name, config.rules)
         self.coalescer = Coalescer(PushOrder(self.risk.listed, o.low_stock),
                                    lambda e: self.risk.risk(e.sku, e.available, e.delta))
         self.skus = ChannelSkus(redis, keys, config)
         self.hard_cap = 2 * o.max_pending  # held entries past which reads stop
-        self.paused_until = 0.0  # a 429's Retry-After, channel-wide
+        self._paused_until = 0.0  # a 429's Retry-After, channel-wide
         self.in_flight = 0  # pushes under way
-        self.stats: collections.Counter[str] = collections.Counter()
         self.last_push_ms = 0
-        self.last_error = ""
+        self.beat_at = 0.0  # when the last heartbeat reached Redis (time.monotonic(); the worker's /healthz)
+        self.push_seconds = push_seconds(self.channel)  # each marketplace call's duration (observe)
         self.stopping = asyncio.Event()
         self.pull_ok = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()  # pushes (and retirements of channel SKUs) under way
+
+    @property
+    def paused_until(self) -> float:
+        return self._paused_until
+
+    @paused_until.setter
+    def paused_until(self, until: float) -> None:
+        longer = until > self._paused_until
+        self._paused_until = until
+        if longer:
+            self.health.paused(until)
 
     def spawn(self, coro: Coroutine) -> asyncio.Task:
         """A task the worker lets finish when it stops (for a while: then it is cancelled)."""

@@ -1,5 +1,5 @@
-"""Per channel: lag, pending, dead letters, last push, circuit state, oversell risk (for `stocksync status`
-and the API).
+"""Per channel: lag, pending, dead letters, last push, circuit state, oversell risk (for `stocksync status`,
+the API's /v1/channels, and its /metrics through `metric_families`).
 
 Lag and pending come from the consumer groups (XINFO GROUPS: entries not yet delivered, and delivered
 but not acknowledged), dead letters from the dead-letter streams, and the rest from the heartbeats the
@@ -14,12 +14,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import ResponseError
 
 from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
 
 SEVERITY = {"open": 3, "half_open": 2, "throttled": 1, "closed": 0}
+CIRCUIT_STATES = ("closed", "throttled", "half_open", "open", "no_worker")
 
 
 async def channel_status(redis: AnyRedis, keys: Keys, channels: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -87,3 +89,48 @@ def format_table(status: dict[str, dict[str, Any]]) -> str:
         lines.append(f"{channel:<16} {lag:>8} {s['pending']:>8} {oldest:>9} {s['dead_letters']:>6} {last:>10} "
                      f"{s['circuit']:<10} {s['oversell_risk_units']:>7.2f} {alive}")
     return "\n".join(lines)
+
+
+def metric_families(status: dict[str, dict[str, Any]]) -> list[GaugeMetricFamily]:
+    """The same numbers as Prometheus gauges (read from Redis at each scrape, so every API process answers
+    the same; the workers' own counters are on their endpoints, consumers/metrics.py):
+
+        stocksync_channel_lag_entries{channel}                  entries not yet delivered to the group
+        stocksync_channel_pending_entries{channel}              delivered, not yet acknowledged
+        stocksync_channel_oldest_pending_age_seconds{channel}   age of the oldest of them (0: none)
+        stocksync_channel_dead_letters{channel}                 entries in the dead-letter streams
+        stocksync_channel_circuit_state{channel,state}          1 for the worst state among live workers
+                                                                (no_worker: none alive)
+        stocksync_channel_workers{channel}                      workers with a live heartbeat
+        stocksync_channel_last_push_timestamp_seconds{channel}  the last call the channel accepted
+        stocksync_oversell_risk_units{channel}                  expected units the channel sells that are
+                                                                not there before its held pushes land
+                                                                (live workers' sum; consumers/risk.py)
+    """
+    def gauge(name: str, text: str, labels=("channel",)) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, text, labels=list(labels))
+
+    lag = gauge("stocksync_channel_lag_entries", "Entries of the events streams not yet delivered to the channel")
+    pending = gauge("stocksync_channel_pending_entries", "Entries delivered to a worker, not yet acknowledged")
+    oldest = gauge("stocksync_channel_oldest_pending_age_seconds", "Age of the oldest pending entry (0: none)")
+    dead = gauge("stocksync_channel_dead_letters", "Entries in the channel's dead-letter streams")
+    circuit = gauge("stocksync_channel_circuit_state", "1 for the channel's circuit state (the worst among live "
+                    "workers; no_worker when none is alive)", ("channel", "state"))
+    workers = gauge("stocksync_channel_workers", "Workers of the channel with a live heartbeat")
+    last = gauge("stocksync_channel_last_push_timestamp_seconds", "When the channel last accepted a call (Unix time)")
+    risk = gauge("stocksync_oversell_risk_units", "Expected units the channel sells that are not there, before "
+                 "the pushes its workers hold land (docs/oversell-risk.md)")
+    for channel, s in status.items():
+        if s["lag"] is not None:
+            lag.add_metric([channel], s["lag"])
+        pending.add_metric([channel], s["pending"])
+        oldest.add_metric([channel], (s["oldest_pending_age_ms"] or 0) / 1000)
+        dead.add_metric([channel], s["dead_letters"])
+        state = s["circuit"].replace(" ", "_")
+        for name in CIRCUIT_STATES:
+            circuit.add_metric([channel, name], 1.0 if name == state else 0.0)
+        workers.add_metric([channel], sum(1 for w in s["workers"] if w["alive"]))
+        if s["last_push_ms"]:
+            last.add_metric([channel], s["last_push_ms"] / 1000)
+        risk.add_metric([channel], s["oversell_risk_units"])
+    return [lag, pending, oldest, dead, circuit, workers, last, risk]

@@ -32,11 +32,12 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
+from stocksync import logs
 from stocksync.channels import ChannelConfig
 from stocksync.connection import AnyRedis
 from stocksync.keys import Keys
 
-from . import groups
+from . import groups, metrics
 from .adapters import Adapter, make_adapter
 from .cycle import PushCycle, owner_name, recheck_delay_s
 from .dispatcher import Dispatcher
@@ -58,6 +59,7 @@ class ChannelWorker:
                  adapter: Adapter | None = None, on_accept: Callable[[Accepted], None] | None = None) -> None:
         options = options or WorkerOptions()
         adapter = adapter or make_adapter(config)
+        on_accept = _both(metrics.Propagation(config.name), on_accept)  # (the propagation lag histogram)
         self.state = s = ChannelState(redis, keys, config, options, adapter)
         self.channel, self.adapter, self.breaker, self.coalescer, self.stats = (
             s.channel, adapter, s.breaker, s.coalescer, s.stats)
@@ -77,9 +79,15 @@ class ChannelWorker:
         self.initial_sync = InitialSync(s, PushCycle(redis, keys, config, adapter, s.skus, sync_ledger,
                                                      recheck_s=recheck_s, listed=s.risk.listed))
         self.started = asyncio.Event()
+        metrics.watch(self)
 
     async def run(self) -> None:
-        """Run until stop() (or cancellation); in-flight pushes are allowed to finish."""
+        """Run until stop() (or cancellation); in-flight pushes are allowed to finish. Every record logged
+        by the worker's tasks carries its channel and consumer name (stocksync.logs)."""
+        with logs.bound(channel=self.state.channel, worker=self.state.consumer):  # (tasks made inside inherit it)
+            await self._run()
+
+    async def _run(self) -> None:
         s = self.state
         unsynced = await groups.ensure_groups(s.redis, s.keys, s.channel, s.options.start_id)
         await s.skus.refresh()
@@ -115,6 +123,9 @@ class ChannelWorker:
         except RedisError:
             pass
         await s.adapter.close()
+        s.health.close()
+        metrics.forget(self)
+        log.info("worker %s of channel %s stopped", s.consumer, s.channel)
 
     def stop(self) -> None:
         self.state.stopping.set()
@@ -124,3 +135,14 @@ class ChannelWorker:
 
     async def heartbeat(self) -> None:
         await self.housekeeping.heartbeat()
+
+
+def _both(first: Callable[[Accepted], None], second: Callable[[Accepted], None] | None) -> Callable[[Accepted], None]:
+    if second is None:
+        return first
+
+    def both(accepted: Accepted) -> None:
+        first(accepted)
+        second(accepted)
+
+    return both

@@ -120,7 +120,8 @@ class ChannelConfig:
         """A credential's value from the environment; the error names the variable, never a value."""
         var = self.credentials.get(name)
         if not var:
-            raise SettingsError(f"channel {self.name}: no credential {name!r} configured")
+            raise SettingsError(f"channel {self.name}: no credential {name!r} configured (channels.{self.name}."
+                                f"credentials names the environment variable that holds it: {name} = \"VARIABLE\")")
         value = os.environ.get(var, "")
         if not value:
             raise SettingsError(f"channel {self.name}: environment variable {var} (credential {name!r}) is not set")
@@ -129,6 +130,18 @@ class ChannelConfig:
 
 def load_channels(settings: Settings) -> dict[str, ChannelConfig]:
     return {name: parse_channel(name, table) for name, table in settings.section("channels").items()}
+
+
+def known(channels: Mapping[str, ChannelConfig], names: Iterable[str]) -> list[str]:
+    """The names, each checked against the configured channels: an unknown one is a SettingsError that
+    lists the configured ones (a typo never reads as "nothing to do")."""
+    names = list(names)
+    missing = [n for n in names if n not in channels]
+    if missing:
+        listed = ", ".join(sorted(channels)) or "none"
+        raise SettingsError(f"no channel named {', '.join(repr(n) for n in missing)} is configured (configured: "
+                            f"{listed})")
+    return names
 
 
 def parse_channel(name: str, table: Mapping[str, Any]) -> ChannelConfig:

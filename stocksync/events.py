@@ -93,6 +93,11 @@ async def follow(redis: AnyRedis, keys: Keys, since: str = "$", block_ms: int = 
                 raise item
             yield item
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        pending = set(tasks)
+        while pending:  # (a cancellation that lands as a reply arrives can be lost in redis-py: ask again)
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+        for t in tasks:  # (their failures were handed over through the queue)
+            if not t.cancelled():
+                t.exception()

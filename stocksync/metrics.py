@@ -4,11 +4,17 @@ Each app gets its own registry (so tests can build many apps); `/metrics` serves
 default registry, which holds the process collectors and whatever channel workers running in the same
 process register there. With several uvicorn workers, set PROMETHEUS_MULTIPROC_DIR to a fresh empty
 directory before starting: each scrape then sums every worker (prometheus-client's multiprocess mode).
+
+`stocksync_build_info{version, library_version, python} 1` (the package's version, the Lua library's it
+ships, the interpreter's) is on the default registry of every stocksync process, and in the multiprocess
+exposition too. The per-channel numbers come from consumers/status.py (the API, read from Redis) and
+consumers/metrics.py (a worker process's own).
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from typing import Any
 
 from prometheus_client import (
@@ -19,8 +25,33 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.core import GaugeMetricFamily
+
+from . import __version__, functions
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class BuildInfo:
+    """stocksync_build_info: 1, labelled with the versions (a collector: no value kept in multiprocess files)."""
+
+    def __init__(self) -> None:
+        self.labels = [__version__, functions.library_version(), platform.python_version()]
+
+    def collect(self):
+        family = GaugeMetricFamily("stocksync_build_info", "stocksync's version, its function library's and "
+                                   "Python's (always 1)", labels=["version", "library_version", "python"])
+        family.add_metric(self.labels, 1.0)
+        yield family
+
+
+BUILD_INFO = BuildInfo()
+REGISTRY.register(BUILD_INFO)
+
+
+def process_exposition() -> bytes:
+    """The default registry: process collectors, build info, and whatever this process registered there."""
+    return generate_latest(REGISTRY)
 
 
 class Metrics:
@@ -62,6 +93,7 @@ class Metrics:
         if self.multiprocess:
             registry = CollectorRegistry()
             _multiprocess.MultiProcessCollector(registry)
+            registry.register(BUILD_INFO)
             return generate_latest(registry)
         return generate_latest(self.registry) + generate_latest(REGISTRY)
 

@@ -5,6 +5,9 @@
     STOCKSYNC_PREFIX      key prefix (default stocksync)
     STOCKSYNC_PARTITIONS  partitions for a new deployment (stored in <prefix>:meta on first use)
     STOCKSYNC_IDEM_TTL    seconds a reference is remembered (default 172800, 48 hours)
+    STOCKSYNC_ALLOW_EVICTION  1 to let serve and worker start on a Redis whose maxmemory-policy can evict
+                          keys (volatile-*, allkeys-*), which breaks exactly-once and the push leases
+                          (stocksync.preflight); default: refused
     STOCKSYNC_CONFIG      path of a TOML file with the same names in lower case, and the
                           sections later parts read (channels, api, ...)
 """
@@ -32,6 +35,7 @@ _ENV = {
     "prefix": "STOCKSYNC_PREFIX",
     "partitions": "STOCKSYNC_PARTITIONS",
     "idem_ttl_s": "STOCKSYNC_IDEM_TTL",
+    "allow_eviction": "STOCKSYNC_ALLOW_EVICTION",
 }
 
 
@@ -42,6 +46,7 @@ class Settings:
     prefix: str = DEFAULT_PREFIX
     partitions: int = 1
     idem_ttl_s: int = 48 * 3600
+    allow_eviction: bool = False
     # Sections of the TOML file that other parts of stocksync read (channels, api, ...).
     sections: Mapping[str, Any] = field(default_factory=dict)
 
@@ -104,11 +109,12 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
                 out[name] = int(out[name])
             except (TypeError, ValueError):
                 raise SettingsError(f"{name} must be an integer, got {out[name]!r}") from None
-    if "cluster" in out and not isinstance(out["cluster"], bool):
-        text = str(out["cluster"]).strip().lower()
-        if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-            raise SettingsError(f"cluster must be true or false, got {out['cluster']!r}")
-        out["cluster"] = text in ("1", "true", "yes", "on")
+    for name in ("cluster", "allow_eviction"):
+        if name in out and not isinstance(out[name], bool):
+            text = str(out[name]).strip().lower()
+            if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise SettingsError(f"{name} must be true or false, got {out[name]!r}")
+            out[name] = text in ("1", "true", "yes", "on")
     return out
 
 

@@ -124,6 +124,24 @@ class StockStore:
                                                None if expected is None else _int(expected)))
         return await self._pipelined(calls)
 
+    async def get_many(self, skus: Iterable[str]) -> list[Stock | None]:
+        """Each SKU's stock (None where it does not exist), in one round trip."""
+        replies = await self._pipelined([library.get(self.keys, _sku(sku)) for sku in skus])
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return replies
+
+    async def references_exist(self, items: Iterable[tuple[str, str]]) -> list[bool]:
+        """For each (sku, ref): whether a change under that reference is remembered (it would replay), in
+        one round trip."""
+        calls = [library.ref(self.keys, self.keys.partition(sku), ref) for sku, ref in items]
+        results = await self._pipelined(calls)
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return [r is not None for r in results]
+
     async def skus(self, partition: int | None = None, count: int = 1000):
         """Yield every SKU (optionally of one partition); SCAN, so safe on a live server."""
         for p in range(self.keys.partitions) if partition is None else [partition]:

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from stocksync import functions
-from stocksync.cli import _parser
+from stocksync.cli import build_parser
 from stocksync.devtools.testing import SIMULATOR_ENV, config, toml_channel
 from stocksync.embedded import EmbeddedRedis
 
@@ -47,7 +47,7 @@ def test_every_stocksync_line_parses():
     assert len(lines) >= 10
     for command in lines:
         for argv in variants(command):
-            _parser().parse_args(argv)  # exits (SystemExit) on an unknown command or option
+            build_parser().parse_args(argv)  # exits (SystemExit) on an unknown command or option
 
 
 def test_both_make_targets_exist():

@@ -1,5 +1,6 @@
 """One adapter per marketplace API; `make_adapter(config)` picks it by the channel's kind, and
-`check_options(config)` refuses options that kind of channel does not read (before anything starts)."""
+`check_options(config)` refuses options that kind of channel does not read and `check_credentials(config)`
+credentials its pushes need that are missing (before anything starts)."""
 
 from __future__ import annotations
 
@@ -26,5 +27,11 @@ def check_options(config: ChannelConfig) -> None:
     ADAPTERS[config.kind].check_options(config)
 
 
+def check_credentials(config: ChannelConfig) -> None:
+    """Raise SettingsError, naming the environment variable, for a credential the channel's pushes read
+    that is not configured or not set."""
+    ADAPTERS[config.kind].check_credentials(config)
+
+
 __all__ = ["ADAPTERS", "Adapter", "PermanentError", "PushError", "Result", "TransientError", "Update",
-           "check_options", "make_adapter"]
+           "check_credentials", "check_options", "make_adapter"]

@@ -29,6 +29,7 @@ class AmazonAdapter(Adapter):
     default_rate = 5.0
     default_burst = 10.0
     OPTIONS = Adapter.OPTIONS | {"seller_id", "marketplace_id", "product_type", "fulfillment_channel_code"}
+    CREDENTIALS = ("access_token",)
 
     def __init__(self, config, session=None) -> None:
         super().__init__(config, session)

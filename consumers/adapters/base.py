@@ -208,6 +208,7 @@ class Adapter:
     default_burst: float = 1.0
     default_timeout_s = 5.0
     OPTIONS: frozenset[str] = COMMON_OPTIONS  # the keys of the channel's `options` table this adapter reads
+    CREDENTIALS: tuple[str, ...] = ()  # the credentials its pushes read (checked when a worker starts)
 
     # read from the channel's options (declared here: the worker reads them, and nothing else of an adapter)
     timeout_s: float  # a call's timeout (the worker also derives its recheck delay from it)
@@ -242,6 +243,13 @@ class Adapter:
             value = config.options.get(name)
             if value is not None and not (isinstance(value, kind) and not isinstance(value, bool) and test(value)):
                 raise SettingsError(f"channels.{config.name}.options.{name} must be {bound}, got {value!r}")
+
+    @classmethod
+    def check_credentials(cls, config: ChannelConfig) -> None:
+        """Refuse, naming the environment variable, a credential the pushes read that is not configured
+        or not set: found at start, not as a failure of every push."""
+        for name in cls.CREDENTIALS:
+            config.secret(name)
 
     @property
     def session(self) -> aiohttp.ClientSession:

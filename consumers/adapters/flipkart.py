@@ -28,6 +28,7 @@ class FlipkartAdapter(Adapter):
     max_batch = 10
     default_in_flight = 8
     OPTIONS = Adapter.OPTIONS | {"location_id", "product_ids", "product_id_format"}
+    CREDENTIALS = ("access_token",)
 
     def __init__(self, config, session=None) -> None:
         super().__init__(config, session)

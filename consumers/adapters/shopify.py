@@ -61,6 +61,7 @@ class ShopifyAdapter(Adapter):
     max_batch = 250
     default_in_flight = 4
     OPTIONS = Adapter.OPTIONS | {"location_id", "api_version", "reason"}
+    CREDENTIALS = ("token",)
 
     def __init__(self, config, session=None) -> None:
         super().__init__(config, session)

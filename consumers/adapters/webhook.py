@@ -32,6 +32,7 @@ class WebhookAdapter(Adapter):
     default_in_flight = 8
     default_batch = 100
     OPTIONS = Adapter.OPTIONS | {"path"}
+    CREDENTIALS = ("secret",)
 
     def __init__(self, config, session=None) -> None:
         super().__init__(config, session)

@@ -5,7 +5,8 @@
 Settings of the API: the [api] table (stocksync.api.context).
 
 Routes: POST /webhooks/{channel} (the channel's kind picks Shopify, Amazon or Flipkart handling), /v1/...
-(stocksync.api.admin), GET /healthz, /readyz, /metrics, /openapi.json.
+(stocksync.api.admin, skus, event_stream, channel_admin), GET /healthz, /readyz, /metrics, /openapi.json.
+Every request gets a request id and an access log record (stocksync.api.access).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from stocksync.orders.webhooks import Unverified
 from stocksync.settings import Settings
 from stocksync.validate import Invalid
 
-from . import admin, channel_admin, event_stream, openapi
+from . import admin, channel_admin, event_stream, openapi, skus
 from . import metrics as http_metrics
+from .access import AccessLogMiddleware
 from .context import Context, build_context
 from .httputil import HTTPError, json_response, read_body, send_json
 
@@ -143,6 +145,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route("/webhooks/{channel}", webhook, methods=["POST"]),
         *admin.routes(),
+        *skus.routes(),
         *event_stream.routes(),
         *channel_admin.routes(),
         Route("/healthz", healthz, methods=["GET"]),
@@ -154,7 +157,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(http_metrics.MetricsMiddleware, metrics=metrics, routes=templates)],
+        middleware=[Middleware(AccessLogMiddleware),
+                    Middleware(http_metrics.MetricsMiddleware, metrics=metrics, routes=templates)],
         exception_handlers={HTTPError: _http_error, HTTPException: _starlette_error,
                             Invalid: _invalid_input, InvalidArgument: _invalid_argument, Exception: _server_error},
     )

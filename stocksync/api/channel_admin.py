@@ -25,6 +25,8 @@ async def list_rejections(request: Request) -> Response:
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise invalid("limit", "must be a whole number from 1 to 1000")
     channel = request.query_params.get("channel") or None
+    if channel is not None:
+        _known(ctx, channel)
     return json_response({"rejections": await ctx.intake.rejections.list(int(limit), channel)})
 
 
@@ -53,10 +55,15 @@ async def apply_rejection(request: Request) -> Response:
 
 
 def _channel(request: Request, ctx: Context):
-    name = request.path_params["channel"]
+    return _known(ctx, request.path_params["channel"])
+
+
+def _known(ctx: Context, name: str):
+    """The channel named, or 404 naming the configured ones (a typo never reads as "nothing there")."""
     channel = ctx.channels.get(name)
     if channel is None:
-        raise HTTPError(404, "unknown_channel", f"no channel {name!r} is configured")
+        raise HTTPError(404, "unknown_channel", f"no channel named {name!r} is configured (configured: "
+                        f"{', '.join(sorted(ctx.channels)) or 'none'})")
     return channel
 
 

@@ -1,5 +1,7 @@
 """GET /v1/events: every partition's events stream as server-sent events; the id: field resumes it
-(Last-Event-ID: one entry ID, or one per partition joined by commas)."""
+(Last-Event-ID: one entry ID, or one per partition joined by commas). As with `stocksync tail --from`, an
+ID may be a time in ms alone (`<ms>` is `<ms>-0`), so `Last-Event-ID: 0` (or `?since=0`) starts from the
+oldest event kept."""
 
 from __future__ import annotations
 
@@ -20,15 +22,16 @@ from .context import context
 from .httputil import HTTPError
 
 log = logging.getLogger(__name__)
-_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_ENTRY_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 
 
 def _parse_cursor(text: str, partitions: int) -> list[str] | None:
     """A Last-Event-ID: one entry ID for every partition, or one per partition joined by commas."""
-    parts = text.split(",")
+    parts = [p.strip() for p in text.split(",")]
     if not all(_ENTRY_ID.match(p) for p in parts) or len(parts) not in (1, partitions):
         raise HTTPError(400, "bad_event_id", "Last-Event-ID must be an entry ID (or one per partition, "
-                        "comma-separated) as sent in the id: field")
+                        "comma-separated) as sent in the id: field, or a time in ms (0: from the beginning)")
+    parts = [p if "-" in p else f"{p}-0" for p in parts]
     return parts * partitions if len(parts) == 1 else parts
 
 

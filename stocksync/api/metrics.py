@@ -1,4 +1,5 @@
-"""The HTTP side of the metrics: the ASGI middleware that counts requests, and GET /metrics."""
+"""The HTTP side of the metrics: the ASGI middleware that counts requests, and GET /metrics (this process's
+registry, and the channels' numbers read from Redis: stocksync.api.channel_metrics)."""
 
 from __future__ import annotations
 
@@ -14,18 +15,21 @@ from starlette.responses import Response
 from stocksync.metrics import Metrics
 from stocksync.orders.pollers import stats as poll_stats
 
+from . import channel_metrics
+
 log = logging.getLogger(__name__)
 
 
 def endpoint(metrics: Metrics):
     async def serve_metrics(request: Request) -> Response:
         ctx = request.app.state.ctx
+        channels = await channel_metrics.exposition(ctx)  # (from Redis: every channel)
         try:  # the order pollers' counter lives in Redis (every process that polls adds to it)
             polled = await poll_stats.exposition(ctx.store.redis, ctx.store.keys, ctx.channels.values())
         except RedisError as e:
             log.warning("stocksync_orders_found_by_polling left out of /metrics: %s", e)
             polled = b""
-        return Response(metrics.exposition() + polled, media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition() + channels + polled, media_type=CONTENT_TYPE_LATEST)
 
     return serve_metrics
 

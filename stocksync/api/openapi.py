@@ -81,6 +81,17 @@ SCHEMAS: dict[str, Any] = {
             "hint": {"type": "string"}}}}}},
     "SkuMapEntry": {"type": "object", "required": ["sku"], "additionalProperties": False,
                     "properties": {"sku": SKU}},
+    "SkuPage": {"type": "object", "required": ["skus", "next_cursor"], "properties": {
+        "skus": {"type": "array", "items": _ref("Stock")},
+        "next_cursor": {"type": ["string", "null"], "description": "pass as `cursor` for the next page; null: done"}}},
+    "ImportReport": {"type": "object", "required": ["rows", "applied", "replayed", "refused", "dry_run"], "properties": {
+        "rows": {"type": "integer", "description": "data rows in the file"},
+        "applied": {"type": "integer", "description": "rows set now"},
+        "replayed": {"type": "integer", "description": "rows set by an earlier import of the same file (unchanged)"},
+        "refused": {"type": "array", "items": {"type": "object", "required": ["line", "sku", "reason"], "properties": {
+            "line": {"type": "integer"}, "sku": {"type": "string"}, "reason": {"type": "string"}}}},
+        "dry_run": {"type": "boolean"},
+        "new": {"type": "integer"}, "changed": {"type": "integer"}, "unchanged": {"type": "integer"}}},
     "WebhookResult": {"type": "object", "required": ["status"], "properties": {
         "status": {"enum": ["applied", "duplicate", "ignored"]}, "event": {"type": "string"},
         "reason": {"type": "string"}, "lines": {"type": "array", "items": {"type": "object"}}}},
@@ -146,6 +157,34 @@ PATHS = {
     "/v1/skus:batch": {"post": _op(
         "Set many SKUs (initial import)", "stock:write", {"200": _json(_ref("BatchResult")), **REPLAYED_ERRORS},
         parameters=[IDEM_REPLAYED], requestBody=_body(_ref("Batch")))},
+    "/v1/skus": {"get": _op(
+        "A page of SKUs with their stock (SCAN over every partition: in no particular order)", "stock:read",
+        {"200": _json(_ref("SkuPage")), "422": ERR},
+        description="A page holds at most `limit` SKUs, possibly fewer (even none, for a rare prefix): go on "
+                    "with `next_cursor` until it is null. A SKU created during the walk may be missed, and one "
+                    "may come twice.",
+        parameters=[{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                     "description": "the `next_cursor` of the previous page (opaque)"},
+                    {"name": "prefix", "in": "query", "schema": {"type": "string"},
+                     "description": "only SKUs that start with this (the cursor keeps it)"}])},
+    "/v1/skus:import": {"post": _op(
+        "Set SKUs' quantities from a CSV file, each row exactly once", "stock:write",
+        {"200": _json(_ref("ImportReport")), **BODY_ERRORS},
+        description="The body is CSV whose first line names the columns sku, available and optionally "
+                    "expected_version (an export's columns are accepted). Each row is applied under a reference "
+                    "made of the file's content and its line: the same file imported again changes nothing. "
+                    "Rows that cannot be read, or whose expected_version differs, are refused with their line; "
+                    "the others are imported.",
+        parameters=[{"name": "dry_run", "in": "query", "schema": {"type": "boolean"},
+                     "description": "change nothing: say what each row would do"},
+                    {**IDEM, "required": False, "description": "required unless dry_run; bound to the file's "
+                     "content (the same key with another file: 422)"}],
+        requestBody={"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}})},
+    "/v1/skus:export": {"get": _op(
+        "Every SKU with its stock, as CSV (importable as it is)", "stock:read",
+        {"200": {"description": "CSV: sku,available,reserved,version,updated_ms,source",
+                 "content": {"text/csv": {"schema": {"type": "string"}}}}})},
     "/v1/orders": {"post": _op(
         "Take a multi-line order, all or nothing", "orders:write",
         {"200": _json(_ref("OrderResult")), "404": ERR, "409": _json(_ref("OrderShort"), "Short lines"),
@@ -155,14 +194,17 @@ PATHS = {
         {"200": {"description": "text/event-stream; each id: resumes through Last-Event-ID",
                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}, "400": ERR, "422": ERR},
         parameters=[
-            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
-            {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "resume after this id: field (an entry ID, or one per partition joined by commas); "
+                            "0 (or a time in ms) starts from the beginning (or that time)"},
+            {"name": "since", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "the same as Last-Event-ID"},
             {"name": "limit", "in": "query", "required": False,
              "schema": {"type": "integer", "minimum": 0}, "description": "end after this many events"}])},
     "/v1/rejections": {"get": _op(
         "Orders with lines that could not be covered", "stock:read",
         {"200": _json({"type": "object", "properties": {"rejections": {"type": "array", "items": _ref("Rejection")}}}),
-         "422": ERR},
+         "404": ERR, "422": ERR},
         parameters=[{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                     {"name": "channel", "in": "query", "schema": {"type": "string"}}])},
     "/v1/rejections/{channel}/{order_id}:apply": {"post": _op(

@@ -14,9 +14,8 @@ import sys
 
 import orjson
 
-from stocksync.channels import ChannelConfig, load_channels
+from stocksync.channels import ChannelConfig, known, load_channels
 from stocksync.metrics import Metrics
-from stocksync.settings import SettingsError
 from stocksync.store import StockStore
 
 from .intake import Intake
@@ -39,9 +38,7 @@ def register(subparsers) -> None:
 
 def _channel(args) -> ChannelConfig:
     channels = load_channels(args.settings)
-    if args.channel not in channels:
-        raise SettingsError(f"no channel {args.channel!r} is configured (known: {', '.join(sorted(channels)) or '-'})")
-    return channels[args.channel]
+    return channels[known(channels, [args.channel])[0]]
 
 
 async def _list(args) -> int:

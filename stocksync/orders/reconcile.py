@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "again: it resumes from the last page applied), 2 on bad input.")
     orders.add_argument("channel", help="a Shopify, Amazon or Flipkart channel of the config file")
     orders.add_argument("--since", help="ISO 8601 time (e.g. 2025-01-31T12:00:00Z; no offset means UTC) to read "
-                        "from; at most STOCKSYNC_IDEM_TTL (less a margin) ago")
+                        "from; at most STOCKSYNC_IDEM_TTL (less a margin) ago (default: the channel's cursor, "
+                        "less poll_overlap_s)")
     orders.set_defaults(run=cmd_reconcile_orders)
 
 

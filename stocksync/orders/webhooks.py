@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -108,6 +109,7 @@ class Webhook:
     """One configured channel's webhook: its verifier and its parser."""
 
     kind = ""
+    CREDENTIALS: tuple[str, ...] = ()  # the credentials it verifies deliveries with
 
     def __init__(self, channel: ChannelConfig) -> None:
         self.channel = channel
@@ -135,6 +137,7 @@ class ShopifyWebhook(Webhook):
     """
 
     kind = "shopify"
+    CREDENTIALS = ("webhook_secret",)
     POLICIES = ("refund", "cancel", "never")
 
     def __init__(self, channel: ChannelConfig) -> None:
@@ -217,6 +220,7 @@ class AmazonWebhook(Webhook):
     """
 
     kind = "amazon"
+    CREDENTIALS = ("webhook_token",)
 
     def __init__(self, channel: ChannelConfig) -> None:
         super().__init__(channel)
@@ -279,6 +283,7 @@ class FlipkartWebhook(Webhook):
     """
 
     kind = "flipkart"
+    CREDENTIALS = ("app_id", "app_secret")
 
     def __init__(self, channel: ChannelConfig) -> None:
         super().__init__(channel)
@@ -459,5 +464,19 @@ def build(channels: dict[str, ChannelConfig]) -> tuple[dict[str, Webhook], dict[
     return hooks, disabled
 
 
+def unset_credentials(channels: dict[str, ChannelConfig]) -> list[str]:
+    """Credentials a channel's webhook reads whose environment variable is named in the config file but not
+    set: a deployment mistake, refused at start (a channel that names none has its webhook disabled: it
+    may take its orders through the order poller only)."""
+    out = []
+    for name, channel in channels.items():
+        cls = RECEIVERS.get(channel.kind)
+        for credential in cls.CREDENTIALS if cls else ():
+            var = channel.credentials.get(credential)
+            if var and not os.environ.get(var):
+                out.append(f"channel {name}: environment variable {var} (credential {credential!r}) is not set")
+    return out
+
+
 __all__ = ["Delivery", "Line", "Restock", "Unverified", "Webhook", "build", "flipkart_authorization",
-           "parse_payload", "payload_parser", "shopify_signature"]
+           "parse_payload", "payload_parser", "shopify_signature", "unset_credentials"]
