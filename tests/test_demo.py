@@ -70,6 +70,11 @@ def test_demo_runs_under_a_minute_and_leaves_nothing_behind():
     assert re.search(r"15-minute polling .*oversold [1-9]", flash), flash
     # every channel converged, in both scenarios, with a time measured from the simulators' calls
     assert len(re.findall(r"every channel listed the final quantity \d+ ms after the last sale", out.stdout)) == 2
+    assert re.search(r"Oversell risk the workers estimated during the sale .*: shopify \d+\.\d\d, amazon", flash)
+    lost = section(out.stdout, "== 3. A lost webhook")
+    assert re.search(r"The Shopify order poller found it \d+ ms later and took 3: available 1", lost), lost
+    assert "refused by Amazon (it lists 1): nothing oversold" in lost
+    assert re.search(r"15-minute polling on the same buyers: sold 5 of 4, oversold 1", lost), lost
     assert "OK: stocksync oversold 0 units and every channel converged" in out.stdout
 
     assert not [pid for pid in child_pids(out.stdout) if running(pid)]

@@ -9,6 +9,9 @@ It starts Redis (embedded, or REDIS_URL), three marketplace simulators, the API 
    units. A buyer orders only if the channel still shows enough (what the simulator was last told, minus
    what that channel sold since), as a marketplace would.
 
+3. a lost webhook (stocksync.devtools.demo_lost_webhook): Shopify's webhook for an order is dropped and
+   the Shopify worker's order poller finds the order.
+
 For each: a timeline, what stocksync did (sold, orders flagged for cancellation, oversold units, how long
 until every simulator listed the final quantity, from the simulators' own call records), and the same
 buyers under a 15-minute polling sync (stocksync.devtools.polling). Exit code 0 only if stocksync oversold nothing
@@ -32,10 +35,12 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import redis.asyncio
 
 from stocksync.orders.webhooks import flipkart_authorization, shopify_signature
 from stocksync.settings import Settings
 
+from .demo_lost_webhook import lost_webhook
 from .polling import Buyer, simulate
 from .sandbox import CHANNELS, Sandbox, SandboxError
 from .simulators import Simulator
@@ -263,17 +268,8 @@ def flash_buyers(rng: random.Random) -> list[Buyer]:
                          f"b{i}") for i in range(BUYERS)), key=lambda b: b.t)
 
 
-async def flash_sale(api: Api, box: Sandbox) -> bool:
-    sku, stock = FLASH_SKU, FLASH_STOCK
-    say(f"\n== 2. Flash sale: {BUYERS} buyers on three channels within {FLASH_WINDOW_S:g} s for {stock} units of {sku} ==")
-    say("   A buyer orders only if their channel still shows stock; real time, no compression.\n")
-    buyers = flash_buyers(random.Random(42))
-    await api.set_stock(sku, stock)
-    if not await wait_listed(box, sku, stock):
-        say("  !! the channels did not list the initial stock")
-        return False
-    fronts = {name: Storefront(sim, sku) for name, sim in box.sims.items()}
-    out, state = Outcome(), {"left": stock, "last_sale_ms": now_ms(), "orders": 0, "sold_out": 0}
+def buying(api: Api, sku: str, out: Outcome, state: dict):
+    """A buyer's order sent as its marketplace's webhook; what stocksync answered counted in out/state."""
 
     async def buy(b: Buyer, sent_ms: int) -> None:
         _, status, available = await api.order(b.channel, sku, b.qty)
@@ -285,9 +281,26 @@ async def flash_sale(api: Api, box: Sandbox) -> bool:
             out.flagged_orders += 1
             out.flagged_units += b.qty
 
+    return buy
+
+
+async def flash_sale(api: Api, box: Sandbox) -> bool:
+    sku, stock = FLASH_SKU, FLASH_STOCK
+    say(f"\n== 2. Flash sale: {BUYERS} buyers on three channels within {FLASH_WINDOW_S:g} s for {stock} units of {sku} ==\n"
+        "   A buyer orders only if their channel still shows stock; real time, no compression.\n")
+    buyers = flash_buyers(random.Random(42))
+    await api.set_stock(sku, stock)
+    if not await wait_listed(box, sku, stock):
+        say("  !! the channels did not list the initial stock")
+        return False
+    fronts = {name: Storefront(sim, sku) for name, sim in box.sims.items()}
+    out, state = Outcome(), {"left": stock, "last_sale_ms": now_ms(), "orders": 0, "sold_out": 0}
+
+    buy = buying(api, sku, out, state)
     say(f"{'':50}what each channel shows\n   time   buyers  orders  sold  flagged  stock   "
         + "  ".join(f"{c:>8}" for c in CHANNELS))
     tasks, start, step, seen = [], time.monotonic(), 0.1, 0
+    risk = asyncio.create_task(peak_risk(box))
     last_row: list = []
 
     def row(t: float, always: bool = False) -> None:
@@ -316,12 +329,37 @@ async def flash_sale(api: Api, box: Sandbox) -> bool:
         await cancel_all(tasks)
     row(FLASH_WINDOW_S, always=True)
     await finish(api, box, sku, stock, out, state["last_sale_ms"])
-    say(f"\n  {state['orders']} orders were taken by the marketplaces; {state['sold_out']} buyers saw 'sold out'.")
-    say("  Amazon takes one SKU a call at about 5 calls a second, so under a burst its listing trails the others;")
-    say("  the workers push first the SKUs that are about to run out.")
-    say(f"  API: GET /v1/rejections lists {await api.rejections()} orders to cancel (both scenarios).")
+    await say_peak_risk(risk)
+    say(f"\n  {state['orders']} orders were taken by the marketplaces; {state['sold_out']} buyers saw 'sold out'.\n"
+        "  Amazon takes one SKU a call at about 5 calls a second, so under a burst its listing trails the others;\n"
+        "  the workers push first the SKUs where an oversell is likeliest.\n"
+        f"  API: GET /v1/rejections lists {await api.rejections()} orders to cancel (both scenarios).")
     report(out, stock, buyers)
     return out.ok
+
+
+async def say_peak_risk(task: asyncio.Task) -> None:
+    task.cancel()
+    peaks = (await asyncio.gather(task, return_exceptions=True))[0]
+    if isinstance(peaks, dict):
+        say("  Oversell risk the workers estimated during the sale (peak expected units a channel sells that are "
+            "not there): " + ", ".join(f"{c} {v:.2f}" for c, v in peaks.items()))
+
+
+async def peak_risk(box: Sandbox) -> dict[str, float]:
+    """Each channel's highest oversell risk in its workers' heartbeats, until cancelled (then answered)."""
+    peaks = dict.fromkeys(CHANNELS, 0.0)
+    client = redis.asyncio.Redis.from_url(box.redis_url, decode_responses=True)
+    try:
+        while True:
+            for channel in CHANNELS:
+                for beat in (await client.hgetall(box.keys.channel_status(channel))).values():
+                    peaks[channel] = max(peaks[channel], float(orjson.loads(beat).get("oversell_risk_units", 0)))
+            await asyncio.sleep(0.2)
+    except asyncio.CancelledError:
+        return peaks
+    finally:
+        await client.aclose()
 
 
 def report(out: Outcome, stock: int, buyers: list[Buyer]) -> None:
@@ -343,7 +381,9 @@ async def replay(box: Sandbox) -> bool:
         api = Api(box, http)
         first = await article(api, box)
         second = await flash_sale(api, box)
-    return first and second
+        third, summary = await lost_webhook(api, box, say, wait_listed, now_ms)
+        say(f"  {'ok' if third else 'FAILED'}: {summary}")
+    return first and second and third
 
 
 def try_this(box: Sandbox) -> None:

@@ -240,7 +240,10 @@ heartbeat_ms = 500
 kind = "shopify"
 url = "{s}"
 credentials = {{ token = "DEMO_SHOPIFY_TOKEN", webhook_secret = "DEMO_SHOPIFY_WEBHOOK_SECRET" }}
-options = {{ location_id = "{shop.location_id}" }}
+# Shopify's orders read back every second (a deployment: every minute or so), a lost webhook's order
+# found within about a second; settle_s short for the demo's pace.
+poll_s = 1
+options = {{ location_id = "{shop.location_id}", settle_s = 0.3, poll_overlap_s = 5 }}
 
 [channels.amazon]
 kind = "amazon"
