@@ -104,7 +104,10 @@ def test_the_access_log_has_duration_and_request_id(tmp_path, redis_url, prefix)
         mine = httpx.get(base + "/healthz", headers={"X-Request-ID": "req-42.a"})
         assert mine.headers["x-request-id"] == "req-42.a"
         theirs = httpx.get(base + "/v1/skus/NOPE?token=secret-in-query", headers=auth(key=False))
-        assert theirs.status_code == 404 and len(theirs.headers["x-request-id"]) == 16
+        made = theirs.headers["x-request-id"]
+        assert theirs.status_code == 404 and made != mine.headers["x-request-id"]
+        again = httpx.get(base + "/healthz").headers["x-request-id"]
+        assert again != made and again.split("-")[0] == made.split("-")[0]  # (this process's prefix, a new count)
         bad = httpx.get(base + "/healthz", headers={"X-Request-ID": "no spaces {allowed}"})
         assert bad.headers["x-request-id"] != "no spaces {allowed}"
     finally:
