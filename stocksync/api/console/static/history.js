@@ -10,7 +10,7 @@
   function facts(stock) {
     const box = document.getElementById("stock");
     const entries = stock ? Object.entries(stock) : [["state", "no such SKU (it may have existed: see its events)"]];
-    box.replaceChildren(...entries.flatMap(([k, v]) => [el("dt", { text: k.replace("_", " ") }),
+    box.replaceChildren(...entries.flatMap(([k, v]) => [el("dt", { text: k === "updated_ms" ? "updated" : k.replace("_", " ") }),
       el("dd", { text: k === "updated_ms" ? S.time(v) : String(v) })]));
     document.getElementById("now").hidden = false;
   }
