@@ -276,15 +276,22 @@ def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
     return width, height, [bytes(r[i] for i in range(len(r)) if i % bpp < 3) if bpp == 4 else r for r in rows[::8]]
 
 
+BRAND = bytes.fromhex("1f5f8b")  # the header's colour in console.css
+
+
 def check_screenshot(png: bytes) -> dict:
-    """The screenshot is a page, not a blank: many colours, and a good share of pixels off the background."""
+    """The screenshot is a page, not a blank: many colours, a good share of pixels off the background, dark
+    text, and the header in the stylesheet's colour (so console.css was served and applied)."""
     width, height, rows = png_pixels(png)
     colours = Counter(row[i:i + 3] for row in rows for i in range(0, len(row), 3))
-    background, count = colours.most_common(1)[0]
-    ink = 1 - count / sum(colours.values())
+    total = sum(colours.values())
+    ink = 1 - colours.most_common(1)[0][1] / total
+    text = sum(n for c, n in colours.items() if c[0] + c[1] + c[2] < 200) / total  # (the header, 265, is not)
     assert width >= 800 and height >= 600, (width, height)
-    assert len(colours) >= 40 and ink >= 0.04, f"a blank page? {len(colours)} colours, {ink:.1%} off the background"
-    return {"colours": len(colours), "ink": ink}
+    assert len(colours) >= 40 and ink >= 0.04 and text >= 0.001, (
+        f"a blank page? {len(colours)} colours, {ink:.1%} off the background, {text:.2%} dark text")
+    assert rows[0].count(BRAND) * 3 >= width, "the header is not in the stylesheet's colour"
+    return {"colours": len(colours), "ink": ink, "text": text}
 
 
 def shoot(drv, system: System, name: str) -> str:
@@ -381,7 +388,6 @@ def test_sign_in_and_see_the_channels_live(system, browser):
     drv = browser
     drv.get(system.base + "/console")
     drv.execute_script("sessionStorage.clear()")
-    sign_in_refused = None
     drv.get(system.base + "/console")
     wait_until(drv, lambda d: d.find_element(By.ID, "token").is_displayed(), "the sign-in form")
     drv.find_element(By.ID, "token").send_keys("not-a-token")
