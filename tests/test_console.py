@@ -43,6 +43,7 @@ from .apihelp import ADMIN, ENV, auth, shopify_headers, shopify_order
 
 try:  # a dev dependency: without it the browser tests are skipped, the HTTP checks still run
     from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 except ImportError:
@@ -306,7 +307,12 @@ def shoot(drv, system: System, name: str) -> str:
 
 
 def wait_until(drv, condition, what: str, seconds: float = 15):
-    return WebDriverWait(drv, seconds, poll_frequency=0.05).until(lambda d: condition(d), what)
+    """The condition's first truthy value; on a timeout, an error that shows what the page said."""
+    try:
+        return WebDriverWait(drv, seconds, poll_frequency=0.05).until(lambda d: condition(d), what)
+    except TimeoutException:
+        page = drv.execute_script("return document.location.href + '\\n' + document.body.innerText")
+        raise AssertionError(f"timed out after {seconds} s waiting for {what}; the page:\n{page[:3000]}") from None
 
 
 def text_of(drv, selector: str) -> str:
