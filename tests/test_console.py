@@ -295,11 +295,27 @@ def check_screenshot(png: bytes) -> dict:
     return {"colours": len(colours), "ink": ink, "text": text}
 
 
+# What a page owes a screen reader, at the least: a label on every field, headers on every table, a name on
+# every button and link.
+ACCESSIBLE = """
+const bad = [];
+for (const e of document.querySelectorAll("input, select, textarea"))
+  if (!e.labels || !e.labels.length) bad.push("a field without a label: " + e.outerHTML.slice(0, 80));
+for (const t of document.querySelectorAll("table"))
+  if (!t.querySelector("thead th") || t.querySelectorAll("tbody td").length && !t.querySelector("th[scope]"))
+    bad.push("a table without headers: " + (t.id || t.outerHTML.slice(0, 60)));
+for (const b of document.querySelectorAll("button, a"))
+  if (!b.textContent.trim() && !b.getAttribute("aria-label")) bad.push("no name: " + b.outerHTML.slice(0, 80));
+return bad;
+"""
+
+
 def shoot(drv, system: System, name: str) -> str:
-    """Take a screenshot, check it, and return the page's text."""
+    """Take a screenshot, check it and the page's accessibility basics, and return the page's text."""
     png = drv.get_screenshot_as_png()
     (system.shots / f"{name}.png").write_bytes(png)
     check_screenshot(png)
+    assert drv.execute_script(ACCESSIBLE) == [], name
     return drv.execute_script("return document.body.innerText")
 
 

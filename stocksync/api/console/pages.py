@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from functools import cache
 from string import Template
 
 from starlette.requests import Request
@@ -63,6 +64,7 @@ def nav(current: Page) -> str:
     return "\n    ".join(links)
 
 
+@cache
 def render(page: Page) -> str:
     body = Template(template(page.name)).substitute(version=html.escape(__version__))
     return Template(template("base")).substitute(

@@ -7,6 +7,7 @@
   const REFRESH_MS = 2000;
   const CIRCUIT = { closed: "ok", throttled: "warn", half_open: "warn", open: "bad" };
   let timer = null;
+  let generation = 0;
 
   function circuitBadge(state) {
     return el("span", { class: "badge " + (CIRCUIT[state] || "none"), text: state.replace("_", " ") });
@@ -59,7 +60,6 @@
   }
 
   async function refresh(session) {
-    clearTimeout(timer);
     try {
       const { channels } = await S.api("GET", "/v1/channels");
       const names = Object.keys(channels);
@@ -71,7 +71,18 @@
     } catch (e) {
       S.notice("Could not read the channels: " + e.message, "error");
     }
-    if (S.session) timer = setTimeout(() => refresh(session), REFRESH_MS);
+  }
+
+  /* One refresh loop per sign-in (a new one ends the old); a hidden tab asks nothing until shown again. */
+  function start(session) {
+    const mine = ++generation;
+    clearTimeout(timer);
+    const tick = async () => {
+      if (mine !== generation || S.session !== session) return;
+      if (!document.hidden) await refresh(session);
+      if (mine === generation && S.session === session) timer = setTimeout(tick, REFRESH_MS);
+    };
+    return tick();
   }
 
   async function listDead(name) {
@@ -103,9 +114,10 @@
       S.notice("Replay of " + name + " refused: " + e.message, "error");
     }
     button.disabled = false;
-    refresh(S.session);
+    await refresh(S.session);
   }
 
   window.StocksyncChannels = { replay };
-  S.page(refresh);
+  S.page(start);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden && S.session) refresh(S.session); });
 })();

@@ -32,7 +32,9 @@
     if (more) body.append(...rows);
     else {
       facts(reply.stock);
-      body.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 8, text: "No event of " + sku + " in the stream." }))]));
+      const none = reply.next_before ? "No event of " + sku + " among the newest " + S.num(reply.scanned) +
+        " entries of its stream: older ones follow." : "No event of " + sku + " in the stream.";
+      body.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 8, text: none }))]));
     }
     before = reply.next_before;
     document.getElementById("older").hidden = !before;

@@ -13,7 +13,7 @@
   }
 
   function mapForm(o, line) {
-    const id = "map-" + o.channel + "-" + o.order_id + "-" + line.line_id;
+    const id = ("map-" + o.channel + "-" + o.order_id + "-" + line.line_id).replace(/\s/g, "_");
     const input = el("input", { id, type: "text", autocomplete: "off", spellcheck: "false", required: true,
       value: line.sku && line.sku !== line.channel_sku ? line.sku : "" });
     return el("form", { class: "mapform", "data-channel-sku": line.channel_sku, onsubmit: (ev) => {
