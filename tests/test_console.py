@@ -136,6 +136,8 @@ async def _seed(settings: Settings) -> None:
         await store.adjust("MUG-03", 5, ref="restock-77", source="warehouse")
         await store.decrement("MUG-03", 99, ref="shopify:S-9:1", source="shopify")  # refused: stock.rejected
         r, keys = store.redis, store.keys
+        # The quantities model of on_hand, committed and reserved (what the hash holds is what the grid shows).
+        await r.hset(keys.sku("TEE-M"), mapping={"on_hand": 10, "committed": 2, "reserved": 1})
         await r.xgroup_create(keys.events(0), "flipkart", id="0")
         [[_, entries]] = await r.xreadgroup("flipkart", "fk-gone", {keys.events(0): ">"}, count=4)
         dead = next((i, f) for i, f in entries if f["sku"] == "MUG-02")
@@ -488,6 +490,16 @@ def test_the_sku_grid_searches_by_prefix_and_pages(system, browser):
     assert seen["MUG-02"] == ["MUG-02", "11", "1", "5 current", "9 current"]
     drv.find_element(By.ID, "prev").click()
     wait_until(drv, lambda d, n=pages: f"Page {n - 1}" in text_of(d, "#page-label"), "the page before")
+    # Where the hashes hold on_hand, committed and reserved, the grid shows them.
+    drv.find_element(By.ID, "prefix").clear()
+    drv.find_element(By.ID, "prefix").send_keys("TEE-")
+    drv.find_element(By.CSS_SELECTOR, "#search button[type=submit]").click()
+    wait_until(drv, lambda d: sorted(_grid_page(d)) == sorted(TEES), "the TEE- SKUs")
+    assert cells(drv, "#grid thead th")[:6] == ["SKU", "on hand", "committed", "reserved", "available", "version"]
+    assert _grid_page(drv)["TEE-M"][:6] == ["TEE-M", "10", "2", "1", "7", "1"]
+    assert _grid_page(drv)["TEE-L"][:6] == ["TEE-L", "-", "-", "-", "7", "1"]
+    text = shoot(drv, system, "skus-quantities")
+    assert "3 SKU(s) on page 1, prefix TEE-; the last page" in text
 
 
 def test_a_skus_history_newest_first(system, browser):
