@@ -1,4 +1,5 @@
-"""A plain (non-editable) install finds and loads the Lua library shipped inside the wheel."""
+"""A plain (non-editable) install finds and loads the Lua library shipped inside the wheel, and the web
+console's templates and static files (no CDN: every asset comes from the package)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,17 @@ def test_wheel_ships_the_library_and_a_plain_install_loads_it(tmp_path, redis_ur
     [wheel] = (tmp_path / "dist").glob("stocksync-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "stocksync/lua/stocksync.lua" in names and "consumers/__init__.py" in names
+    console = ROOT / "stocksync" / "api" / "console"
+    shipped = sorted(str(p.relative_to(ROOT)) for folder in ("static", "templates") for p in (console / folder).iterdir())
+    assert shipped and set(shipped) <= set(names), sorted(set(shipped) - set(names))
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
     script = (
         "import asyncio, stocksync, stocksync.functions as f\n"
+        "from stocksync.api.console import assets, pages\n"
+        "assert {'console.js', 'console.css', 'docs.js'} <= set(assets.ASSETS), sorted(assets.ASSETS)\n"
+        "assert all(p.name + '.js' in assets.ASSETS and '<main id=\"main\">' in pages.render(p) for p in pages.PAGES)\n"
         "from stocksync.store import StockStore\n"
         "from stocksync.settings import Settings\n"
         f"assert stocksync.__file__.startswith({str(target)!r}), stocksync.__file__\n"

@@ -5,7 +5,8 @@
 Settings of the API: the [api] table (stocksync.api.context).
 
 Routes: POST /webhooks/{channel} (the channel's kind picks Shopify, Amazon or Flipkart handling), /v1/...
-(stocksync.api.admin, skus, event_stream, channel_admin), GET /healthz, /readyz, /metrics, /openapi.json.
+(stocksync.api.admin, skus, event_stream, channel_admin), GET /healthz, /readyz, /metrics, /openapi.json,
+and the web console: /console, /docs (stocksync.api.console).
 Every request gets a request id and an access log record (stocksync.api.access).
 """
 
@@ -29,7 +30,7 @@ from stocksync.orders.webhooks import Unverified
 from stocksync.settings import Settings
 from stocksync.validate import Invalid
 
-from . import admin, channel_admin, event_stream, openapi, skus
+from . import admin, channel_admin, console, event_stream, openapi, skus
 from . import metrics as http_metrics
 from .access import AccessLogMiddleware
 from .context import Context, build_context
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", http_metrics.endpoint(metrics), methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        *console.routes(),
     ]
     templates = {r.endpoint: template(r.path) for r in routes}
     return Starlette(

@@ -16,6 +16,7 @@ from stocksync.limits import MAX_ORDER_LINES, MAX_QTY, MAX_VERSION
 from stocksync.orders.rejections import ACTIONS
 
 from .auth import SCOPES
+from .console.document import PATHS as CONSOLE_PATHS
 
 
 def _ref(name: str) -> dict:
@@ -267,7 +268,7 @@ def document() -> dict:
         "openapi": "3.1.0",
         "info": {"title": "stocksync", "version": __version__, "x-function-library-version": functions.library_version(),
                  "description": "Webhooks in, stock admin, health and metrics. Scopes: " + ", ".join(SCOPES)},
-        "paths": PATHS,
+        "paths": {**PATHS, **CONSOLE_PATHS},
         "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
 
