@@ -426,7 +426,10 @@ The system stays up. Things to try (Ctrl-C stops everything):
 
 def main(settings: Settings, keep: bool = False) -> int:
     say("stocksync demo: Redis, three marketplace simulators, the API and a worker per channel, on this machine\n")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C: cleanly
+    # Ctrl-C (and SIGTERM, like it) stops it cleanly, also when started from a shell that ignores SIGINT in
+    # its background jobs (Python keeps an ignored SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     box = Sandbox(settings, say)
     started = time.monotonic()
     ok = False
