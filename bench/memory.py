@@ -9,6 +9,11 @@ creates the same hashes with plain HSET.
 Bytes per reference: used_memory before and after N decrements of one SKU with unique references
 (uuid4 hex, 32 characters), the events stream deleted before measuring, divided by N.
 
+Bytes per SKU with the fields of library 0.6 (this checkout's library only): the same SKUs, each then sold
+once (stocksync_decrement: `committed`) and held and released once (stocksync_reserve, stocksync_release:
+`reserved`, back at 0), the reservations, references and events deleted; and a bundle's hash (MEMORY
+USAGE of a gift set of two components).
+
 Both libraries are measured on each server, in one run: this checkout's (0.5, references in buckets)
 and 0.4.0 (a key with a TTL per reference) as git has it at OLD_LIBRARY_REV (skipped, and said so, when
 git or that commit is not there).
@@ -150,6 +155,8 @@ def measure(binary: str | None, skus: int, refs: int, library: tuple[str, str] |
 
         _pipeline_in_batches(srv.port, skus, fill_plain, lambda pipe, idx: None)
         out["bytes_per_plain_hash"] = (used_memory(srv.port) - before) / skus
+        if "stocksync_reserve" in source:
+            out.update(new_fields(srv.port, c, keys, skus))
 
         # References: N decrements of one SKU, unique refs
         c.flushall()
@@ -194,6 +201,62 @@ def measure(binary: str | None, skus: int, refs: int, library: tuple[str, str] |
     return out
 
 
+def new_fields(port: int, c: redis.Redis, keys: Keys, skus: int) -> dict:
+    """Bytes per SKU once it has been sold (committed) and held (reserved), and a bundle's hash."""
+    c.flushall()
+    events, buckets = keys.events(0), bucket_names(keys)
+    before = used_memory(port)
+
+    def fill(pipe, i):
+        sku = keys.sku(sku_name(i))
+        pipe.execute_command("FCALL", "stocksync_set", 3, sku, events, keys.idem(0, f"c-{i}"), 1000, SOURCE, f"c-{i}")
+        pipe.execute_command("FCALL", "stocksync_decrement", 3, sku, events, keys.idem(0, f"d-{i}"), 1, SOURCE, f"d-{i}")
+        pipe.execute_command("FCALL", "stocksync_reserve", 3, events, keys.reservation(0, f"r-{i}"), sku, SOURCE,
+                             600_000, 1)
+        pipe.execute_command("FCALL", "stocksync_release", 2, events, keys.reservation(0, f"r-{i}"), SOURCE)
+
+    def cleanup(pipe, idx):
+        for i in idx:
+            pipe.delete(keys.reservation(0, f"r-{i}"))
+        for start in range(0, len(buckets), 512):
+            pipe.delete(*buckets[start:start + 512])
+        pipe.delete(events, keys.expiries(0))
+
+    _pipeline_in_batches(port, skus, fill, cleanup)
+    after = used_memory(port)
+    sample = keys.sku(sku_name(skus // 2))
+    assert c.dbsize() == skus, c.dbsize()
+    c.execute_command("FCALL", "stocksync_bundle_set", 4, events, keys.sku("GIFTSET00001"), keys.sku(sku_name(1)),
+                      keys.sku(sku_name(2)), SOURCE, "b", 1, 1)
+    held, ended = reservation_bytes(port, keys, min(skus, 20_000))
+    return {"bytes_per_reservation_held": held, "bytes_per_reservation_ended": ended,
+            "bytes_per_sku_sold_and_held": (after - before) / skus, "sku_hash_sold_and_held": c.hgetall(sample),
+            "sku_memory_usage_sold_and_held": c.memory_usage(sample, samples=0),
+            "bundle_hash": c.hgetall(keys.sku("GIFTSET00001")),
+            "bundle_memory_usage": c.memory_usage(keys.sku("GIFTSET00001"), samples=0),
+            "component_memory_usage": c.memory_usage(keys.sku(sku_name(1)), samples=0)}
+
+
+def reservation_bytes(port: int, keys: Keys, n: int) -> tuple[float, float]:
+    """Bytes per reservation of one line while held (its hash, its hold, its expiry), and once released
+    (its hash, kept for replays as long as references are remembered); events deleted."""
+    events, sku = keys.events(0), keys.sku(sku_name(0))
+    before = used_memory(port)
+
+    def hold(pipe, i):
+        pipe.execute_command("FCALL", "stocksync_reserve", 3, events, keys.reservation(0, f"m-{i:08d}"), sku,
+                             SOURCE, 600_000, 1)
+
+    _pipeline_in_batches(port, n, hold, lambda pipe, idx: pipe.delete(events))
+    held = (used_memory(port) - before) / n
+
+    def release(pipe, i):
+        pipe.execute_command("FCALL", "stocksync_release", 2, events, keys.reservation(0, f"m-{i:08d}"), SOURCE)
+
+    _pipeline_in_batches(port, n, release, lambda pipe, idx: pipe.delete(events))
+    return held, (used_memory(port) - before) / n
+
+
 def servers() -> list[tuple[str, str | None]]:
     """The server on PATH (or $STOCKSYNC_REDIS_SERVER), and the bundled Valkey when it is installed."""
     from stocksync.embedded import find_server
@@ -223,10 +286,12 @@ def run(quick: bool, refs: int | None = None, skus: int | None = None, listpack_
 
 def render(results: list[dict], markdown: bool = False) -> str:
     rows = [[r["server"], r.get("library", "0.4.0"), r["skus"], fmt(r["bytes_per_sku"], 1),
+             fmt(r.get("bytes_per_sku_sold_and_held"), 1) if "bytes_per_sku_sold_and_held" in r else "-",
              fmt(r["bytes_per_plain_hash"], 1), r["sku_memory_usage"], r["sku_encoding"], r["refs"],
              r.get("ref_layout", "key per reference"), fmt(r["bytes_per_ref"], 1), r["ref_memory_usage"]]
             for r in results]
-    return table(["server", "library", "SKUs", "B/SKU (stocksync_set)", "B/SKU (plain HSET)", "MEMORY USAGE sku",
+    return table(["server", "library", "SKUs", "B/SKU (stocksync_set)", "B/SKU sold+held (0.6)", "B/SKU (plain HSET)",
+                  "MEMORY USAGE sku",
                   "encoding", "references", "reference record", "B/reference",
                   "MEMORY USAGE per reference"], rows, markdown)
 
@@ -250,6 +315,11 @@ def main() -> None:
                  f"{r['hash_max_listpack_entries']}" if "buckets" in r else "")
         print(f"{r['server']} library {r['library']}: {r['sku_key_example']} = {r['sku_hash']}; "
               f"{r['ref_key_example']} = {r['ref_record_example']!r} (TTL {r['ref_ttl_s']} s{extra})")
+        if "bytes_per_sku_sold_and_held" in r:
+            print(f"  sold and held once: {r['bytes_per_sku_sold_and_held']:.1f} B/SKU (MEMORY USAGE "
+                  f"{r['sku_memory_usage_sold_and_held']}: {r['sku_hash_sold_and_held']}); a bundle of two: "
+                  f"{r['bundle_memory_usage']} B, a component of it {r['component_memory_usage']} B; a reservation "
+                  f"{r['bytes_per_reservation_held']:.0f} B held, {r['bytes_per_reservation_ended']:.0f} B once ended")
 
 
 if __name__ == "__main__":

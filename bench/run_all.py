@@ -13,7 +13,7 @@ import time
 
 from . import report
 
-BENCHMARKS = ("decrement", "propagation", "api")
+BENCHMARKS = ("decrement", "inventory", "propagation", "api")
 LOCK = "/tmp/stocksync-bench.lock"
 
 

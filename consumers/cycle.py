@@ -50,6 +50,7 @@ from redis.exceptions import RedisError
 from stocksync import library
 from stocksync.channels import ChannelConfig
 from stocksync.connection import AnyRedis
+from stocksync.inventory_rules import ChannelRules
 from stocksync.keys import Keys
 from stocksync.library import Claim
 
@@ -346,15 +347,19 @@ def _answer(r: Result, throttled: bool) -> str:
 async def standalone(redis: AnyRedis, keys: Keys, config: ChannelConfig, *, owner: str, adapter: Adapter | None = None,
                      lease_ms: int = 15000, recheck_ms: int = 0) -> AsyncIterator[PushCycle]:
     """A push cycle for a command (resync, dead-letter replay): leases under `owner`, the channel's SKU
-    names as stored now, the channel's adapter unless one is given (then closed at the end)."""
+    names and per-SKU rules as stored now, the channel's adapter unless one is given (then closed at the
+    end)."""
     own = adapter is None
     adapter = adapter or make_adapter(config)
     try:
         names = ChannelSkus(redis, keys, config)  # channel SKUs as the worker pushes them
         await names.refresh()
+        rules = ChannelRules(redis, keys, config)
+        await rules.refresh()
         ledger = LedgerBatcher(redis, keys, config.name, owner, lease_ms)
         yield PushCycle(redis, keys, config, adapter, names, ledger,
-                        recheck_s=recheck_delay_s(recheck_ms, adapter.timeout_s))
+                        recheck_s=recheck_delay_s(recheck_ms, adapter.timeout_s),
+                        listed=lambda sku, available: rules.rules_for(sku).listed(available))
     finally:
         if own:
             await adapter.close()

@@ -12,6 +12,10 @@
   new name at once (no sale may come for a while), and 0 is listed under an old name no SKU uses any more
   (orders of that listing would take nothing; not on a versioned channel, whose receiver retires names
   itself). The map is taken as read at once: what a Redis error interrupts is done at the next refresh.
+  The per-SKU rules (stocksync.inventory_rules) are re-read on the same period when they changed, and the
+  SKUs whose rules changed are pushed again at once;
+* expire, every second: the reservations of every partition whose time has passed end (their holds go
+  back to available: stocksync_expire), whether or not a call touches them.
 
 A Redis error ends the round (what was due stays due) and is logged; housekeeping goes on.
 """
@@ -27,6 +31,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from stocksync import library
+from stocksync.reservations import expire_due
 
 from . import groups
 from .adapters import PushError, Update
@@ -35,6 +40,7 @@ from .state import ChannelState
 from .trimmer import trim_all
 
 log = logging.getLogger(__name__)
+EXPIRE_EVERY_S = 1.0  # due reservations end at most this late when no call touches them
 
 TakeIn = Callable[[int, list, dict[str, int]], Awaitable[None]]  # (partition, entries, deliveries)
 Owe = Callable[[int, list[str], float], Awaitable[None]]  # (partition, SKUs, delay s): a recheck owed
@@ -78,6 +84,8 @@ class Housekeeping:
         if o.sku_map_refresh_ms:
             period = o.sku_map_refresh_ms / 1000
             chores.append(_Chore(self.refresh_sku_map, period, now + period))
+            chores.append(_Chore(self.refresh_rules, period, now + period))
+        chores.append(_Chore(self._expire, EXPIRE_EVERY_S, now + EXPIRE_EVERY_S))
         chores.append(_Chore(self._reap, reap, now + reap))
         return chores
 
@@ -89,6 +97,23 @@ class Housekeeping:
     async def _trim(self) -> None:
         s = self.state
         await trim_all(s.redis, s.keys, s.options.retention_ms)
+
+    async def _expire(self) -> None:
+        s = self.state
+        ended = await expire_due(s.redis, s.keys)
+        if ended:
+            s.stats["reservations_expired"] += ended
+
+    async def refresh_rules(self) -> None:
+        """Re-read the per-SKU rules when they changed; push the SKUs whose rules changed again now."""
+        s = self.state
+        changed = await s.rules.refresh()
+        s.risk.overrides = s.rules.rules
+        if changed:
+            log.info("%s: rules changed for %d SKUs; pushing them again", s.channel, len(changed))
+            for sku in sorted(changed):
+                await self.owe(s.keys.partition(sku), [sku], 0.0)
+            self.launch()
 
     async def _reap(self) -> None:
         s = self.state

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 
 from stocksync.channels import Rules
 
@@ -107,6 +108,12 @@ class RiskModel:
         self.others: dict[str, Rate] = {}  # sku -> every other source's takes
         self.land_s = land_s  # the channel's time to land a push (EWMA of the measured lag)
         self.listed_now: OrderedDict[str, int] = OrderedDict()  # sku -> quantity the channel last accepted
+        # sku -> the channel's rules with that SKU's overrides (stocksync.inventory_rules; the worker's
+        # housekeeping replaces it when they change); every other SKU: self.rules
+        self.overrides: Mapping[str, Rules] = {}
+
+    def rules_for(self, sku: str) -> Rules:
+        return self.overrides.get(sku, self.rules)
 
     def saw(self, sku: str, delta: int, source: str) -> None:
         """A change read from the stream: a take counts toward its source's velocity."""
@@ -134,22 +141,24 @@ class RiskModel:
     def buffer(self, sku: str) -> int:
         """The auto buffer: the units other channels sell during this channel's time to land, at the
         target's quantile (0 unless the rules say buffer = "auto")."""
-        if self.rules.buffer != "auto":
+        rules = self.rules_for(sku)
+        if rules.buffer != "auto":
             return 0
         rate = self.others.get(sku)
         mean = (rate.at(time.monotonic(), self.tau_s) if rate else 0.0) * self.land_s
-        return quantile(mean, self.rules.oversell_target / 10_000)
+        return quantile(mean, rules.oversell_target / 10_000)
 
     def listed(self, sku: str, available: int) -> int:
-        """What the channel should list: its rules, with the auto buffer where they ask for it."""
-        return self.rules.listed(available, self.buffer(sku))
+        """What the channel should list: its rules (with the SKU's overrides), with the auto buffer where
+        they ask for it."""
+        return self.rules_for(sku).listed(available, self.buffer(sku))
 
     def risk(self, sku: str, available: int, delta: int) -> float:
         """Expected units the channel sells past what it should list, before this change lands there."""
         should = self.listed(sku, available)
         now_listed = self.listed_now.get(sku)
         if now_listed is None:
-            now_listed = self.rules.listed(available - delta)  # (as listed before the change)
+            now_listed = self.rules_for(sku).listed(available - delta)  # (as listed before the change)
         if now_listed <= should:
             return 0.0
         mean = self.velocity(sku) * self.land_s

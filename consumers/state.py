@@ -3,7 +3,8 @@
 The reader, the dispatcher, the pushes, housekeeping and the initial sync of one ChannelWorker work on the
 same things, held here:
 
-* the entries held for pushing, per SKU (the coalescer), and the channel's SKU names (skumap);
+* the entries held for pushing, per SKU (the coalescer), the channel's SKU names (skumap) and its rules
+  per SKU (stocksync.inventory_rules, applied by the risk model);
 * the channel's health: its circuit breaker, the channel-wide pause of a 429 (`paused_until`, its
   Retry-After), the last error and the counters the heartbeat reports (and the worker's /metrics); each
   change of the circuit and each throttled period is logged (consumers/health.py);
@@ -23,6 +24,7 @@ from collections.abc import Coroutine
 
 from stocksync.channels import ChannelConfig
 from stocksync.connection import AnyRedis
+from stocksync.inventory_rules import ChannelRules
 from stocksync.keys import Keys
 
 from .adapters import Adapter
@@ -51,6 +53,7 @@ class ChannelState:
         self.coalescer = Coalescer(PushOrder(self.risk.listed, o.low_stock),
                                    lambda e: self.risk.risk(e.sku, e.available, e.delta))
         self.skus = ChannelSkus(redis, keys, config)
+        self.rules = ChannelRules(redis, keys, config)  # per-SKU overrides (housekeeping refreshes them)
         self.hard_cap = 2 * o.max_pending  # held entries past which reads stop
         self._paused_until = 0.0  # a 429's Retry-After, channel-wide
         self.in_flight = 0  # pushes under way

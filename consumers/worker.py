@@ -18,7 +18,8 @@ streams as consumers of the same group). It composes one object per role, each i
 * housekeeping (consumers/housekeeping.py): reclaim of a dead consumer's entries, the rechecks dead
   workers owed, removal of idle consumers, the trimmer, a heartbeat in <prefix>:status:<channel>, and a
   refresh of the SKU map (a SKU whose channel name changed is pushed again; 0 is listed under an old name
-  no SKU uses any more);
+  no SKU uses any more) and of the per-SKU rules (a SKU whose rules changed is pushed again), and the end
+  of due reservations (stocksync_expire);
 * an initial sync (consumers/initial_sync.py), when this worker created the channel's group on a stream
   that no longer holds every change (or finds one unfinished): every SKU the channel does not have at its
   current version, pushed once.
@@ -91,6 +92,8 @@ class ChannelWorker:
         s = self.state
         unsynced = await groups.ensure_groups(s.redis, s.keys, s.channel, s.options.start_id)
         await s.skus.refresh()
+        await s.rules.refresh()
+        s.risk.overrides = s.rules.rules
         s.update_gates()
         tasks = [asyncio.create_task(self.reader.run(p), name=f"read-{s.channel}-{p}")
                  for p in range(s.keys.partitions)]

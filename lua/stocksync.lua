@@ -3,13 +3,20 @@
   stocksync: the only code that changes stock.
 
   Every function touches the keys of one partition (one hash tag, one cluster slot). Keys are passed in,
-  never built here, with one exception (the reference buckets, below); the functions check that the keys
-  they are given belong together. Replies are arrays whose first element is a status string
-  (stocksync_get, stocksync_ref and the no-argument functions excepted). Bad arguments get an error reply
-  starting "ERR stocksync:" and change nothing: every check runs before the first write.
+  never built here, with the exceptions listed under "Derived keys" below; the functions check that the
+  keys they are given belong together. Replies are arrays whose first element is a status string
+  (stocksync_get, stocksync_stock, stocksync_reservation, stocksync_ref and the no-argument functions
+  excepted). Bad arguments get an error reply starting "ERR stocksync:" and change nothing: every check
+  runs before the first write.
 
   Key layout (tag = {<prefix>:<partition>}):
-    <tag>:sku:<sku>    hash: available, version, updated_ms, source (reserved, absent means 0)
+    <tag>:sku:<sku>    hash: available, version, updated_ms, source; committed (units taken by orders not
+                       yet shipped) and reserved (units held by live reservations), absent meaning 0.
+                       on_hand = available + committed + reserved is never stored: a hash written before
+                       0.6 (available only) reads as on_hand = available, committed = reserved = 0, and
+                       needs no migration. A bundle's hash also has components ("sku\nqty\n...": the
+                       bundle has no stock of its own; its available is derived and kept up to date here),
+                       and a component's hash has bundles ("sku\n...": the bundles it is in).
     <tag>:events       stream: one entry per applied change (stock.changed) or rejection (stock.rejected)
     <tag>:idem:<ref>   the reference key: callers pass it (it names the reference, as before 0.5.0). Since
                        0.5.0 it holds a record only for an order whose first outcome is too long for a
@@ -17,19 +24,25 @@
     <tag>:refs:<hhh>   hash, one of 4096 reference buckets per partition (<hhh>: 3 hex digits):
                        field = 16 hex digits of sha1(reference key), value = the unix second of the first
                        use (10 digits) followed by the first outcome (o|available|version, ...).
+    <tag>:res:<id>     hash: a reservation (state, exp, src, lines, holds); callers pass it.
+    <tag>:hold:<sku>   sorted set: <units>:<reservation id> -> expiry (ms), the live holds on one SKU.
+    <tag>:expiries     sorted set: reservation id -> expiry (ms), the partition's held reservations.
+    <tag>:bundles      set: the partition's bundles.
 
   Exactly once, per reference key and partition: the outcome is decided first, then stored with one
   HSETNX into the reference's bucket; if the field was there and is younger than IDEM_TTL_S, nothing
-  changes and the stored outcome is replayed.
+  changes and the stored outcome is replayed. (A reservation is its own record: its key.)
 
-  The buckets are the one deviation from "keys are passed in": a call names its reference key, and the
-  function derives the bucket from that key's hash tag and a digest of it. Redis Cluster serves an
-  undeclared key only from the slot of the declared ones; the tag guarantees that it is that slot, and
-  the functions refuse a reference key of another partition. While that slot is being migrated, a
-  bucket that has already moved makes the call fail ("Script attempted to access a non local key")
-  before its first write: such a call is refused, never applied twice, and once retried after the
-  migration it goes to the new node. (Redis checks every key a script touches; declared keys get
-  ASK/TRYAGAIN before the script runs.)
+  Derived keys. A call names its SKU, events and reference keys; the library derives from their hash tag
+  the reference buckets, a bundle's components (a bundle and its components live in one partition), the
+  bundles a component is in, a SKU's holds, and the partition's expiries and bundle set. Redis Cluster
+  serves an undeclared key only from the slot of the declared ones; the tag guarantees that it is that
+  slot, and the functions refuse keys of another partition. While that slot is being migrated, a derived
+  key that has already moved makes the call fail ("Script attempted to access a non local key") before
+  its first write: such a call is refused, never applied twice, and once retried after the migration it
+  goes to the new node. (Redis checks every key a script touches; declared keys get ASK/TRYAGAIN before
+  the script runs.) Derived keys are what let the 0.5 functions keep their keys: a sale of a component
+  must update every bundle that contains it, whoever calls it.
 
   Why buckets: a key with a TTL per reference cost 197 bytes on Redis 7.0 (name, dict entry, value
   object, expires entry), a field of a listpack hash 53-57. Why not per-field TTLs (HSETEX/HEXPIRE,
@@ -46,9 +59,25 @@
 
   False replays: two reference keys share a record only if 76 bits of their sha1 do (16 hex digits of
   field, 3 of bucket): about 2e-9 per 17 million references remembered at once in one partition.
+
+  Quantities (0.6): available = on_hand - committed - reserved is what G1 guards and what channels list.
+  A take (stocksync_decrement, _order) moves units from available to committed; stocksync_ship moves them
+  out of committed (and so out of on_hand); stocksync_cancel returns them to available; stocksync_count
+  sets on_hand and leaves committed alone; stocksync_adjust and _set change available and on_hand
+  together. Every applied change bumps the version by one and appends one event; events of the 0.5
+  operations keep their fields, the others add `op` (ship, cancel, count, reserve, commit, release,
+  expire, bundle, define).
+
+  Reservations hold units (available -> reserved) until committed (reserved -> committed), released, or
+  expired. An expired hold is never counted as reserved by a read (stocksync_get, _stock, _push_claim
+  compute it away), is given back by the first writing call on its SKU (a change of its own: op expire),
+  by any call that touches its reservation, and by a bounded sweep (stocksync_expire, which workers call
+  every second, and a step of it in any writing call of the partition once one is due). Each hold is a
+  member of its SKU's hold set, and the call that removes it (ZREM) is the one that gives its units back,
+  so they come back once.
 ]]
 
-local VERSION = '0.5.0'
+local VERSION = '0.6.0'
 -- How long a reference is remembered (seconds). A property of the deployment, not of a call: the
 -- Python loader rewrites this line from STOCKSYNC_IDEM_TTL when it loads the library.
 local IDEM_TTL_S = 172800
@@ -65,12 +94,18 @@ local MAX_SOURCE_LEN = 64
 local MAX_ORDER_LINES = 250
 local MAX_VERSION = 99999999999  -- 11 digits: the most integer() reads
 local MAX_DURATION_MS = 99999999999  -- a retention or idle time (3 years)
+local MAX_BUNDLE_COMPONENTS = 20  -- components of one bundle
+local MAX_BUNDLE_QTY = 99999      -- units of one component in one bundle
+local MAX_BUNDLES_OF_SKU = 50     -- bundles one SKU is a component of (a change of it updates them all)
+local MAX_HOLD_MS = 604800000     -- a reservation's time to live (7 days)
+local MAX_EXPIRE_COUNT = 500      -- reservations one stocksync_expire call ends
 
 local REF_BUCKETS = 4096     -- per partition: 3 hex digits of the digest
 local REF_INLINE_MAX = 54    -- longest outcome kept in a bucket: 10 + 54 <= 64 bytes keeps the listpack
 local SWEEP_COUNT = 128      -- HSCAN COUNT of one sweep step (a listpack bucket comes whole)
 local SWEEP_CYCLE_S = IDEM_TTL_S / 2  -- every bucket swept once per this many seconds, if calls come
 local SWEEP_STEP_S = SWEEP_CYCLE_S / REF_BUCKETS
+local EXPIRE_STEP = 2        -- reservations a writing call ends once some are due (stocksync_expire: more)
 
 -- Errors -----------------------------------------------------------------------------------------------
 
@@ -80,8 +115,25 @@ local function fail(message)
   error({stocksync = message})
 end
 
+-- The server's clock (TIME), read at most once per call: guarded() forgets it before each call.
+local CLOCK = nil
+local function clock()
+  if not CLOCK then
+    CLOCK = redis.call('TIME')
+  end
+  return CLOCK
+end
+
+-- The clock in ms, as a string (ZRANGEBYSCORE bounds, replies) and as a number.
+local function now_ms()
+  local c = clock()
+  local ms = tonumber(c[1]) * 1000 + math.floor(tonumber(c[2]) / 1000)
+  return ms, string.format('%d', ms)
+end
+
 local function guarded(fn)
   return function(keys, args)
+    CLOCK = nil
     local ok, result = pcall(fn, keys, args)
     if ok then
       return result
@@ -138,7 +190,8 @@ local function heads_of(tag)
     if heads_n >= TAG_CACHE_SIZE then
       heads, heads_n = {}, 0
     end
-    h = {events = tag .. ':events', idem = tag .. ':idem:', refs = tag .. ':refs:'}
+    h = {events = tag .. ':events', idem = tag .. ':idem:', refs = tag .. ':refs:', sku = tag .. ':sku:',
+      hold = tag .. ':hold:', res = tag .. ':res:', expiries = tag .. ':expiries', bundles = tag .. ':bundles'}
     heads[tag], heads_n = h, heads_n + 1
   end
   return h
@@ -153,6 +206,23 @@ local function same_partition(tag, events_key, idem_key)
   -- one slot (an exact match would also forbid hashing long references into shorter keys).
   if type(idem_key) ~= 'string' or #idem_key <= #h.idem or string.find(idem_key, h.idem, 1, true) ~= 1 then
     fail('reference key ' .. string.format('%q', idem_key or '') .. ' is not ' .. h.idem .. '<ref>')
+  end
+end
+
+local function tag_of(key, kind, name)
+  local tag, rest = string.match(key or '', '^(%b{}):' .. kind .. ':(.+)$')
+  if not tag then
+    fail('not a ' .. kind .. ' key: ' .. string.format('%q', key or ''))
+  end
+  if name and rest ~= name then
+    fail(kind .. ' key ' .. string.format('%q', key) .. ' is not for ' .. string.format('%q', name))
+  end
+  return tag, rest
+end
+
+local function events_of(tag, events_key)
+  if events_key ~= tag .. ':events' then
+    fail('events key ' .. string.format('%q', events_key or '') .. ' is not ' .. tag .. ':events')
   end
 end
 
@@ -200,7 +270,7 @@ end
 
 -- The first outcome of a reference if it is remembered, else nil; changes nothing.
 local function recall(tag, idem_key)
-  local now = redis.call('TIME')[1]
+  local now = clock()[1]
   local old = legacy(idem_key, now)
   if old then
     return old
@@ -264,8 +334,7 @@ end
 -- Stores the outcome under the reference unless it is remembered already; returns the stored one if
 -- so. One HSETNX on the common path; the rest only on a replay, an expired record or an upgrade.
 local function remember(tag, idem_key, record)
-  local clock = redis.call('TIME')
-  local now = clock[1]
+  local now = clock()[1]
   if LEGACY_UNTIL > 0 then
     local old = legacy(idem_key, now)
     if old then
@@ -285,19 +354,350 @@ local function remember(tag, idem_key, record)
   if not inline then
     redis.call('SET', idem_key, record, 'EX', IDEM_TTL_ARG)
   end
-  sweep(tag, clock)
+  sweep(tag, clock())
   return nil
 end
 
--- State, records and events ----------------------------------------------------------------------------
+-- SKU state ---------------------------------------------------------------------------------------------
 
--- Returns available, version; nil when the SKU does not exist (every SKU has a version >= 1).
-local function read(sku_key)
-  local cur = redis.call('HMGET', sku_key, 'available', 'version')
-  if not cur[2] then
+-- "a\nb\n..." as {a, b, ...}; "sku\nqty\n..." as {{sku, qty}, ...}.
+local function names_in(text)
+  local out = {}
+  for name in string.gmatch(text or '', '[^\n]+') do
+    out[#out + 1] = name
+  end
+  return out
+end
+
+local function parts_in(text)
+  local out = {}
+  for sku, qty in string.gmatch(text or '', '([^\n]+)\n(%d+)') do
+    out[#out + 1] = {sku, tonumber(qty)}
+  end
+  return out
+end
+
+-- The holds on a SKU whose reservation has expired: their units and reservation ids (never applied here).
+local function expired_holds(tag, sku)
+  local _, now = now_ms()
+  local members = redis.call('ZRANGEBYSCORE', heads_of(tag).hold .. sku, '-inf', now)
+  local units, ids = 0, {}
+  for i, member in ipairs(members) do
+    local n, id = string.match(member, '^(%d+):(.*)$')
+    units, ids[i] = units + tonumber(n), id
+  end
+  return units, ids
+end
+
+-- A SKU as the functions hold it while they change it; nil when it does not exist (every SKU has a
+-- version). `expired`: units of expired holds still counted in reserved (avail() counts them back).
+local function load(tag, sku)
+  local key = heads_of(tag).sku .. sku
+  local h = redis.call('HMGET', key, 'available', 'version', 'committed', 'reserved', 'components', 'bundles')
+  if not h[2] then
+    return nil
+  end
+  local s = {key = key, sku = sku, available = tonumber(h[1]), version = tonumber(h[2]),
+    committed = tonumber(h[3] or 0), reserved = tonumber(h[4] or 0), components = h[5] or nil,
+    bundles = h[6] or nil, expired = 0}
+  s.committed0, s.reserved0 = s.committed, s.reserved
+  if s.reserved > 0 then
+    s.expired, s.expired_ids = expired_holds(tag, sku)
+  end
+  return s
+end
+
+-- A SKU that does not exist yet (stocksync_set and _count create it, stocksync_bundle_set a bundle).
+local function blank(tag, sku)
+  return {key = heads_of(tag).sku .. sku, sku = sku, available = 0, version = 0, committed = 0, reserved = 0,
+    committed0 = 0, reserved0 = 0, expired = 0}
+end
+
+-- What a read counts as available: expired holds are available again, applied or not.
+local function avail(s)
+  return s.available + s.expired
+end
+
+local function is_bundle_error(sku)
+  fail(string.format('%q', sku) .. ' is a bundle: it has no stock of its own (change its components)')
+end
+
+-- A call's working set: the SKUs it loaded (each once), and the components whose quantity changed (the
+-- bundles they are in get their quantity again at the end: refresh_bundles).
+local function new_plan(tag, events_key, source, ref)
+  return {tag = tag, events = events_key, source = source, ref = ref, states = {}, changed = {}, forced = {}}
+end
+
+local function state(plan, sku)
+  local s = plan.states[sku]
+  if s == nil then
+    s = load(plan.tag, sku) or false
+    plan.states[sku] = s
+  end
+  return s or nil
+end
+
+-- Records a changed SKU and appends its event: version + 1. The events of the 0.5 operations (op nil)
+-- keep their fields; the others add `op`. committed and reserved are written only when they changed
+-- (absent means 0, and a SKU never taken or held stays as small as before 0.6). The entry ID's first
+-- part is the server's clock in ms when the change committed (monotonic per stream), so it is the
+-- event's timestamp and the SKU's updated_ms: no ts field.
+local function emit(plan, s, delta, op, source, ref)
+  s.version = s.version + 1
+  source, ref = source or plan.source, ref or plan.ref
+  local a, v = tostring(s.available), tostring(s.version)
+  local id
+  if op then
+    id = redis.call('XADD', plan.events, '*', 'type', 'stock.changed', 'sku', s.sku, 'available', a,
+      'delta', delta, 'version', v, 'source', source, 'ref', ref, 'op', op)
+  else
+    id = redis.call('XADD', plan.events, '*', 'type', 'stock.changed', 'sku', s.sku, 'available', a,
+      'delta', delta, 'version', v, 'source', source, 'ref', ref)
+  end
+  local fields = {'available', a, 'version', v, 'updated_ms', string.sub(id, 1, string.find(id, '-', 1, true) - 1),
+    'source', source}
+  if s.committed ~= s.committed0 then
+    fields[#fields + 1], fields[#fields + 2], s.committed0 = 'committed', s.committed, s.committed
+  end
+  if s.reserved ~= s.reserved0 then
+    fields[#fields + 1], fields[#fields + 2], s.reserved0 = 'reserved', s.reserved, s.reserved
+  end
+  redis.call('HSET', s.key, unpack(fields))
+  if delta ~= 0 and s.bundles then
+    plan.changed[#plan.changed + 1] = s
+  end
+end
+
+local function flag(plan, sku, available, version, delta, reason, op)
+  if op then
+    redis.call('XADD', plan.events, '*', 'type', 'stock.rejected', 'sku', sku, 'available', available,
+      'delta', delta, 'version', version, 'source', plan.source, 'ref', plan.ref, 'reason', reason, 'op', op)
+  else
+    redis.call('XADD', plan.events, '*', 'type', 'stock.rejected', 'sku', sku, 'available', available,
+      'delta', delta, 'version', version, 'source', plan.source, 'ref', plan.ref, 'reason', reason)
+  end
+end
+
+-- Before a call writes a SKU: the holds of expired reservations go back to available, as a change of
+-- their own (op expire, source expiry, ref the reservations). Their members leave the hold set here, so
+-- whoever ends those reservations later finds them gone and gives nothing back twice.
+local function settle(plan, s)
+  if s.expired == 0 then
+    return
+  end
+  local _, now = now_ms()
+  redis.call('ZREMRANGEBYSCORE', heads_of(plan.tag).hold .. s.sku, '-inf', now)
+  local units = s.expired
+  s.available, s.reserved, s.expired = s.available + units, s.reserved - units, 0
+  emit(plan, s, units, 'expire', 'expiry', string.sub(table.concat(s.expired_ids, ','), 1, MAX_REF_LEN))
+end
+
+-- Bundles --------------------------------------------------------------------------------------------
+
+-- A bundle's quantity: the fewest whole bundles its components' available units make.
+local function derived(plan, bundle)
+  local q = nil
+  for _, part in ipairs(parts_in(bundle.components)) do
+    local c = state(plan, part[1])
+    local n = c and math.floor(avail(c) / part[2]) or 0
+    if not q or n < q then
+      q = n
+    end
+  end
+  return q or 0
+end
+
+-- After a call's changes: every bundle of a changed component gets its quantity again, with one event
+-- (op bundle) when it changed, or always for a bundle this call sold or held (plan.forced).
+local function refresh_bundles(plan)
+  local seen, i = {}, 1
+  while plan.changed[i] do
+    for _, b in ipairs(names_in(plan.changed[i].bundles)) do
+      local bundle = not seen[b] and state(plan, b)
+      seen[b] = true
+      if bundle and bundle.components then
+        local q = derived(plan, bundle)
+        if q ~= bundle.available or plan.forced[b] then
+          local delta = q - bundle.available
+          bundle.available = q
+          emit(plan, bundle, delta, 'bundle')
+        end
+      end
+    end
+    i = i + 1
+  end
+end
+
+-- What a channel lists of a SKU now, and its version (nil when it does not exist): a bundle's quantity
+-- from its components' available units, expired holds counted as available (reads never count them).
+local function listed(plan, sku)
+  local s = state(plan, sku)
+  if not s then
     return nil, nil
   end
-  return tonumber(cur[1]), tonumber(cur[2])
+  if s.components then
+    return derived(plan, s), s.version
+  end
+  return avail(s), s.version
+end
+
+-- The units the lines need of each SKU: a bundle line needs qty x each of its components; lines that
+-- need one SKU add up. Answers needs {sku -> units} and the SKUs in the order first needed, or nil and
+-- the unknown SKU (a line's, or a bundle's component).
+local function needs_of(plan, skus, qtys)
+  local need, order = {}, {}
+  local function add(sku, units)
+    if not need[sku] then
+      need[sku], order[#order + 1] = 0, sku
+    end
+    need[sku] = need[sku] + units
+  end
+  for i, sku in ipairs(skus) do
+    local s = state(plan, sku)
+    if not s then
+      return nil, sku
+    end
+    if s.components then
+      for _, part in ipairs(parts_in(s.components)) do
+        if not state(plan, part[1]) then
+          return nil, part[1]
+        end
+        add(part[1], qtys[i] * part[2])
+      end
+    else
+      add(sku, qtys[i])
+    end
+  end
+  return need, order
+end
+
+-- Whether every needed SKU has the units; the set of those that do not.
+local function shortages(plan, need, order)
+  local short, any = {}, false
+  for _, sku in ipairs(order) do
+    if avail(plan.states[sku]) < need[sku] then
+      short[sku], any = true, true
+    end
+  end
+  return any, short
+end
+
+-- Takes what the lines need, into `field` (committed for a sale, reserved for a hold): every needed SKU
+-- changes (its event: op nil for a sale, as in 0.5), then every bundle of the lines (forced) and of the
+-- changed components gets its quantity again. A bundle line also counts its own units in `field`.
+local function take(plan, skus, qtys, need, order, field, op)
+  for _, sku in ipairs(order) do
+    local s = plan.states[sku]
+    settle(plan, s)
+    s.available, s[field] = s.available - need[sku], s[field] + need[sku]
+    emit(plan, s, -need[sku], op)
+  end
+  for i, sku in ipairs(skus) do
+    local s = plan.states[sku]
+    if s.components then
+      if field == 'committed' then  -- (a bundle's committed: its units to ship; its holds are its components')
+        s.committed = s.committed + qtys[i]
+      end
+      plan.forced[sku] = true
+      plan.changed[#plan.changed + 1] = {bundles = sku}
+    end
+  end
+  refresh_bundles(plan)
+end
+
+-- The stock.rejected events of lines that could not be covered: a line whose SKU (a bundle: one of its
+-- components) is short.
+local function flag_short(plan, skus, qtys, short, op)
+  for i, sku in ipairs(skus) do
+    local s = plan.states[sku]
+    local is_short = short[sku]
+    if s.components then
+      for _, part in ipairs(parts_in(s.components)) do
+        is_short = is_short or short[part[1]]
+      end
+    end
+    if is_short then
+      local available, version = listed(plan, sku)
+      flag(plan, sku, available, version, -qtys[i], 'insufficient', op)
+    end
+  end
+end
+
+-- Reservations: ending them ------------------------------------------------------------------------------
+
+-- The partition's next known expiry (ms) in this Lua state: a writing call ends a few due reservations
+-- once it has passed (expire_step). Unknown after a restart until stocksync_expire (workers call it every
+-- second) or a new reservation sets it; reads never count an expired hold meanwhile.
+local hold_due, hold_due_n = {}, 0
+local function due_at(tag, ms)
+  if hold_due[tag] == nil then
+    if hold_due_n >= TAG_CACHE_SIZE then
+      hold_due, hold_due_n = {}, 0
+    end
+    hold_due_n = hold_due_n + 1
+  end
+  hold_due[tag] = ms
+end
+
+local function reservation_of(tag, id)
+  local r = redis.call('HMGET', heads_of(tag).res .. id, 'state', 'exp', 'src', 'lines', 'holds')
+  if not r[1] then
+    return nil
+  end
+  return {key = heads_of(tag).res .. id, id = id, state = r[1], exp = tonumber(r[2] or 0), src = r[3] or '',
+    lines = r[4] or '', holds = r[5] or ''}
+end
+
+-- Ends a held reservation: each of its holds still in its SKU's hold set goes back to available (op
+-- release or expire) -- the ZREM that removes it is the one that gives it back, so never twice -- and
+-- its state becomes `to`; the record stays for replays as long as references are remembered.
+local function end_reservation(plan, r, to, op)
+  local h = heads_of(plan.tag)
+  for _, part in ipairs(parts_in(r.holds)) do
+    if redis.call('ZREM', h.hold .. part[1], part[2] .. ':' .. r.id) == 1 then
+      local s = state(plan, part[1])  -- (loaded after the ZREM: its expired units do not count this hold)
+      if s then
+        settle(plan, s)
+        s.available, s.reserved = s.available + part[2], s.reserved - part[2]
+        emit(plan, s, part[2], op, plan.source or r.src, r.id)
+      end
+    end
+  end
+  refresh_bundles(plan)
+  redis.call('HSET', r.key, 'state', to)
+  redis.call('PEXPIRE', r.key, IDEM_TTL_S * 1000)
+  redis.call('ZREM', h.expiries, r.id)
+  r.state = to
+end
+
+-- Ends up to `count` reservations of the partition whose time has passed, each with a plan of its own;
+-- answers how many, and the next expiry (ms, 0: none).
+local function expire_due(tag, events_key, count)
+  local h = heads_of(tag)
+  local _, now = now_ms()
+  local ids = redis.call('ZRANGEBYSCORE', h.expiries, '-inf', now, 'LIMIT', 0, count)
+  local ended = 0
+  for _, id in ipairs(ids) do
+    local r = reservation_of(tag, id)
+    if r and r.state == 'held' then
+      end_reservation(new_plan(tag, events_key, 'expiry', id), r, 'expired', 'expire')
+      ended = ended + 1
+    else
+      redis.call('ZREM', h.expiries, id)
+    end
+  end
+  local next_due = redis.call('ZRANGE', h.expiries, 0, 0, 'WITHSCORES')[2]
+  next_due = next_due and tonumber(next_due) or 0
+  due_at(tag, next_due > 0 and next_due or false)
+  return ended, next_due
+end
+
+-- The sweep's step in a writing call: once the partition's next known expiry has passed, end a few.
+local function expire_step(tag, events_key)
+  local due = hold_due[tag]
+  if due and now_ms() >= due then
+    expire_due(tag, events_key, EXPIRE_STEP)
+  end
 end
 
 local STATUS_CODE = {ok = 'o', insufficient = 'i', conflict = 'c', unknown_sku = 'u'}
@@ -317,76 +717,154 @@ local function replay_single(record, ref)
   return {CODE_STATUS[code], tonumber(available), tonumber(version), 1}
 end
 
--- The entry ID's first part is the server's clock in ms when the change committed (monotonic per
--- stream), so it is the event's timestamp and the SKU's updated_ms: no TIME call, no ts field.
-local function apply(sku_key, events_key, sku, available, version, delta, source, ref)
-  local id = redis.call('XADD', events_key, '*', 'type', 'stock.changed', 'sku', sku,
-    'available', available, 'delta', delta, 'version', version, 'source', source, 'ref', ref)
-  redis.call('HSET', sku_key, 'available', available, 'version', version,
-    'updated_ms', string.sub(id, 1, string.find(id, '-', 1, true) - 1), 'source', source)
+-- The reply of a call that moved units between quantities (ship, cancel): the record adds the units.
+local function replay_moved(record, ref)
+  local code, available, version, units = string.match(record, '^(%a)|(%-?%d+)|(%d+)|(%d+)$')
+  if not code then
+    reused(ref)
+  end
+  return {CODE_STATUS[code], tonumber(available), tonumber(version), 1, tonumber(units)}
 end
 
-local function flag(events_key, sku, available, version, delta, source, ref, reason)
-  redis.call('XADD', events_key, '*', 'type', 'stock.rejected', 'sku', sku, 'available', available,
-    'delta', delta, 'version', version, 'source', source, 'ref', ref, 'reason', reason)
-end
-
--- A change of one SKU by delta, refused (insufficient) if it would take stock below zero.
-local function change_by(keys, tag, sku, delta, source, ref)
-  local sku_key, events_key, idem_key = keys[1], keys[2], keys[3]
-  local available, version = read(sku_key)
-  if not version then
-    local first = recall(tag, idem_key)
-    if first then
-      return replay_single(first, ref)
-    end
+-- A sale of `qty` bundles (stocksync_decrement on a bundle's key): its components, all or nothing.
+local function sell_bundle(plan, idem_key, sku, qty)
+  local first = recall(plan.tag, idem_key)
+  if first then
+    return replay_single(first, plan.ref)
+  end
+  local need, order = needs_of(plan, {sku}, {qty})
+  if not need then
     return {'unknown_sku', 0, 0, 0}
   end
-  local after = available + delta
+  local any, short = shortages(plan, need, order)
+  if any then
+    flag_short(plan, {sku}, {qty}, short)
+  else
+    take(plan, {sku}, {qty}, need, order, 'committed')
+  end
+  local status = any and 'insufficient' or 'ok'
+  local available, version = listed(plan, sku)
+  remember(plan.tag, idem_key, STATUS_CODE[status] .. '|' .. available .. '|' .. version)
+  return {status, available, version, 0}
+end
+
+-- A change of one SKU by delta, refused (insufficient) if it would take available below zero. A sale
+-- (stocksync_decrement) moves the units to committed; an adjustment changes available and on_hand.
+-- s: the SKU as loaded (a plain one: no components); plan: the call's.
+local function change_sku(plan, idem_key, s, delta, sale)
+  local after, version = avail(s) + delta, s.version
   if after > MAX_QTY then
     fail('available would exceed ' .. MAX_QTY)
   end
   local status = after < 0 and 'insufficient' or 'ok'
   if status == 'ok' then
-    version = version + 1
-    available = after
+    version = version + (s.expired > 0 and 2 or 1)  -- (expired holds first: a change of their own)
+  else
+    after = avail(s)
   end
   -- Numbers as strings once, for the record, the event and the hash alike.
-  local a, v = tostring(available), tostring(version)
-  local first = remember(tag, idem_key, STATUS_CODE[status] .. '|' .. a .. '|' .. v)
+  local a, v = tostring(after), tostring(version)
+  local first = remember(plan.tag, idem_key, STATUS_CODE[status] .. '|' .. a .. '|' .. v)
+  if first then
+    return replay_single(first, plan.ref)
+  end
+  if status == 'ok' then
+    settle(plan, s)
+    s.available = after
+    if sale then
+      s.committed = s.committed - delta
+    end
+    emit(plan, s, delta)
+    refresh_bundles(plan)
+  else
+    flag(plan, s.sku, a, v, tostring(delta), 'insufficient')
+  end
+  return {status, after, version, 0}
+end
+
+-- The same for a SKU in no bundle and with nothing reserved (most calls): no working set, one HSET.
+-- h: its HMGET (available, version, committed, reserved, components, bundles).
+local function change_plain(keys, tag, sku, h, delta, source, ref, sale)
+  local available, version = tonumber(h[1]), tonumber(h[2])
+  local after = available + delta
+  if after > MAX_QTY then
+    fail('available would exceed ' .. MAX_QTY)
+  end
+  local status = 'ok'
+  if after < 0 then
+    status, after = 'insufficient', available
+  else
+    version = version + 1
+  end
+  local a, v, d = tostring(after), tostring(version), tostring(delta)
+  local first = remember(tag, keys[3], STATUS_CODE[status] .. '|' .. a .. '|' .. v)
   if first then
     return replay_single(first, ref)
   end
   if status == 'ok' then
-    apply(sku_key, events_key, sku, a, v, tostring(delta), source, ref)
+    local id = redis.call('XADD', keys[2], '*', 'type', 'stock.changed', 'sku', sku, 'available', a, 'delta', d,
+      'version', v, 'source', source, 'ref', ref)
+    local ms = string.sub(id, 1, string.find(id, '-', 1, true) - 1)
+    if sale then
+      redis.call('HSET', keys[1], 'available', a, 'version', v, 'updated_ms', ms, 'source', source,
+        'committed', tonumber(h[3] or 0) - delta)
+    else
+      redis.call('HSET', keys[1], 'available', a, 'version', v, 'updated_ms', ms, 'source', source)
+    end
   else
-    flag(events_key, sku, a, v, tostring(delta), source, ref, 'insufficient')
+    redis.call('XADD', keys[2], '*', 'type', 'stock.rejected', 'sku', sku, 'available', a, 'delta', d,
+      'version', v, 'source', source, 'ref', ref, 'reason', 'insufficient')
   end
-  return {status, available, version, 0}
+  return {status, after, version, 0}
+end
+
+-- stocksync_decrement and _adjust on one SKU (a sale of a bundle: its components, sell_bundle).
+local function change_by(keys, tag, sku, delta, source, ref, sale)
+  local h = redis.call('HMGET', keys[1], 'available', 'version', 'committed', 'reserved', 'components', 'bundles')
+  local reply
+  if not h[2] then
+    local first = recall(tag, keys[3])
+    return first and replay_single(first, ref) or {'unknown_sku', 0, 0, 0}
+  elseif not h[5] and not h[6] and tonumber(h[4] or 0) == 0 then
+    reply = change_plain(keys, tag, sku, h, delta, source, ref, sale)
+  else
+    local plan = new_plan(tag, keys[2], source, ref)
+    local s = state(plan, sku)
+    if s.components and not sale then
+      is_bundle_error(sku)
+    end
+    reply = s.components and sell_bundle(plan, keys[3], sku, -delta) or change_sku(plan, keys[3], s, delta, sale)
+  end
+  expire_step(tag, keys[2])
+  return reply
 end
 
 -- Functions ---------------------------------------------------------------------------------------------
 
 --[[
-  stocksync_decrement: take qty units of a SKU, or nothing if fewer are available.
+  stocksync_decrement: take qty units of a SKU (a sale: they move from available to committed), or
+  nothing if fewer are available. On a bundle's key: qty bundles, i.e. qty x each component, all or none.
     KEYS[1] <tag>:sku:<sku>   KEYS[2] <tag>:events   KEYS[3] <tag>:idem:<ref>
     ARGV[1] qty (1 .. 2^31-1)  ARGV[2] source (channel or service)  ARGV[3] ref (idempotency key)
   Reply: {status, available, version, replayed}
-    status ok | insufficient | unknown_sku; available and version after the call (unchanged unless ok);
+    status ok | insufficient | unknown_sku; available and version after the call (unchanged unless ok;
+    a bundle's: its derived quantity and version);
     replayed 1 when ref was seen before: the first outcome is returned and nothing changes.
-  Events: ok -> stock.changed; insufficient -> stock.rejected (reason insufficient); unknown_sku -> none
-  and the reference is not remembered, so the same call can succeed once the SKU exists.
+  Events: ok -> stock.changed (a bundle: one per component, then op bundle for every bundle of those
+  components); insufficient -> stock.rejected (reason insufficient); unknown_sku -> none and the
+  reference is not remembered, so the same call can succeed once the SKU exists.
   Also writes: the reference's bucket <tag>:refs:<hhh> (see the header), and one sweep step.
 ]]
 local function decrement(keys, args)
   local tag, sku, source, ref = mutation(keys, args)
   local qty = integer(args[1], 'qty', 1, MAX_QTY)
-  return change_by(keys, tag, sku, -qty, source, ref)
+  return change_by(keys, tag, sku, -qty, source, ref, true)
 end
 
 --[[
-  stocksync_adjust: add (restock, return) or remove (damage, count) units.
-    KEYS as stocksync_decrement.
+  stocksync_adjust: add (restock, return) or remove (damage, loss) units: available and on_hand change
+  together, committed does not.
+    KEYS as stocksync_decrement (not a bundle's: it has no stock of its own).
     ARGV[1] delta (non-zero, |delta| <= 2^31-1)  ARGV[2] source  ARGV[3] ref
   Reply: {status, available, version, replayed}, status ok | insufficient | unknown_sku.
   A delta that would take available below 0 is insufficient; above 2^31-1 is an error.
@@ -397,12 +875,20 @@ local function adjust(keys, args)
   if delta == 0 then
     fail('delta must not be 0')
   end
-  return change_by(keys, tag, sku, delta, source, ref)
+  return change_by(keys, tag, sku, delta, source, ref, false)
+end
+
+local function expected_version(args, at)
+  if #args > at then
+    fail('expected at most ' .. at .. ' arguments, got ' .. #args)
+  end
+  return args[at] ~= nil and integer(args[at], 'expected_version', 0, MAX_VERSION) or nil
 end
 
 --[[
-  stocksync_set: set the absolute quantity; creates the SKU if it does not exist.
-    KEYS as stocksync_decrement.
+  stocksync_set: set the available quantity; creates the SKU if it does not exist. on_hand follows
+  (available + committed + reserved). To record a warehouse count, use stocksync_count.
+    KEYS as stocksync_decrement (not a bundle's).
     ARGV[1] available (0 .. 2^31-1)  ARGV[2] source  ARGV[3] ref
     ARGV[4] expected_version (optional; 0 = the SKU must not exist yet)
   Reply: {status, available, version, replayed}, status ok | conflict.
@@ -413,33 +899,145 @@ end
 local function set(keys, args)
   local tag, sku, source, ref = mutation(keys, args)
   local target = integer(args[1], 'available', 0, MAX_QTY)
-  local expected = nil
-  if args[4] ~= nil then
-    expected = integer(args[4], 'expected_version', 0, MAX_VERSION)
+  local expected = expected_version(args, 4)
+  local plan = new_plan(tag, keys[2], source, ref)
+  local s = state(plan, sku)
+  if s and s.components then
+    is_bundle_error(sku)
   end
-  if #args > 4 then
-    fail('expected at most 4 arguments, got ' .. #args)
-  end
-  local sku_key, events_key, idem_key = keys[1], keys[2], keys[3]
-  local available, version = read(sku_key)
-  available, version = available or 0, version or 0
-  local status, record = 'ok', nil
-  if expected and expected ~= version then
-    status = 'conflict'
-    record = 'c|' .. available .. '|' .. version
-  else
-    record = 'o|' .. target .. '|' .. (version + 1)
-  end
-  local first = remember(tag, idem_key, record)
+  s = s or blank(tag, sku)
+  local conflict = expected and expected ~= s.version
+  local record = conflict and ('c|' .. avail(s) .. '|' .. s.version)
+    or ('o|' .. target .. '|' .. (s.version + (s.expired > 0 and 2 or 1)))
+  local first = remember(tag, keys[3], record)
   if first then
     return replay_single(first, ref)
   end
-  if status == 'conflict' then
-    return {status, available, version, 0}
+  if conflict then
+    return {'conflict', avail(s), s.version, 0}
   end
-  apply(sku_key, events_key, sku, target, version + 1, target - available, source, ref)
-  return {'ok', target, version + 1, 0}
+  settle(plan, s)
+  local delta = target - s.available
+  s.available = target
+  emit(plan, s, delta)
+  refresh_bundles(plan)
+  expire_step(tag, keys[2])
+  return {'ok', target, s.version, 0}
 end
+
+--[[
+  stocksync_count: record a warehouse count: on_hand becomes the count, committed (units of orders not
+  yet shipped) stays, so available = count - committed - reserved. Creates the SKU if it does not exist.
+    KEYS as stocksync_decrement (not a bundle's).
+    ARGV[1] on_hand (0 .. 2^31-1)  ARGV[2] source  ARGV[3] ref  ARGV[4] expected_version (optional)
+  Reply: {status, available, version, replayed}, status ok | conflict | insufficient.
+  insufficient: the count is below committed + reserved (units already promised are not there): nothing
+  changes but a stock.rejected event (reason below_committed, delta: the change of available it would
+  have made); cancel or ship what cannot be covered, then count again. Event: op count.
+]]
+local function count(keys, args)
+  local tag, sku, source, ref = mutation(keys, args)
+  local on_hand = integer(args[1], 'on_hand', 0, MAX_QTY)
+  local expected = expected_version(args, 4)
+  local plan = new_plan(tag, keys[2], source, ref)
+  local s = state(plan, sku)
+  if s and s.components then
+    is_bundle_error(sku)
+  end
+  s = s or blank(tag, sku)
+  local first = recall(tag, keys[3])
+  if first then
+    return replay_single(first, ref)
+  end
+  local target = on_hand - s.committed - (s.reserved - s.expired)
+  local status = (expected and expected ~= s.version) and 'conflict' or (target < 0 and 'insufficient' or 'ok')
+  if status == 'insufficient' then
+    flag(plan, sku, avail(s), s.version, target - avail(s), 'below_committed', 'count')
+  elseif status == 'ok' then
+    settle(plan, s)
+    local delta = target - s.available
+    s.available = target
+    emit(plan, s, delta, 'count')
+    refresh_bundles(plan)
+  end
+  remember(tag, keys[3], STATUS_CODE[status] .. '|' .. avail(s) .. '|' .. s.version)
+  expire_step(tag, keys[2])
+  return {status, avail(s), s.version, 0}
+end
+
+-- qty units of a bundle or SKU moved out of committed (ship) or back to available (cancel): for a
+-- bundle, its own committed and qty x each component's. Answers the units the SKU had committed.
+local function move_committed(plan, s, qty, op)
+  if not s.components then
+    settle(plan, s)
+    local units = math.min(qty, s.committed)
+    s.committed = s.committed - units
+    local delta = op == 'cancel' and qty or 0
+    s.available = s.available + delta
+    if units > 0 or delta > 0 then
+      emit(plan, s, delta, op)
+    end
+    return units
+  end
+  local units = math.min(qty, s.committed)
+  for _, part in ipairs(parts_in(s.components)) do
+    local c = state(plan, part[1])
+    if c then
+      move_committed(plan, c, (op == 'cancel' and qty or units) * part[2], op)
+    end
+  end
+  s.committed = s.committed - units
+  redis.call('HSET', s.key, 'committed', s.committed)  -- (bookkeeping of the bundle's open units)
+  s.committed0 = s.committed
+  return units
+end
+
+local function ship_or_cancel(keys, args, op)
+  local tag, sku, source, ref = mutation(keys, args)
+  local qty = integer(args[1], 'qty', 1, MAX_QTY)
+  local first = recall(tag, keys[3])
+  if first then
+    return replay_moved(first, ref)
+  end
+  local plan = new_plan(tag, keys[2], source, ref)
+  local s = state(plan, sku)
+  if not s then
+    return {'unknown_sku', 0, 0, 0, 0}
+  end
+  local units = move_committed(plan, s, qty, op)
+  refresh_bundles(plan)
+  local available, version = listed(plan, sku)
+  remember(tag, keys[3], 'o|' .. available .. '|' .. version .. '|' .. units)
+  expire_step(tag, keys[2])
+  return {'ok', available, version, 0, units}
+end
+
+--[[
+  stocksync_ship: qty units of an order line left the warehouse: they leave committed and on_hand;
+  available does not change. On a bundle's key: qty bundles (their components, qty x each).
+    KEYS as stocksync_decrement.  ARGV[1] qty (1 .. 2^31-1)  ARGV[2] source  ARGV[3] ref
+  Reply: {status, available, version, replayed, shipped}, status ok | unknown_sku.
+    shipped: the units taken out of committed, at most what the SKU has committed. Units of orders taken
+    before library 0.6 were never committed (they left on_hand when taken): shipping them changes
+    nothing more. Event: op ship (delta 0), when shipped > 0.
+]]
+local function ship(keys, args)
+  return ship_or_cancel(keys, args, 'ship')
+end
+
+--[[
+  stocksync_cancel: qty units of an order line that will not ship (a cancellation before shipping) go
+  back to available. On a bundle's key: qty bundles.
+    KEYS as stocksync_decrement.  ARGV[1] qty (1 .. 2^31-1)  ARGV[2] source  ARGV[3] ref
+  Reply: {status, available, version, replayed, from_committed}, status ok | unknown_sku.
+    available grows by qty; from_committed of them come out of committed (at most what the SKU has
+    committed), the rest is restocked onto on_hand, as 0.5 restocked a line taken before library 0.6
+    (its units had left on_hand). Event: op cancel (delta qty).
+]]
+local function cancel(keys, args)
+  return ship_or_cancel(keys, args, 'cancel')
+end
+
 
 local function replay_order(record, skus, ref)
   local code, rest = string.match(record, '^(%a)|(.*)$')
@@ -454,12 +1052,43 @@ local function replay_order(record, skus, ref)
   return {CODE_STATUS[code], out, 1}
 end
 
+-- The lines' SKUs and quantities (KEYS[first..], ARGV[first..]): one partition, each SKU once.
+local function lines_of(keys, args, first, n)
+  local skus, qtys, seen, tag = {}, {}, {}, nil
+  for i = 1, n do
+    local line_tag, sku = sku_of(keys[first + i - 1])
+    if tag and line_tag ~= tag then
+      fail('line ' .. i .. ' is in partition ' .. line_tag .. ', not ' .. tag)
+    end
+    tag = line_tag
+    if seen[sku] then
+      fail('SKU ' .. string.format('%q', sku) .. ' appears twice; merge the lines')
+    end
+    seen[sku] = true
+    skus[i] = sku
+    qtys[i] = integer(args[first + i - 1], 'qty of line ' .. i, 1, MAX_QTY)
+  end
+  return tag, skus, qtys
+end
+
+-- Each line's {sku, available, version} as a channel would list it now (unknown: false, false).
+local function line_states(plan, skus)
+  local out = {}
+  for i, sku in ipairs(skus) do
+    local available, version = listed(plan, sku)
+    out[i] = {sku, available or false, version or false}
+  end
+  return out
+end
+
 --[[
-  stocksync_order: take several lines of one partition all-or-nothing under one reference.
+  stocksync_order: take several lines of one partition all-or-nothing under one reference (a sale: the
+  units move to committed). A line may be a bundle (qty x each component); lines needing one SKU add up.
     KEYS[1] <tag>:events   KEYS[2] <tag>:idem:<ref>   KEYS[3..n+2] <tag>:sku:<sku> (n lines, SKUs distinct)
     ARGV[1] source  ARGV[2] ref  ARGV[3..n+2] qty of each line, in the order of the SKU keys
   Reply: {status, lines, replayed}, lines = {{sku, available, version}, ...} in the order given.
-    ok: every line taken, one stock.changed per line, each SKU's version + 1.
+    ok: every line taken, one stock.changed per SKU taken from, each such SKU's version + 1 (and op
+      bundle events for the bundles of those SKUs).
     insufficient: nothing changes; lines carry the current quantities; one stock.rejected per short line.
     unknown_sku: nothing changes, nothing remembered; unknown lines carry nil available and version.
   Also writes: the reference's bucket, one sweep step, and KEYS[2] (with a TTL) when the first outcome
@@ -476,90 +1105,88 @@ local function order(keys, args)
   local events_key, idem_key = keys[1], keys[2]
   local source = text(args[1], 'source', MAX_SOURCE_LEN)
   local ref = text(args[2], 'ref', MAX_REF_LEN)
-  local skus, qtys, seen, tag = {}, {}, {}, nil
-  for i = 1, n do
-    local line_tag, sku = sku_of(keys[i + 2])
-    if tag and line_tag ~= tag then
-      fail('line ' .. i .. ' is in partition ' .. line_tag .. ', not ' .. tag)
-    end
-    tag = line_tag
-    if seen[sku] then
-      fail('SKU ' .. string.format('%q', sku) .. ' appears twice; merge the lines')
-    end
-    seen[sku] = true
-    skus[i] = sku
-    qtys[i] = integer(args[i + 2], 'qty of line ' .. i, 1, MAX_QTY)
-  end
+  local tag, skus, qtys = lines_of(keys, args, 3, n)
   same_partition(tag, events_key, idem_key)
-
-  local avail, vers, short, unknown = {}, {}, false, false
-  for i = 1, n do
-    avail[i], vers[i] = read(keys[i + 2])
-    if not vers[i] then
-      unknown = true
-    elseif avail[i] < qtys[i] then
-      short = true
-    end
-  end
-
-  local function lines()
-    local out = {}
-    for i = 1, n do
-      out[i] = {skus[i], avail[i] or false, vers[i] or false}
-    end
-    return out
-  end
-
-  if unknown then
-    local first = recall(tag, idem_key)
-    if not first then
-      return {'unknown_sku', lines(), 0}
-    end
-    return replay_order(first, skus, ref)
-  end
-
-  local status = short and 'insufficient' or 'ok'
-  if not short then
-    for i = 1, n do
-      avail[i] = avail[i] - qtys[i]
-      vers[i] = vers[i] + 1
-    end
-  end
-  local parts = {}
-  for i = 1, n do
-    parts[i] = avail[i] .. ',' .. vers[i]
-  end
-  local first = remember(tag, idem_key, STATUS_CODE[status] .. '|' .. table.concat(parts, ';'))
+  local plan = new_plan(tag, events_key, source, ref)
+  local first = recall(tag, idem_key)
   if first then
     return replay_order(first, skus, ref)
   end
-
-  for i = 1, n do
-    if not short then
-      apply(keys[i + 2], events_key, skus[i], avail[i], vers[i], -qtys[i], source, ref)
-    elseif avail[i] < qtys[i] then
-      flag(events_key, skus[i], avail[i], vers[i], -qtys[i], source, ref, 'insufficient')
-    end
+  local need, order_of = needs_of(plan, skus, qtys)
+  if not need then
+    return {'unknown_sku', line_states(plan, skus), 0}
   end
-  return {status, lines(), 0}
+  local any, short = shortages(plan, need, order_of)
+  if any then
+    flag_short(plan, skus, qtys, short)
+  else
+    take(plan, skus, qtys, need, order_of, 'committed')
+  end
+  local lines, parts = line_states(plan, skus), {}
+  for i, line in ipairs(lines) do
+    parts[i] = line[2] .. ',' .. line[3]
+  end
+  local status = any and 'insufficient' or 'ok'
+  remember(tag, idem_key, STATUS_CODE[status] .. '|' .. table.concat(parts, ';'))
+  expire_step(tag, events_key)
+  return {status, lines, 0}
 end
-
 
 --[[
   stocksync_get (FCALL_RO): read one SKU.
     KEYS[1] <tag>:sku:<sku>
   Reply: {available, reserved, version, updated_ms, source}, or an empty array for an unknown SKU.
+    Holds of expired reservations are counted as available, not reserved. A bundle: its derived
+    quantity, reserved 0. (stocksync_stock answers on_hand and committed too.)
 ]]
 local function get(keys, args)
   if #keys ~= 1 then
     fail('expected 1 key (sku), got ' .. #keys)
   end
-  sku_of(keys[1])
-  local h = redis.call('HMGET', keys[1], 'available', 'reserved', 'version', 'updated_ms', 'source')
-  if not h[3] then
+  local tag, sku = sku_of(keys[1])
+  local plan = new_plan(tag)
+  local available, version = listed(plan, sku)
+  if not version then
     return {}
   end
-  return {tonumber(h[1]), tonumber(h[2] or 0), tonumber(h[3]), tonumber(h[4]), h[5]}
+  local s = plan.states[sku]
+  local h = redis.call('HMGET', keys[1], 'updated_ms', 'source')
+  return {available, s.reserved - s.expired, version, tonumber(h[1]), h[2]}
+end
+
+local function flat_parts(text)
+  local out = {}
+  for _, part in ipairs(parts_in(text)) do
+    out[#out + 1], out[#out + 2] = part[1], part[2]
+  end
+  return out
+end
+
+--[[
+  stocksync_stock (FCALL_RO): one SKU's quantities.
+    KEYS[1] <tag>:sku:<sku>
+  Reply: {available, on_hand, committed, reserved, version, updated_ms, source, components, bundles}, or an
+    empty array for an unknown SKU. on_hand = available + committed + reserved; holds of expired
+    reservations count as available. components: {sku, qty, ...} for a bundle (its on_hand is nil:
+    it has no stock of its own; committed: its units taken, not yet shipped), else empty; bundles:
+    the bundles the SKU is a component of.
+]]
+local function stock(keys, args)
+  if #keys ~= 1 then
+    fail('expected 1 key (sku), got ' .. #keys)
+  end
+  local tag, sku = sku_of(keys[1])
+  local plan = new_plan(tag)
+  local available, version = listed(plan, sku)
+  if not version then
+    return {}
+  end
+  local s = plan.states[sku]
+  local reserved = s.reserved - s.expired
+  local on_hand = not s.components and available + s.committed + reserved or false
+  local h = redis.call('HMGET', keys[1], 'updated_ms', 'source')
+  return {available, on_hand, s.committed, reserved, version, tonumber(h[1]), h[2], flat_parts(s.components),
+    names_in(s.bundles)}
 end
 
 --[[
@@ -582,6 +1209,435 @@ local function ref_status(keys, args)
   return first and CODE_STATUS[string.sub(first, 1, 1)] or false
 end
 
+
+-- Bundles: definitions ---------------------------------------------------------------------------------
+
+-- The bundles a component is in, with `bundle` added or removed.
+local function with_bundle(list, bundle, add)
+  local out = {}
+  for _, b in ipairs(names_in(list)) do
+    if b ~= bundle then
+      out[#out + 1] = b
+    end
+  end
+  if add then
+    if #out >= MAX_BUNDLES_OF_SKU then
+      fail('a SKU can be in at most ' .. MAX_BUNDLES_OF_SKU .. ' bundles')
+    end
+    out[#out + 1] = bundle
+  end
+  return table.concat(out, '\n')
+end
+
+local function no_newline(sku)
+  if string.find(sku, '\n', 1, true) then
+    fail('SKU ' .. string.format('%q', sku) .. ' has a newline: it cannot be in a bundle or a reservation')
+  end
+  return sku
+end
+
+-- Writes a component's list of bundles (none: the field goes).
+local function write_bundles(s, list)
+  s.bundles = list ~= '' and list or nil
+  if s.bundles then
+    redis.call('HSET', s.key, 'bundles', s.bundles)
+  else
+    redis.call('HDEL', s.key, 'bundles')
+  end
+end
+
+-- The checks of a bundle's definition: the components exist in its partition, are not bundles, and
+-- the bundle itself is no component and holds no stock of its own.
+local function check_bundle(plan, b, skus)
+  if b and b.bundles then
+    fail(string.format('%q', b.sku) .. ' is a component of a bundle: a bundle cannot be a component')
+  end
+  if b and not b.components and (b.available ~= 0 or b.committed ~= 0 or b.reserved ~= 0) then
+    fail(string.format('%q', b.sku) .. ' has stock of its own (available ' .. b.available .. ', committed '
+      .. b.committed .. ', reserved ' .. b.reserved .. '): bring it to 0 before it becomes a bundle')
+  end
+  for _, sku in ipairs(skus) do
+    local c = state(plan, sku)
+    if not c then
+      fail('component ' .. string.format('%q', sku) .. ' does not exist in partition ' .. plan.tag
+        .. ' (a bundle and its components must share a partition: see docs/keys.md, pinning)')
+    end
+    if c.components then
+      fail('component ' .. string.format('%q', sku) .. ' is a bundle: bundles do not nest')
+    end
+    local of = names_in(c.bundles)
+    if #of >= MAX_BUNDLES_OF_SKU and not string.find('\n' .. c.bundles .. '\n', '\n' .. plan.sku .. '\n', 1, true) then
+      fail('component ' .. string.format('%q', sku) .. ' is in ' .. #of .. ' bundles already, the most a SKU can be in')
+    end
+  end
+end
+
+-- Writes a bundle's definition: the components' lists of bundles, then its quantity (op define).
+local function define(plan, b, skus, definition)
+  local old, new = {}, {}
+  for _, part in ipairs(parts_in(b.components)) do
+    old[part[1]] = true
+  end
+  for _, c in ipairs(skus) do
+    new[c] = true
+  end
+  for c, _ in pairs(old) do
+    local s = not new[c] and state(plan, c)
+    if s then
+      write_bundles(s, with_bundle(s.bundles, b.sku, false))
+    end
+  end
+  for _, c in ipairs(skus) do
+    local s = state(plan, c)
+    if not old[c] then
+      write_bundles(s, with_bundle(s.bundles, b.sku, true))
+    end
+  end
+  b.components = definition
+  redis.call('HSET', b.key, 'components', definition)
+  local q = derived(plan, b)
+  local delta = q - b.available
+  b.available = q
+  emit(plan, b, delta, 'define')
+  redis.call('SADD', heads_of(plan.tag).bundles, b.sku)
+  return {'ok', q, b.version}
+end
+
+--[[
+  stocksync_bundle_set: define (or redefine) a bundle: a SKU with no stock of its own whose quantity is
+  the fewest whole bundles its components make. A multipack is a bundle of one component.
+    KEYS[1] <tag>:events   KEYS[2] <tag>:sku:<bundle>   KEYS[3..n+2] <tag>:sku:<component> (1 .. 20,
+    distinct, existing, not bundles, same partition)
+    ARGV[1] source  ARGV[2] ref (carried by the event)  ARGV[3..n+2] units of each component (1 .. 99999)
+  Reply: {status, available, version}   status ok | unchanged (the same definition: nothing changes).
+  Refused (error): the bundle is a component, has stock of its own (a SKU becomes a bundle only at 0),
+  or has committed units (redefine it once they are shipped or cancelled).
+  Writes: the bundle's hash (components, its quantity; op define event), the components' bundles lists,
+  <tag>:bundles.
+]]
+local function bundle_set(keys, args)
+  local n = #keys - 2
+  if n < 1 or n > MAX_BUNDLE_COMPONENTS then
+    fail('a bundle needs 1 to ' .. MAX_BUNDLE_COMPONENTS .. ' components, got ' .. n)
+  end
+  if #args ~= n + 2 then
+    fail('expected ' .. n .. ' quantities for ' .. n .. ' component keys, got ' .. (#args - 2))
+  end
+  local source, ref = text(args[1], 'source', MAX_SOURCE_LEN), text(args[2], 'ref', MAX_REF_LEN)
+  local tag, sku = sku_of(keys[2])
+  events_of(tag, keys[1])
+  no_newline(sku)
+  local ctag, skus, qtys = lines_of(keys, args, 3, n)
+  if ctag ~= tag then
+    fail('components are in partition ' .. ctag .. ', the bundle in ' .. tag)
+  end
+  local parts = {}
+  for i, c in ipairs(skus) do
+    if c == sku then
+      fail('a bundle cannot be its own component')
+    end
+    no_newline(c)
+    if qtys[i] > MAX_BUNDLE_QTY then
+      fail('units of component ' .. i .. ' must be between 1 and ' .. MAX_BUNDLE_QTY .. ', got ' .. qtys[i])
+    end
+    parts[i] = c .. '\n' .. qtys[i]
+  end
+  local plan = new_plan(tag, keys[1], source, ref)
+  local b = state(plan, sku)
+  plan.sku = sku
+  check_bundle(plan, b, skus)
+  local definition = table.concat(parts, '\n')
+  if b and b.components == definition then
+    return {'unchanged', listed(plan, sku)}
+  end
+  if b and b.committed > 0 then
+    fail(string.format('%q', sku) .. ' has ' .. b.committed .. ' units committed to open orders: ship or cancel them first')
+  end
+  return define(plan, b or blank(tag, sku), skus, definition)
+end
+
+--[[
+  stocksync_bundle_delete: a bundle stops being one: it stays as a plain SKU at 0 (so every channel lists
+  0 under its name) and leaves its components' lists.
+    KEYS[1] <tag>:events   KEYS[2] <tag>:sku:<bundle>
+    ARGV[1] source  ARGV[2] ref (carried by the event)
+  Reply: {status, available, version}   status ok | not_bundle (nothing changes) | unknown_sku
+  Refused (error): the bundle has units committed to open orders (ship or cancel them first).
+]]
+local function bundle_delete(keys, args)
+  if #keys ~= 2 then
+    fail('expected 2 keys (events, bundle), got ' .. #keys)
+  end
+  local source, ref = text(args[1], 'source', MAX_SOURCE_LEN), text(args[2], 'ref', MAX_REF_LEN)
+  local tag, sku = sku_of(keys[2])
+  events_of(tag, keys[1])
+  local plan = new_plan(tag, keys[1], source, ref)
+  local b = state(plan, sku)
+  if not b then
+    return {'unknown_sku', 0, 0}
+  end
+  if not b.components then
+    return {'not_bundle', avail(b), b.version}
+  end
+  if b.committed > 0 then
+    fail(string.format('%q', sku) .. ' has ' .. b.committed .. ' units committed to open orders: ship or cancel them first')
+  end
+  for _, part in ipairs(parts_in(b.components)) do
+    local c = state(plan, part[1])
+    if c then
+      write_bundles(c, with_bundle(c.bundles, sku, false))
+    end
+  end
+  redis.call('HDEL', b.key, 'components', 'committed')
+  b.components, b.committed, b.committed0 = nil, 0, 0
+  local delta = -b.available
+  b.available = 0
+  emit(plan, b, delta, 'define')
+  redis.call('SREM', heads_of(tag).bundles, sku)
+  return {'ok', 0, b.version}
+end
+
+
+-- Reservations --------------------------------------------------------------------------------------------
+
+-- The reservation key KEYS[k] names the reservation: <tag>:res:<id>.
+local function reservation_key(key, tag)
+  local t, id = string.match(key or '', '^(%b{}):res:(.+)$')
+  if not t or (tag and t ~= tag) then
+    fail('reservation key ' .. string.format('%q', key or '') .. ' is not ' .. (tag or '<tag>') .. ':res:<id>')
+  end
+  if #id > MAX_REF_LEN then
+    fail('reservation id must be at most ' .. MAX_REF_LEN .. ' bytes')
+  end
+  return t, id
+end
+
+local function ms_left(r)
+  local now = now_ms()
+  return math.max(r.exp - now, 0)
+end
+
+-- A reply's state of a reservation: held past its expiry counts as expired.
+local function state_now(r)
+  if r.state == 'held' and ms_left(r) == 0 then
+    return 'expired'
+  end
+  return r.state
+end
+
+-- Holds what the lines need (available -> reserved): each SKU's hold set gets <units>:<id> with the
+-- expiry, the partition's expiries the reservation.
+local function hold(plan, r, skus, qtys, need, order)
+  local h, parts = heads_of(plan.tag), {}
+  take(plan, skus, qtys, need, order, 'reserved', 'reserve')
+  for i, sku in ipairs(order) do
+    redis.call('ZADD', h.hold .. sku, r.exp, need[sku] .. ':' .. r.id)
+    parts[i] = sku .. '\n' .. need[sku]
+  end
+  redis.call('HSET', r.key, 'state', 'held', 'exp', r.exp, 'src', plan.source, 'lines', r.lines,
+    'holds', table.concat(parts, '\n'))
+  redis.call('PEXPIRE', r.key, r.ttl + IDEM_TTL_S * 1000)
+  redis.call('ZADD', h.expiries, r.exp, r.id)
+  local due = hold_due[plan.tag]
+  if not due or r.exp < due then
+    due_at(plan.tag, r.exp)
+  end
+end
+
+--[[
+  stocksync_reserve: hold units for a while (a checkout during payment): every line or none, from
+  available into reserved, until stocksync_commit makes them a sale, stocksync_release gives them back,
+  or the time to live passes (then they come back by themselves, once: see the header).
+    KEYS[1] <tag>:events   KEYS[2] <tag>:res:<id> (the reservation: its id is its reference)
+    KEYS[3..n+2] <tag>:sku:<sku> (n lines, SKUs distinct; a bundle holds its components)
+    ARGV[1] source  ARGV[2] time to live in ms (1 .. 604800000)  ARGV[3..n+2] qty of each line
+  Reply: {status, lines, replayed, ms_left}, lines = {{sku, available, version}, ...} as now.
+    ok: held (events op reserve, and op bundle); insufficient: nothing held, one stock.rejected per
+    short line (op reserve), and the id keeps that outcome; unknown_sku: nothing changes or is kept.
+    replayed 1: the id was used before: its first status, the time it has left (0 once it ended).
+  The id keeps its outcome until IDEM_TTL_S after the expiry; an id used with other lines is refused.
+]]
+local function reserve(keys, args)
+  local n = #keys - 2
+  if n < 1 or n > MAX_ORDER_LINES then
+    fail('a reservation needs 1 to ' .. MAX_ORDER_LINES .. ' lines, got ' .. n)
+  end
+  if #args ~= n + 2 then
+    fail('expected ' .. n .. ' quantities for ' .. n .. ' SKU keys, got ' .. (#args - 2))
+  end
+  local source = text(args[1], 'source', MAX_SOURCE_LEN)
+  local ttl = integer(args[2], 'time to live (ms)', 1, MAX_HOLD_MS)
+  local tag, skus, qtys = lines_of(keys, args, 3, n)
+  events_of(tag, keys[1])
+  local _, id = reservation_key(keys[2], tag)
+  local lines = {}
+  for i, sku in ipairs(skus) do
+    lines[i] = no_newline(sku) .. '\n' .. qtys[i]
+  end
+  lines = table.concat(lines, '\n')
+  local plan = new_plan(tag, keys[1], source, id)
+  local r = reservation_of(tag, id)
+  if r then
+    if r.lines ~= lines then
+      fail('reservation ' .. string.format('%q', id) .. ' was first made with other lines')
+    end
+    return {r.state == 'insufficient' and 'insufficient' or 'ok', line_states(plan, skus), 1, ms_left(r)}
+  end
+  local need, order_of = needs_of(plan, skus, qtys)
+  if not need then
+    return {'unknown_sku', line_states(plan, skus), 0, 0}
+  end
+  local any, short = shortages(plan, need, order_of)
+  r = {key = keys[2], id = id, lines = lines, ttl = ttl, exp = now_ms() + ttl}
+  if any then
+    flag_short(plan, skus, qtys, short, 'reserve')
+    redis.call('HSET', r.key, 'state', 'insufficient', 'exp', 0, 'src', source, 'lines', lines)
+    redis.call('PEXPIRE', r.key, IDEM_TTL_S * 1000)
+  else
+    hold(plan, r, skus, qtys, need, order_of)
+  end
+  expire_step(tag, keys[1])
+  return {any and 'insufficient' or 'ok', line_states(plan, skus), 0, any and 0 or ttl}
+end
+
+-- The arguments of a call on one reservation: KEYS events, reservation; ARGV[1] source.
+local function one_reservation(keys, args)
+  if #keys ~= 2 then
+    fail('expected 2 keys (events, reservation), got ' .. #keys)
+  end
+  local source = text(args[1], 'source', MAX_SOURCE_LEN)
+  local tag, id = reservation_key(keys[2])
+  events_of(tag, keys[1])
+  return new_plan(tag, keys[1], source, id), reservation_of(tag, id)
+end
+
+local function reservation_lines(plan, r)
+  local skus = {}
+  for i, part in ipairs(parts_in(r.lines)) do
+    skus[i] = part[1]
+  end
+  return line_states(plan, skus)
+end
+
+-- Whether every hold of a held reservation is still in its SKU's hold set.
+local function holds_intact(plan, r)
+  local h = heads_of(plan.tag)
+  for _, part in ipairs(parts_in(r.holds)) do
+    if not redis.call('ZSCORE', h.hold .. part[1], part[2] .. ':' .. r.id) then
+      return false
+    end
+  end
+  return true
+end
+
+-- Held units become a sale: reserved -> committed for every hold (op commit, available unchanged), and
+-- a bundle line's units become the bundle's committed.
+local function commit_holds(plan, r)
+  local h = heads_of(plan.tag)
+  for _, part in ipairs(parts_in(r.holds)) do
+    redis.call('ZREM', h.hold .. part[1], part[2] .. ':' .. r.id)
+    local s = state(plan, part[1])
+    if s then
+      settle(plan, s)
+      s.reserved, s.committed = s.reserved - part[2], s.committed + part[2]
+      emit(plan, s, 0, 'commit')
+    end
+  end
+  for _, part in ipairs(parts_in(r.lines)) do
+    local b = state(plan, part[1])
+    if b and b.components then
+      b.committed = b.committed + part[2]
+      redis.call('HSET', b.key, 'committed', b.committed)
+    end
+  end
+  refresh_bundles(plan)
+  redis.call('HSET', r.key, 'state', 'committed')
+  redis.call('PEXPIRE', r.key, IDEM_TTL_S * 1000)
+  redis.call('ZREM', h.expiries, r.id)
+end
+
+--[[
+  stocksync_commit: a held reservation becomes a sale of its lines (reserved -> committed), as
+  stocksync_order would have taken them; exactly once (the reservation is its own record).
+    KEYS[1] <tag>:events   KEYS[2] <tag>:res:<id>   ARGV[1] source
+  Reply: {status, lines, replayed}, lines = {{sku, available, version}, ...} as now.
+    ok: committed (replayed 1 when it was before); expired: its time had passed (its holds are given
+    back now if they were not); released | insufficient: it holds nothing; unknown: no such reservation.
+]]
+local function commit(keys, args)
+  local plan, r = one_reservation(keys, args)
+  if not r then
+    return {'unknown', {}, 0}
+  end
+  if r.state == 'held' and (ms_left(r) == 0 or not holds_intact(plan, r)) then
+    end_reservation(new_plan(plan.tag, plan.events, 'expiry', r.id), r, 'expired', 'expire')
+  elseif r.state == 'held' then
+    commit_holds(plan, r)
+    expire_step(plan.tag, plan.events)
+    return {'ok', reservation_lines(plan, r), 0}
+  end
+  return {r.state == 'committed' and 'ok' or r.state, reservation_lines(plan, r), r.state == 'committed' and 1 or 0}
+end
+
+--[[
+  stocksync_release: give a held reservation's units back (reserved -> available, op release).
+    KEYS[1] <tag>:events   KEYS[2] <tag>:res:<id>   ARGV[1] source
+  Reply: {status, lines, replayed}
+    ok: released (replayed 1 when it was before); expired: its time had passed (given back as expired);
+    committed: it is a sale now (cancel the order lines instead); insufficient: it never held anything;
+    unknown: no such reservation.
+]]
+local function release(keys, args)
+  local plan, r = one_reservation(keys, args)
+  if not r then
+    return {'unknown', {}, 0}
+  end
+  if r.state == 'held' and ms_left(r) == 0 then
+    end_reservation(new_plan(plan.tag, plan.events, 'expiry', r.id), r, 'expired', 'expire')
+  elseif r.state == 'held' then
+    end_reservation(plan, r, 'released', 'release')
+    expire_step(plan.tag, plan.events)
+    return {'ok', reservation_lines(plan, r), 0}
+  end
+  return {r.state == 'released' and 'ok' or r.state, reservation_lines(plan, r), r.state == 'released' and 1 or 0}
+end
+
+--[[
+  stocksync_reservation (FCALL_RO): a reservation as it stands.
+    KEYS[1] <tag>:res:<id>
+  Reply: {state, expires_ms, ms_left, lines, source} or an empty array (unknown, or forgotten IDEM_TTL_S
+    after it ended). state: held | committed | released | expired (a held one past its expiry reads as
+    expired) | insufficient; lines = {sku, qty, ...} as reserved.
+]]
+local function reservation(keys, args)
+  if #keys ~= 1 then
+    fail('expected 1 key (reservation), got ' .. #keys)
+  end
+  local tag, id = reservation_key(keys[1])
+  local r = reservation_of(tag, id)
+  if not r then
+    return {}
+  end
+  return {state_now(r), r.exp, r.state == 'held' and ms_left(r) or 0, flat_parts(r.lines), r.src}
+end
+
+--[[
+  stocksync_expire: the sweep: end up to `count` reservations of the partition whose time has passed
+  (their holds go back to available, op expire, source expiry). Workers call it every second per
+  partition; writing calls of the partition also end a few once the next expiry has passed.
+    KEYS[1] <tag>:events   ARGV[1] count (1 .. 500)
+  Reply: {'ok', ended, next_ms}   next_ms: the next expiry in the partition (0: none held).
+]]
+local function expire(keys, args)
+  if #keys ~= 1 or not string.find(keys[1] or '', '^%b{}:events$') then
+    fail('expected 1 key (events)')
+  end
+  local n = integer(args[1], 'count', 1, MAX_EXPIRE_COUNT)
+  local tag = string.match(keys[1], '^(%b{}):events$')
+  local ended, next_due = expire_due(tag, keys[1], n)
+  return {'ok', ended, next_due}
+end
+
 --[[
   stocksync_version: the library version string (the loader replaces older libraries).
   stocksync_idem_ttl: seconds a reference is remembered, as loaded.
@@ -592,7 +1648,19 @@ redis.register_function('stocksync_decrement', guarded(decrement))
 redis.register_function('stocksync_adjust', guarded(adjust))
 redis.register_function('stocksync_set', guarded(set))
 redis.register_function('stocksync_order', guarded(order))
+redis.register_function('stocksync_count', guarded(count))
+redis.register_function('stocksync_ship', guarded(ship))
+redis.register_function('stocksync_cancel', guarded(cancel))
+redis.register_function('stocksync_bundle_set', guarded(bundle_set))
+redis.register_function('stocksync_bundle_delete', guarded(bundle_delete))
+redis.register_function('stocksync_reserve', guarded(reserve))
+redis.register_function('stocksync_commit', guarded(commit))
+redis.register_function('stocksync_release', guarded(release))
+redis.register_function('stocksync_expire', guarded(expire))
 redis.register_function{function_name = 'stocksync_get', callback = guarded(get), flags = {'no-writes'}}
+redis.register_function{function_name = 'stocksync_stock', callback = guarded(stock), flags = {'no-writes'}}
+redis.register_function{function_name = 'stocksync_reservation', callback = guarded(reservation),
+  flags = {'no-writes'}}
 redis.register_function{function_name = 'stocksync_ref', callback = guarded(ref_status), flags = {'no-writes'}}
 redis.register_function{function_name = 'stocksync_version', callback = function() return VERSION end,
   flags = {'no-writes'}}
@@ -618,23 +1686,6 @@ redis.register_function{function_name = 'stocksync_legacy_until', callback = fun
 local MAX_GROUP_LEN = 64
 local MAX_TTL_MS = 3600000
 local MAX_ID_LEN = 41
-
-local function tag_of(key, kind, name)
-  local tag, rest = string.match(key or '', '^(%b{}):' .. kind .. ':(.+)$')
-  if not tag then
-    fail('not a ' .. kind .. ' key: ' .. string.format('%q', key or ''))
-  end
-  if name and rest ~= name then
-    fail(kind .. ' key ' .. string.format('%q', key) .. ' is not for ' .. string.format('%q', name))
-  end
-  return tag, rest
-end
-
-local function events_of(tag, events_key)
-  if events_key ~= tag .. ':events' then
-    fail('events key ' .. string.format('%q', events_key or '') .. ' is not ' .. tag .. ':events')
-  end
-end
 
 local function entry_id(value, name)
   if type(value) ~= 'string' or #value > MAX_ID_LEN or not string.find(value, '^%d+%-%d+$') then
@@ -690,6 +1741,8 @@ end
     leased 1 when the lease is now the owner's (new, or already the owner's: the TTL is renewed), 0 when
     another consumer holds it (available, version, pushed are then still read, for information).
     available/version false for a SKU that does not exist; pushed 0 when the channel has none yet.
+    available is what a read counts (0.6): holds of expired reservations count as available; a bundle's
+    is the fewest whole bundles its components make now (its components' keys are derived, same tag).
 ]]
 local function push_claim(keys, args)
   local n = (#keys - 1) / 2
@@ -711,7 +1764,7 @@ local function push_claim(keys, args)
     end
     skus[i] = sku
   end
-  local out = {}
+  local out, plan = {}, new_plan(tag)
   for i = 1, n do
     local lease_key = keys[1 + n + i]
     local leased = 0
@@ -721,7 +1774,7 @@ local function push_claim(keys, args)
       redis.call('PEXPIRE', lease_key, ttl)
       leased = 1
     end
-    local available, version = read(keys[1 + i])
+    local available, version = listed(plan, skus[i])
     local pushed = tonumber(redis.call('HGET', keys[1], skus[i]) or '0')
     out[i] = {skus[i], leased, available or false, version or false, pushed}
   end
@@ -975,18 +2028,79 @@ redis.register_function('stocksync_recheck', guarded(recheck))
 -- Webhook intake ---------------------------------------------------------------------------------------
 --[[
   The webhook intake restocks an order line (a cancellation, a return, a partial cancellation) never
-  beyond what was taken, however many distinct restocks of that line arrive at once or from several API
-  processes. Before applying a restock with stocksync_adjust under the restock's own reference, it
-  reserves the units here, in one key per line. That key lives outside the partitions (a Flipkart
-  cancellation names only the line; its SKU is known from the intake's line record), so this function
-  touches that one key and nothing else.
+  beyond what was taken, and ships it never beyond what is still committed, however many distinct
+  restocks and shipments of that line arrive at once or from several API processes. Before applying a
+  restock (stocksync_cancel or _adjust) or a shipment (stocksync_ship) under its own reference, it
+  claims the units here, in one key per line. That key lives outside the partitions (a Flipkart
+  cancellation names only the line; its SKU is known from the intake's line record), so these functions
+  touch that one key and nothing else.
 
-    <prefix>:wh:line:<channel>:<line key>:restocks   hash: restock id -> p<units> (reserved) or
-                                                     d<units> (applied: the intake HSETs it after the adjust)
+    <prefix>:wh:line:<channel>:<line key>:restocks   hash, the line's ledger: id -> record
+      restock:  p<units>[c<from committed>] (claimed) or d<units>[c<...>] (applied: the intake HSETs it
+                after the change); c: the units a cancellation takes back from committed (the line's
+                unshipped units), the rest are returns of shipped units (0.5 records have no c part)
+      shipment: h<units> (claimed) or s<units> (applied)
 ]]
 
 local MAX_RESTOCK_ID_LEN = 200
 local MAX_LINE_TTL_S = 315360000  -- 10 years
+
+-- The line's ledger so far: units restocked (all kinds), of them taken back from committed, shipped;
+-- and the record of `id` if it has one.
+local function ledger(key, id, before)
+  local flat = redis.call('HGETALL', key)
+  local l = {restocked = before, released = 0, shipped = 0}
+  for i = 1, #flat, 2 do
+    local st, units, c = string.match(flat[i + 1], '^([pdhs])(%d+)c?(%d*)$')
+    if not st then
+      fail('restock record ' .. string.format('%q', flat[i + 1]) .. ' of ' .. string.format('%q', flat[i])
+        .. ' is not p<units>, d<units>, h<units> or s<units>')
+    end
+    units, c = tonumber(units), tonumber(c) or 0
+    if flat[i] == id then
+      l.own = {state = st, units = units, c = c}
+    elseif st == 'h' or st == 's' then
+      l.shipped = l.shipped + units
+    else
+      l.restocked, l.released = l.restocked + units, l.released + c
+    end
+  end
+  return l
+end
+
+local function line_args(keys, args, least, most, names)
+  if #keys ~= 1 or not string.find(keys[1] or '', ':restocks$') then
+    fail('expected 1 key (<prefix>:wh:line:<channel>:<line key>:restocks)')
+  end
+  if #args < least or #args > most then
+    fail('expected ' .. names .. ', got ' .. #args)
+  end
+  return text(args[1], 'restock id', MAX_RESTOCK_ID_LEN), integer(args[2], 'units', 1, MAX_QTY),
+    integer(args[3], 'taken', 0, MAX_QTY), integer(args[4], 'ttl', 1, MAX_LINE_TTL_S)
+end
+
+local function claim(key, id, record, ttl)
+  redis.call('HSET', key, id, record)
+  redis.call('EXPIRE', key, ttl)
+end
+
+-- How a restock of `wanted` units splits: a cancellation (kind cancel) takes back only unshipped units
+-- (from committed); a return (kind return) gives back shipped units first, then unshipped ones (a return
+-- of a line whose shipment was never recorded); a line taken before 0.6 (kind none) as 0.5 did. Never
+-- more than taken - restocked.
+local function split(l, wanted, taken, kind)
+  local left = math.max(taken - l.restocked, 0)
+  local unshipped = math.max(taken - l.shipped - l.released, 0)
+  if kind == 'cancel' then
+    local c = math.min(wanted, unshipped, left)
+    return c, c
+  elseif kind == 'return' then
+    local returned = math.min(wanted, math.max(l.shipped - (l.restocked - l.released), 0), left)
+    local c = math.min(wanted - returned, unshipped, left - returned)
+    return returned + c, c
+  end
+  return math.min(wanted, left), 0
+end
 
 --[[
   stocksync_restock_claim: reserve the units of one restock of an order line, capped at what was taken.
@@ -997,9 +2111,13 @@ local MAX_LINE_TTL_S = 315360000  -- 10 years
     ARGV[4] TTL of the key in seconds (1 .. 10 years), renewed by every new reservation
     ARGV[5] units restocked before this key existed (optional, default 0; the intake's old :restocked
             counter, read-only since)
-  Reply: {status, units, replayed}
-    reserved: units (>= 1) are reserved for this restock: apply them (stocksync_adjust with the restock's
-              reference), then mark the restock applied (HSET <key> <id> d<units>)
+    ARGV[6] kind (optional): cancel | return for a line taken into committed (library 0.6+; see split),
+            none (the default) for a line taken before
+  Reply: {status, units, replayed}, and from_committed when ARGV[6] is given (so a 0.5 caller's reply
+    is as it was)
+    reserved: units (>= 1) are reserved for this restock: apply them (from_committed of them with
+              stocksync_cancel, the rest with stocksync_adjust, under the restock's reference), then mark
+              the restock applied (HSET <key> <id> d<units>[c<from_committed>])
     done:     this restock was applied before (units as applied): apply nothing
     none:     nothing left to restock (units 0), nothing recorded
     replayed 1 when the restock id was recorded before: its first reservation is returned. A replayed
@@ -1007,37 +2125,58 @@ local MAX_LINE_TTL_S = 315360000  -- 10 years
     same reference, which the library makes a no-op if it was.
 ]]
 local function restock_claim(keys, args)
-  if #keys ~= 1 or not string.find(keys[1] or '', ':restocks$') then
-    fail('expected 1 key (<prefix>:wh:line:<channel>:<line key>:restocks)')
+  local id, wanted, taken, ttl = line_args(keys, args, 4, 6, '4 or 5 arguments (id, units, taken, ttl, '
+    .. '[restocked before]), or 6 with the kind')
+  local before = args[5] and integer(args[5], 'restocked before', 0, MAX_QTY) or 0
+  local kind = args[6] or 'none'
+  if kind ~= 'cancel' and kind ~= 'return' and kind ~= 'none' then
+    fail("kind must be cancel, return or none, got " .. string.format('%q', kind))
   end
-  if #args < 4 or #args > 5 then
-    fail('expected 4 or 5 arguments (id, units, taken, ttl, [restocked before]), got ' .. #args)
-  end
-  local id = text(args[1], 'restock id', MAX_RESTOCK_ID_LEN)
-  local wanted = integer(args[2], 'units', 1, MAX_QTY)
-  local taken = integer(args[3], 'taken', 0, MAX_QTY)
-  local ttl = integer(args[4], 'ttl', 1, MAX_LINE_TTL_S)
-  local reserved = args[5] and integer(args[5], 'restocked before', 0, MAX_QTY) or 0
-  local key = keys[1]
-  local flat = redis.call('HGETALL', key)
-  for i = 1, #flat, 2 do
-    local state, units = string.match(flat[i + 1], '^([pd])(%d+)$')
-    if not state then
-      fail('restock record ' .. string.format('%q', flat[i + 1]) .. ' of ' .. string.format('%q', flat[i])
-        .. ' is not p<units> or d<units>')
+  local l = ledger(keys[1], id, before)
+  local reply
+  if l.own then
+    if l.own.state == 'h' or l.own.state == 's' then
+      fail('id ' .. string.format('%q', id) .. ' is a shipment of the line, not a restock')
     end
-    if flat[i] == id then
-      return {state == 'p' and 'reserved' or 'done', tonumber(units), 1}
+    reply = {l.own.state == 'p' and 'reserved' or 'done', l.own.units, 1, l.own.c}
+  else
+    local units, c = split(l, wanted, taken, kind)
+    reply = units > 0 and {'reserved', units, 0, c} or {'none', 0, 0, 0}
+    if units > 0 then
+      claim(keys[1], id, 'p' .. units .. (c > 0 and ('c' .. c) or ''), ttl)
     end
-    reserved = reserved + tonumber(units)
   end
-  local units = math.min(wanted, taken - reserved)
+  if not args[6] then
+    reply[4] = nil
+  end
+  return reply
+end
+
+--[[
+  stocksync_ship_claim: reserve the units of one shipment of an order line taken into committed, capped
+  at the line's unshipped units (taken - shipped - taken back by cancellations).
+    KEYS[1] <prefix>:wh:line:<channel>:<line key>:restocks
+    ARGV[1] shipment id (distinct per shipment of the line, e.g. ship:<fulfillment id>)
+    ARGV[2] units wanted (1 .. 2^31-1)   ARGV[3] units taken (0 .. 2^31-1)   ARGV[4] TTL of the key (s)
+  Reply: {status, units, replayed}   as stocksync_restock_claim: reserved (ship them with stocksync_ship
+    under the shipment's reference, then HSET <key> <id> s<units>) | done | none.
+]]
+local function ship_claim(keys, args)
+  local id, wanted, taken, ttl = line_args(keys, args, 4, 4, '4 arguments (id, units, taken, ttl)')
+  local l = ledger(keys[1], id, 0)
+  if l.own then
+    if l.own.state ~= 'h' and l.own.state ~= 's' then
+      fail('id ' .. string.format('%q', id) .. ' is a restock of the line, not a shipment')
+    end
+    return {l.own.state == 'h' and 'reserved' or 'done', l.own.units, 1}
+  end
+  local units = math.min(wanted, taken - l.shipped - l.released)
   if units <= 0 then
     return {'none', 0, 0}
   end
-  redis.call('HSET', key, id, 'p' .. units)
-  redis.call('EXPIRE', key, ttl)
+  claim(keys[1], id, 'h' .. units, ttl)
   return {'reserved', units, 0}
 end
 
 redis.register_function('stocksync_restock_claim', guarded(restock_claim))
+redis.register_function('stocksync_ship_claim', guarded(ship_claim))

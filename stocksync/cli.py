@@ -6,6 +6,7 @@
     stocksync sku adjust SKU DELTA [--ref REF]
     stocksync tail [--from ID] [--count N] one line per event, every partition
     stocksync reconcile orders CHANNEL [--since ISO-TIME]   one pass of the channel's order poller, now
+    stocksync sku count|ship|cancel ..., bundle, rules, reservation   (stocksync.inventory_commands)
     stocksync redis [--port N]             an embedded Redis in the foreground
     stocksync demo [--keep]                the whole system, two replays (--keep: stay up)
     stocksync rejections list|apply|resolve   orders that could not be covered (stocksync.orders.commands)
@@ -27,7 +28,7 @@ import threading
 
 from consumers import cli as consumers_cli
 
-from . import __version__, commandline, functions, inventory
+from . import __version__, commandline, functions, inventory, inventory_commands
 from .api import serve
 from .embedded import EmbeddedRedis
 from .events import follow
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--force", action="store_true", help="replace it even if it is current")
     load.set_defaults(run=_functions_load)
 
-    _sku_commands(sub)
+    sku_sub = _sku_commands(sub)
 
     tail = sub.add_parser("tail", help="follow every partition's events stream, one line per event")
     tail.add_argument("--from", dest="since", default="$",
@@ -80,10 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     consumers_cli.register(sub)
     order_commands.register(sub)
     reconcile.register(sub)
+    inventory_commands.register(sub, sku_sub)  # sku count|ship|cancel, bundle, rules, reservation
     return commandline.finish(parser)
 
 
-def _sku_commands(sub) -> None:
+def _sku_commands(sub):
     sku = sub.add_parser("sku", help="read or change SKUs: one, or many from a CSV file")
     sku_sub = sku.add_subparsers(dest="action", required=True)
     get = sku_sub.add_parser("get", help="print a SKU's stock")
@@ -113,6 +115,7 @@ def _sku_commands(sub) -> None:
     exp = sku_sub.add_parser("export", help="write every SKU with its stock as CSV (importable as it is)")
     exp.add_argument("file", nargs="?", help="where to write it (default: standard output)")
     exp.set_defaults(run=_sku_export, sync=True)
+    return sku_sub
 
 
 async def _open(args) -> StockStore:
@@ -135,12 +138,14 @@ def _print_outcome(outcome) -> int:
 
 async def _sku_get(args) -> int:
     async with await _open(args) as store:
-        stock = await store.get(args.sku)
-    if stock is None:
+        q = await store.quantities(args.sku)
+    if q is None:
         print(f"{args.sku}: unknown SKU", file=sys.stderr)
         return 1
-    print(f"{stock.sku}: available={stock.available} reserved={stock.reserved} version={stock.version} "
-          f"updated_ms={stock.updated_ms} source={stock.source}")
+    parts = " ".join(f"{c}x{n}" for c, n in q.components.items())
+    held = f"bundle of {parts}" if q.is_bundle else f"on_hand={q.on_hand}"
+    print(f"{q.sku}: available={q.available} reserved={q.reserved} version={q.version} "
+          f"updated_ms={q.updated_ms} source={q.source} committed={q.committed} {held}")
     return 0
 
 

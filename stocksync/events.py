@@ -27,6 +27,8 @@ class Event:
     source: str
     ref: str
     reason: str = ""
+    op: str = ""  # (library 0.6) ship, cancel, count, reserve, commit, release, expire, bundle, define; "" for a
+    # sale, an adjustment or a set (their events keep the fields they had)
 
     @property
     def ts_ms(self) -> int:
@@ -45,6 +47,7 @@ class Event:
             source=fields["source"],
             ref=fields["ref"],
             reason=fields.get("reason", ""),
+            op=fields.get("op", ""),
         )
 
     def line(self) -> str:
@@ -54,7 +57,8 @@ class Event:
             change = f"{sign}{self.delta} refused ({self.reason}), available {self.available}"
         else:
             change = f"{sign}{self.delta} -> {self.available}"
-        return f"{self.id:<17} {self.type:<14} {self.sku} {change} v{self.version} by {self.source} ref={self.ref}"
+        op = f" ({self.op})" if self.op else ""
+        return f"{self.id:<17} {self.type:<14} {self.sku} {change}{op} v{self.version} by {self.source} ref={self.ref}"
 
 
 async def read_range(redis: AnyRedis, keys: Keys, partition: int, start: str = "-", count: int | None = None) -> list[Event]:

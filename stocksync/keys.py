@@ -1,8 +1,12 @@
 """Every Redis key stocksync uses, in one place.
 
-A SKU lives in partition crc16(sku) mod P (CRC16 as Redis Cluster computes it, over the whole SKU), and
-every key of a partition carries the hash tag {<prefix>:<p>}, so that each function call touches one
-cluster slot. P is fixed once per deployment and stored in <prefix>:meta.
+A SKU lives in partition crc16(pin) mod P, where the pin is what Redis Cluster would hash of the SKU as a
+key name: the part between its first "{" and the first "}" after it when that part is not empty, else
+the whole SKU. So "MUG{kitchen}" and "PLATE{kitchen}" share a partition whatever P is (a bundle and its
+components must), and a SKU without such a part stays in crc16(sku) mod P as before 0.6. Every key of a
+partition carries the hash tag {<prefix>:<p>}, so that each function call touches one cluster slot (the
+SKU's own braces come after that tag, so they never decide the slot). P is fixed once per deployment and
+stored in <prefix>:meta.
 """
 
 from __future__ import annotations
@@ -20,8 +24,19 @@ def crc16(data: bytes) -> int:
     return binascii.crc_hqx(data, 0)
 
 
+def pin_of(sku: str) -> str:
+    """What a SKU's partition is computed from: the part between its first "{" and the next "}" when that
+    part is not empty (Redis Cluster's hash tag rule), else the whole SKU."""
+    start = sku.find("{")
+    if start >= 0:
+        end = sku.find("}", start + 1)
+        if end > start + 1:
+            return sku[start + 1 : end]
+    return sku
+
+
 def partition_of(sku: str, partitions: int) -> int:
-    return crc16(sku.encode()) % partitions
+    return crc16(pin_of(sku).encode()) % partitions
 
 
 def check_prefix(prefix: str) -> str:
@@ -85,6 +100,34 @@ class Keys:
 
     def dlq(self, partition: int, channel: str) -> str:
         return f"{self.tag(partition)}:dlq:{channel}"
+
+    # Reservations and bundles (library 0.6): the library derives hold, expiries and bundles itself; they
+    # are here for reading them.
+
+    def reservation(self, partition: int, reservation_id: str) -> str:
+        """hash: one reservation (state, exp, src, lines, holds); its id is its reference."""
+        return f"{self.tag(partition)}:res:{reservation_id}"
+
+    def hold(self, partition: int, sku: str) -> str:
+        """sorted set: <units>:<reservation id> -> expiry (ms), the live holds on a SKU."""
+        return f"{self.tag(partition)}:hold:{sku}"
+
+    def expiries(self, partition: int) -> str:
+        """sorted set: reservation id -> expiry (ms), the partition's held reservations."""
+        return f"{self.tag(partition)}:expiries"
+
+    def bundles(self, partition: int) -> str:
+        """set: the partition's bundles."""
+        return f"{self.tag(partition)}:bundles"
+
+    def rules(self, channel: str) -> str:
+        """hash: SKU -> JSON of that SKU's rule overrides on the channel (buffer, max_listed, end_when)."""
+        return f"{self.prefix}:rules:{channel}"
+
+    def rules_version(self, channel: str) -> str:
+        """string: a counter bumped with every change of the channel's rule overrides (workers re-read the
+        hash when it moves)."""
+        return f"{self.prefix}:rules:{channel}:version"
 
     def api_idem(self, key: str) -> str:
         """string per Idempotency-Key of the admin API: a digest of the first request sent with it (TTL)."""

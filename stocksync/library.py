@@ -28,7 +28,8 @@ T = TypeVar("T")
 
 
 class Status(enum.StrEnum):
-    """The status of a stock change (stocksync_decrement, _adjust, _set, _order)."""
+    """The status of a stock change (stocksync_decrement, _adjust, _set, _order, _count, _ship, _cancel,
+    _reserve)."""
 
     OK = "ok"
     INSUFFICIENT = "insufficient"  # fewer units than the change needs: nothing changed
@@ -36,8 +37,28 @@ class Status(enum.StrEnum):
     CONFLICT = "conflict"  # stocksync_set's expected version differs: nothing changed
 
 
+class ReservationStatus(enum.StrEnum):
+    """The status of stocksync_commit and stocksync_release."""
+
+    OK = "ok"  # committed (or released) now, or before (replayed)
+    EXPIRED = "expired"  # its time had passed: its units went back to available
+    RELEASED = "released"  # released before: it holds nothing (commit)
+    COMMITTED = "committed"  # a sale already (release: cancel its order lines instead)
+    INSUFFICIENT = "insufficient"  # it never held anything
+    UNKNOWN = "unknown"  # no such reservation (or forgotten, a reference window after it ended)
+
+
+class BundleStatus(enum.StrEnum):
+    """The status of stocksync_bundle_set and stocksync_bundle_delete."""
+
+    OK = "ok"
+    UNCHANGED = "unchanged"  # the same definition: nothing changed
+    NOT_BUNDLE = "not_bundle"  # (delete) a plain SKU: nothing changed
+    UNKNOWN_SKU = "unknown_sku"  # (delete) no such SKU
+
+
 class RestockStatus(enum.StrEnum):
-    """The status of stocksync_restock_claim."""
+    """The status of stocksync_restock_claim and stocksync_ship_claim."""
 
     RESERVED = "reserved"  # the units are reserved for this restock: apply them, then mark them done
     DONE = "done"  # this restock was applied before
@@ -193,6 +214,56 @@ def order(keys: Keys, partition: int, lines: Sequence[tuple[str, int]], source: 
     return _fcall("stocksync_order", k, (source, ref, *(qty for _, qty in lines)), parse)
 
 
+def count(keys: Keys, sku: str, on_hand: int, source: str, ref: str,
+          expected_version: int | None = None) -> Call[Outcome]:
+    """stocksync_count: a warehouse count sets on_hand (creating the SKU); committed stays, so available is
+    on_hand - committed - reserved; insufficient when the count is below committed + reserved."""
+    extra = () if expected_version is None else (expected_version,)
+    return _change("stocksync_count", keys, sku, on_hand, source, ref, *extra)
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """The result of stocksync_ship or stocksync_cancel: `units` shipped out of committed, or (cancel)
+    taken back from committed (the rest of qty was restocked onto on_hand: a line taken before 0.6)."""
+
+    sku: str
+    status: Status
+    available: int
+    version: int
+    replayed: bool
+    units: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+    def raise_for_status(self) -> Moved:
+        if not self.ok:
+            raise REJECTIONS[self.status](self)
+        return self
+
+
+def _moved(function: str, keys: Keys, sku: str, qty: int, source: str, ref: str) -> Call[Moved]:
+    p = keys.partition(sku)
+
+    def parse(reply) -> Moved:
+        status, available, version, replayed, units = reply
+        return Moved(sku, Status(status), int(available), int(version), bool(replayed), int(units))
+
+    return _fcall(function, (keys.sku(sku, p), keys.events(p), keys.idem(p, ref)), (qty, source, ref), parse)
+
+
+def ship(keys: Keys, sku: str, qty: int, source: str, ref: str) -> Call[Moved]:
+    """stocksync_ship: qty units of an order line left: out of committed and on_hand (a bundle: its components)."""
+    return _moved("stocksync_ship", keys, sku, qty, source, ref)
+
+
+def cancel(keys: Keys, sku: str, qty: int, source: str, ref: str) -> Call[Moved]:
+    """stocksync_cancel: qty units of an order line will not ship: back to available, out of committed."""
+    return _moved("stocksync_cancel", keys, sku, qty, source, ref)
+
+
 def get(keys: Keys, sku: str) -> Call[Stock | None]:
     """stocksync_get (FCALL_RO): one SKU's stock, None when it does not exist."""
 
@@ -203,6 +274,41 @@ def get(keys: Keys, sku: str) -> Call[Stock | None]:
         return Stock(sku, int(available), int(reserved), int(version), int(updated_ms), source)
 
     return _fcall("stocksync_get", (keys.sku(sku),), (), parse, read_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Quantities:
+    """stocksync_stock: a SKU's quantities. available = on_hand - committed - reserved; a bundle has no
+    on_hand (None) and its components; a component lists its bundles."""
+
+    sku: str
+    available: int
+    on_hand: int | None
+    committed: int
+    reserved: int
+    version: int
+    updated_ms: int
+    source: str
+    components: dict[str, int]
+    bundles: tuple[str, ...]
+
+    @property
+    def is_bundle(self) -> bool:
+        return bool(self.components)
+
+
+def stock(keys: Keys, sku: str) -> Call[Quantities | None]:
+    """stocksync_stock (FCALL_RO): a SKU's on_hand, committed, reserved and available (None: unknown)."""
+
+    def parse(reply) -> Quantities | None:
+        if not reply:
+            return None
+        available, on_hand, committed, reserved, version, updated_ms, source, components, bundles = reply
+        return Quantities(sku, int(available), _opt_int(on_hand), int(committed), int(reserved), int(version),
+                          int(updated_ms), source, {c: int(q) for c, q in zip(components[::2], components[1::2], strict=True)},
+                          tuple(bundles))
+
+    return _fcall("stocksync_stock", (keys.sku(sku),), (), parse, read_only=True)
 
 
 def ref(keys: Keys, partition: int, reference: str) -> Call[Status | None]:
@@ -224,6 +330,139 @@ def version() -> Call[str]:
 def idem_ttl() -> Call[int]:
     """stocksync_idem_ttl: seconds a reference is remembered, as loaded."""
     return _fcall("stocksync_idem_ttl", (), (), int)
+
+
+# Bundles ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BundleOutcome:
+    sku: str
+    status: BundleStatus
+    available: int  # the bundle's quantity now (0 once deleted)
+    version: int
+
+
+def _bundle_keys(keys: Keys, bundle: str, components: Sequence[str]) -> int:
+    p = keys.partition(bundle)
+    apart = [c for c in components if keys.partition(c) != p]
+    if apart:
+        raise InvalidArgument(
+            f"bundle {bundle!r} is in partition {p}, its component(s) {', '.join(map(repr, apart))} in another: a "
+            "bundle and its components must share a partition. Name them with a common pin, e.g. "
+            f"'{bundle}{{group}}' and '{apart[0]}{{group}}' (docs/keys.md, pinning), or use one partition")
+    return p
+
+
+def bundle_set(keys: Keys, bundle: str, components: Mapping[str, int], source: str, ref: str) -> Call[BundleOutcome]:
+    """stocksync_bundle_set: define or redefine a bundle (components -> units of each)."""
+    p = _bundle_keys(keys, bundle, list(components))
+    k = (keys.events(p), keys.sku(bundle, p), *(keys.sku(c, p) for c in components))
+    return _fcall("stocksync_bundle_set", k, (source, ref, *components.values()),
+                  lambda r: BundleOutcome(bundle, BundleStatus(r[0]), int(r[1]), int(r[2])))
+
+
+def bundle_delete(keys: Keys, bundle: str, source: str, ref: str) -> Call[BundleOutcome]:
+    """stocksync_bundle_delete: the bundle becomes a plain SKU at 0 (every channel lists 0 under its name)."""
+    p = keys.partition(bundle)
+    return _fcall("stocksync_bundle_delete", (keys.events(p), keys.sku(bundle, p)), (source, ref),
+                  lambda r: BundleOutcome(bundle, BundleStatus(r[0]), int(r[1]), int(r[2])))
+
+
+# Reservations ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """stocksync_reserve: held (ok) or not (insufficient, unknown_sku); lines as they stand now."""
+
+    reservation_id: str
+    status: Status
+    lines: tuple[LineState, ...]
+    replayed: bool
+    ms_left: int  # until it expires (the time to live on first use; 0 once ended or when nothing is held)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+    @property
+    def short_lines(self) -> tuple[LineState, ...]:
+        return () if self.ok else tuple(line for line in self.lines if line.short)
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationOutcome:
+    """stocksync_commit / stocksync_release."""
+
+    reservation_id: str
+    status: ReservationStatus
+    lines: tuple[tuple[str, int | None, int | None], ...]  # (sku, available, version) now
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """stocksync_reservation: a reservation as it stands."""
+
+    reservation_id: str
+    state: str  # held | committed | released | expired | insufficient
+    expires_ms: int
+    ms_left: int
+    lines: dict[str, int]
+    source: str
+
+
+def reserve(keys: Keys, partition: int, reservation_id: str, lines: Sequence[tuple[str, int]], ttl_ms: int,
+            source: str) -> Call[Held]:
+    """stocksync_reserve: hold every line (one partition) or none, for ttl_ms; the id is the reference."""
+
+    def parse(reply) -> Held:
+        status, rows, replayed, ms_left = reply
+        states = tuple(LineState(sku, qty, _opt_int(row[1]), _opt_int(row[2]))
+                       for (sku, qty), row in zip(lines, rows, strict=True))
+        return Held(reservation_id, Status(status), states, bool(replayed), int(ms_left))
+
+    k = (keys.events(partition), keys.reservation(partition, reservation_id),
+         *(keys.sku(sku, partition) for sku, _ in lines))
+    return _fcall("stocksync_reserve", k, (source, ttl_ms, *(qty for _, qty in lines)), parse)
+
+
+def _settle(function: str, keys: Keys, partition: int, reservation_id: str, source: str) -> Call[ReservationOutcome]:
+    def parse(reply) -> ReservationOutcome:
+        status, rows, replayed = reply
+        return ReservationOutcome(reservation_id, ReservationStatus(status),
+                                  tuple((row[0], _opt_int(row[1]), _opt_int(row[2])) for row in rows), bool(replayed))
+
+    return _fcall(function, (keys.events(partition), keys.reservation(partition, reservation_id)), (source,), parse)
+
+
+def commit(keys: Keys, partition: int, reservation_id: str, source: str) -> Call[ReservationOutcome]:
+    """stocksync_commit: the held units become a sale (reserved -> committed), once."""
+    return _settle("stocksync_commit", keys, partition, reservation_id, source)
+
+
+def release(keys: Keys, partition: int, reservation_id: str, source: str) -> Call[ReservationOutcome]:
+    """stocksync_release: the held units go back to available, once."""
+    return _settle("stocksync_release", keys, partition, reservation_id, source)
+
+
+def reservation(keys: Keys, partition: int, reservation_id: str) -> Call[Reservation | None]:
+    """stocksync_reservation (FCALL_RO): a reservation's state, expiry and lines (None: unknown)."""
+
+    def parse(reply) -> Reservation | None:
+        if not reply:
+            return None
+        state, expires_ms, ms_left, flat, source = reply
+        return Reservation(reservation_id, state, int(expires_ms), int(ms_left),
+                           {s: int(q) for s, q in zip(flat[::2], flat[1::2], strict=True)}, source)
+
+    return _fcall("stocksync_reservation", (keys.reservation(partition, reservation_id),), (), parse, read_only=True)
+
+
+def expire(keys: Keys, partition: int, count: int) -> Call[tuple[int, int]]:
+    """stocksync_expire: end up to `count` due reservations of the partition; (ended, next expiry ms or 0)."""
+    return _fcall("stocksync_expire", (keys.events(partition),), (count,), lambda r: (int(r[1]), int(r[2])))
 
 
 # Channel propagation -------------------------------------------------------------------------------------
@@ -310,13 +549,24 @@ class RestockClaim:
     status: RestockStatus
     units: int  # reserved now (or before, replayed), or applied before (done)
     replayed: bool
+    from_committed: int = 0  # of the units, those a cancellation takes back from committed (stocksync_cancel)
 
 
 def restock_claim(keys: Keys, channel: str, line_key: str, restock_id: str, units: int, taken: int, ttl_s: int,
-                  restocked_before: int = 0) -> Call[RestockClaim]:
-    """stocksync_restock_claim: reserve one restock's units of an order line, capped at what was taken."""
+                  restocked_before: int = 0, kind: str = "none") -> Call[RestockClaim]:
+    """stocksync_restock_claim: reserve one restock's units of an order line, capped at what was taken;
+    kind cancel | return for a line taken into committed (how its units split), none for one taken
+    before library 0.6."""
     return _fcall("stocksync_restock_claim", (keys.webhook_line_restocks(channel, line_key),),
-                  (restock_id, units, taken, ttl_s, restocked_before),
+                  (restock_id, units, taken, ttl_s, restocked_before, kind),
+                  lambda r: RestockClaim(RestockStatus(r[0]), int(r[1]), bool(r[2]), int(r[3]) if len(r) > 3 else 0))
+
+
+def ship_claim(keys: Keys, channel: str, line_key: str, shipment_id: str, units: int, taken: int,
+               ttl_s: int) -> Call[RestockClaim]:
+    """stocksync_ship_claim: reserve one shipment's units of an order line, capped at its unshipped units."""
+    return _fcall("stocksync_ship_claim", (keys.webhook_line_restocks(channel, line_key),),
+                  (shipment_id, units, taken, ttl_s),
                   lambda r: RestockClaim(RestockStatus(r[0]), int(r[1]), bool(r[2])))
 
 
@@ -331,4 +581,8 @@ FUNCTIONS: dict[str, Callable[..., Call]] = {
     "stocksync_push_claim": push_claim, "stocksync_push_done": push_done, "stocksync_dead_letter": dead_letter,
     "stocksync_dlq_resolve": dlq_resolve, "stocksync_trim": trim, "stocksync_reap_consumers": reap_consumers,
     "stocksync_recheck": recheck, "stocksync_restock_claim": restock_claim,
+    "stocksync_count": count, "stocksync_ship": ship, "stocksync_cancel": cancel, "stocksync_stock": stock,
+    "stocksync_bundle_set": bundle_set, "stocksync_bundle_delete": bundle_delete, "stocksync_reserve": reserve,
+    "stocksync_commit": commit, "stocksync_release": release, "stocksync_reservation": reservation,
+    "stocksync_expire": expire, "stocksync_ship_claim": ship_claim,
 }

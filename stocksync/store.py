@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from . import connection, functions, library
 from .errors import InvalidArgument
 from .keys import Keys
-from .library import Call, OrderOutcome, Outcome, Stock
+from .library import Call, Moved, OrderOutcome, Outcome, Quantities, Stock
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,27 @@ class StockStore:
 
     async def get(self, sku: str) -> Stock | None:
         return await self._run(library.get(self.keys, _sku(sku)))
+
+    async def quantities(self, sku: str) -> Quantities | None:
+        """on_hand, committed, reserved and available (a bundle: its components, no on_hand)."""
+        return await self._run(library.stock(self.keys, _sku(sku)))
+
+    async def count(self, sku: str, on_hand: int, *, ref: str | None = None, source: str = "api",
+                    expected_version: int | None = None) -> Outcome:
+        """A warehouse count: on_hand becomes `on_hand`, committed stays (status insufficient, nothing
+        changed, if the count is below committed + reserved); creates the SKU."""
+        expected = None if expected_version is None else _int(expected_version)
+        return await self._run(library.count(self.keys, _sku(sku), _int(on_hand), source, ref or uuid.uuid4().hex,
+                                             expected))
+
+    async def ship(self, sku: str, qty: int, *, ref: str, source: str = "api") -> Moved:
+        """qty units of sold lines left the warehouse: out of committed and on_hand (`units`: how many were
+        committed; lines sold before library 0.6 were not)."""
+        return await self._run(library.ship(self.keys, _sku(sku), _int(qty), source, ref))
+
+    async def cancel(self, sku: str, qty: int, *, ref: str, source: str = "api") -> Moved:
+        """qty units of sold lines will not ship: back to available (out of committed as far as it holds them)."""
+        return await self._run(library.cancel(self.keys, _sku(sku), _int(qty), source, ref))
 
     # Many SKUs ----------------------------------------------------------------------------------------
 

@@ -43,6 +43,18 @@ def sample_calls(keys) -> dict[str, library.Call]:
         "stocksync_dead_letter": library.dead_letter(keys, 0, "shop", "MUG", 3, "permanent", 1, "x", ["1-1"]),
         "stocksync_dlq_resolve": library.dlq_resolve(keys, 0, "shop", "MUG", 3, ["1-1"]),
         "stocksync_restock_claim": library.restock_claim(keys, "shop", "O1:L1", "cancel", 1, 2, 3600),
+        "stocksync_ship_claim": library.ship_claim(keys, "shop", "O1:L1", "ship:F1", 1, 2, 3600),
+        "stocksync_count": library.count(keys, "PLATE", 5, "test", "r-count"),
+        "stocksync_bundle_set": library.bundle_set(keys, "SET", {"MUG": 1, "PLATE": 1}, "test", "r-bundle"),
+        "stocksync_reserve": library.reserve(keys, 0, "0-res", [("SET", 1)], 60_000, "test"),
+        "stocksync_commit": library.commit(keys, 0, "0-res", "test"),
+        "stocksync_reservation": library.reservation(keys, 0, "0-res"),
+        "stocksync_ship": library.ship(keys, "SET", 1, "test", "r-ship"),
+        "stocksync_cancel": library.cancel(keys, "MUG", 1, "test", "r-cancel"),
+        "stocksync_release": library.release(keys, 0, "0-res", "test"),
+        "stocksync_expire": library.expire(keys, 0, 10),
+        "stocksync_stock": library.stock(keys, "MUG"),
+        "stocksync_bundle_delete": library.bundle_delete(keys, "SET", "test", "r-unbundle"),
     }
 
 
@@ -67,6 +79,17 @@ async def test_each_wrapper_calls_its_function_and_reads_the_reply(store):
     assert got["stocksync_recheck"] == 1
     assert got["stocksync_dead_letter"] is None  # 1-1 was never pending
     assert got["stocksync_restock_claim"] == RestockClaim(library.RestockStatus.RESERVED, 1, False)
+    assert got["stocksync_ship_claim"] == RestockClaim(library.RestockStatus.RESERVED, 1, False)
+    assert got["stocksync_count"] == Outcome("PLATE", Status.OK, 5, 1, False)
+    assert got["stocksync_bundle_set"].status == library.BundleStatus.OK and got["stocksync_bundle_set"].available == 5
+    assert got["stocksync_reserve"].ok and got["stocksync_reserve"].ms_left == 60_000
+    assert got["stocksync_commit"].status == library.ReservationStatus.OK
+    assert got["stocksync_reservation"].state == "committed" and got["stocksync_reservation"].lines == {"SET": 1}
+    assert got["stocksync_ship"].units == 1 and got["stocksync_cancel"].units == 1  # (from what MUG has committed)
+    assert got["stocksync_release"].status == library.ReservationStatus.COMMITTED
+    assert got["stocksync_expire"] == (0, 0)
+    assert got["stocksync_stock"].on_hand == got["stocksync_stock"].available + got["stocksync_stock"].committed
+    assert got["stocksync_bundle_delete"].status == library.BundleStatus.OK
 
 
 async def test_a_refusal_is_invalid_argument_and_a_pipeline_keeps_it_in_place(store):

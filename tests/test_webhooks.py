@@ -357,17 +357,22 @@ async def test_a_later_notification_with_another_quantity_does_not_change_what_w
     async with running(api_settings(settings)) as client:
         await post_amazon(client, amazon_notification("116-1", "Unshipped", [("I1", "A", 2)]))
         r = await post_amazon(client, amazon_notification("116-1", "Shipped", [("I1", "A", 5)]))
-        [line] = r.json()["lines"]
+        [line] = [line for line in r.json()["lines"] if line["op"] == "take"]
         assert (line["status"], line["qty"], line["replayed"]) == ("ok", 2, True)
+        [ship] = [line for line in r.json()["lines"] if line["op"] == "ship"]
+        assert (ship["status"], ship["shipped"]) == ("ok", 2)  # what was taken shipped, not what it says
         # Two notifications of a new line at once, with different quantities: one takes, the record is its.
         await asyncio.gather(post_amazon(client, amazon_notification("116-2", "Pending", [("I1", "A", 1)])),
                              post_amazon(client, amazon_notification("116-2", "Unshipped", [("I1", "A", 4)])))
         assert await _available(store, "A") in (7, 4)
-        # Cancelled with the larger quantities: restocks what was taken, not what the last notification said.
+        # Cancelled with the larger quantities: restocks what was taken and not shipped, not what the last
+        # notification said (116-1's two units shipped: they are gone).
         for order in ("116-1", "116-2"):
             r = await post_amazon(client, amazon_notification(order, "Canceled", [("I1", "A", 5)]))
             assert r.status_code == 200
-    assert await _available(store, "A") == 10
+    assert await _available(store, "A") == 8
+    q = await store.quantities("A")
+    assert (q.on_hand, q.committed) == (8, 0)
 
 
 async def test_restock_claim_reserves_once_per_restock_and_never_beyond_what_was_taken(store, sync_redis):

@@ -42,13 +42,15 @@ def _outcome_response(o: Outcome, op: str, ctx: Context) -> Response:
 
 
 async def get_sku(request: Request) -> Response:
+    """A SKU's quantities: available = on_hand - committed - reserved (a bundle: no on_hand, its components)."""
     ctx = context(request)
     ctx.auth.require(request, "stock:read")
-    stock = await ctx.store.get(_sku_param(request))
-    if stock is None:
+    q = await ctx.store.quantities(_sku_param(request))
+    if q is None:
         raise HTTPError(404, "unknown_sku", f"SKU {request.path_params['sku']!r} does not exist")
-    return json_response({"sku": stock.sku, "available": stock.available, "reserved": stock.reserved,
-                          "version": stock.version, "updated_ms": stock.updated_ms, "source": stock.source})
+    return json_response({"sku": q.sku, "available": q.available, "reserved": q.reserved, "version": q.version,
+                          "updated_ms": q.updated_ms, "source": q.source, "on_hand": q.on_hand,
+                          "committed": q.committed, "components": q.components, "bundles": list(q.bundles)})
 
 
 async def put_sku(request: Request) -> Response:

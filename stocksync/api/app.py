@@ -5,8 +5,9 @@
 Settings of the API: the [api] table (stocksync.api.context).
 
 Routes: POST /webhooks/{channel} (the channel's kind picks Shopify, Amazon or Flipkart handling), /v1/...
-(stocksync.api.admin, skus, event_stream, channel_admin), GET /healthz, /readyz, /metrics, /openapi.json,
-and the web console: /console, /docs (stocksync.api.console).
+(stocksync.api.admin, skus, event_stream, channel_admin; the on_hand model's count, ship and cancel:
+.quantities; .bundles; .reservations; per-SKU rules: .sku_rules), GET /healthz, /readyz, /metrics,
+/openapi.json, and the web console: /console, /docs (stocksync.api.console).
 Every request gets a request id and an access log record (stocksync.api.access).
 """
 
@@ -30,7 +31,18 @@ from stocksync.orders.webhooks import Unverified
 from stocksync.settings import Settings
 from stocksync.validate import Invalid
 
-from . import admin, channel_admin, console, event_stream, openapi, skus
+from . import (
+    admin,
+    bundles,
+    channel_admin,
+    console,
+    event_stream,
+    openapi,
+    quantities,
+    reservations,
+    sku_rules,
+    skus,
+)
 from . import metrics as http_metrics
 from .access import AccessLogMiddleware
 from .context import Context, build_context
@@ -147,8 +159,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/webhooks/{channel}", webhook, methods=["POST"]),
         *admin.routes(),
         *skus.routes(),
+        *quantities.routes(),
+        *bundles.routes(),
+        *reservations.routes(),
         *event_stream.routes(),
         *channel_admin.routes(),
+        *sku_rules.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", http_metrics.endpoint(metrics), methods=["GET"]),

@@ -12,7 +12,14 @@ import orjson
 
 from stocksync import __version__, functions
 from stocksync.library import Status
-from stocksync.limits import MAX_ORDER_LINES, MAX_QTY, MAX_VERSION
+from stocksync.limits import (
+    MAX_BUNDLE_COMPONENTS,
+    MAX_BUNDLE_QTY,
+    MAX_HOLD_MS,
+    MAX_ORDER_LINES,
+    MAX_QTY,
+    MAX_VERSION,
+)
 from stocksync.orders.rejections import ACTIONS
 
 from .auth import SCOPES
@@ -39,8 +46,33 @@ SCHEMAS: dict[str, Any] = {
         "error": {"type": "string"}, "message": {"type": "string"},
         "field": {"type": "string", "description": "the request field at fault (422)"}}},
     "Stock": {"type": "object", "required": ["sku", "available", "reserved", "version", "updated_ms", "source"],
-              "properties": {"sku": SKU, "available": QTY, "reserved": QTY, "version": VERSION,
-                             "updated_ms": {"type": "integer"}, "source": {"type": "string"}}},
+              "description": "available = on_hand - committed - reserved; a bundle has no on_hand (null) and lists "
+                             "its components", "properties": {
+                  "sku": SKU, "available": QTY, "reserved": QTY, "version": VERSION, "updated_ms": {"type": "integer"},
+                  "source": {"type": "string"}, "on_hand": {"type": ["integer", "null"]}, "committed": QTY,
+                  "components": {"type": "object", "additionalProperties": {"type": "integer"}},
+                  "bundles": {"type": "array", "items": SKU}}},
+    "Count": {"type": "object", "required": ["on_hand"], "additionalProperties": False,
+              "properties": {"on_hand": QTY, "expected_version": VERSION}},
+    "Qty": {"type": "object", "required": ["qty"], "additionalProperties": False,
+            "properties": {"qty": {"type": "integer", "minimum": 1, "maximum": MAX_QTY}}},
+    "Components": {"type": "object", "minProperties": 1, "maxProperties": MAX_BUNDLE_COMPONENTS,
+                   "propertyNames": SKU, "additionalProperties": {"type": "integer", "minimum": 1, "maximum": MAX_BUNDLE_QTY}},
+    "Bundle": {"type": "object", "required": ["components"], "additionalProperties": False,
+               "properties": {"components": _ref("Components")}},
+    "Reserve": {"type": "object", "required": ["lines", "ttl_s"], "additionalProperties": False, "properties": {
+        "lines": {"type": "object", "minProperties": 1, "maxProperties": MAX_ORDER_LINES, "propertyNames": SKU,
+                  "additionalProperties": {"type": "integer", "minimum": 1, "maximum": MAX_QTY}},
+        "ttl_s": {"type": "integer", "minimum": 1, "maximum": MAX_HOLD_MS // 1000}}},
+    "Ship": {"type": "object", "required": ["lines"], "additionalProperties": False, "properties": {
+        "lines": {"type": "array", "minItems": 1, "maxItems": MAX_ORDER_LINES, "items": {
+            "type": "object", "required": ["line_id"], "additionalProperties": False, "properties": {
+                "line_id": {"type": "string", "minLength": 1, "maxLength": 100},
+                "qty": {"type": "integer", "minimum": 1, "maximum": MAX_QTY,
+                        "description": "left out: the whole line"}}}}}},
+    "Rules": {"type": "object", "minProperties": 1, "additionalProperties": False, "properties": {
+        "buffer": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": MAX_QTY}, {"const": "auto"}]},
+        "max_listed": QTY, "end_when": QTY}},
     "Outcome": {"type": "object", "required": ["sku", "status", "available", "version", "replayed"],
                 "properties": {"sku": SKU, "status": {"enum": [s.value for s in Status]},
                                "available": QTY, "version": VERSION, "replayed": {"type": "boolean"}}},
@@ -251,6 +283,52 @@ PATHS = {
                    {"200": _json({"type": "object"}), "404": ERR, **BODY_ERRORS},
                    parameters=[IDEM], requestBody=_body(_ref("SkuMapEntry"))),
         "delete": _op("Remove an edited mapping", "channels:write",
+                      {"204": {"description": "removed"}, "400": ERR, "404": ERR, "422": ERR}, parameters=[IDEM]),
+    },
+    **{f"/v1/skus/{{sku}}/{op}": {"parameters": [SKU_PARAM], "post": _op(
+        summary, "stock:write", {"200": _json(_ref("Outcome")), "404": ERR, "409": ERR, **REPLAYED_ERRORS},
+        parameters=[IDEM_REPLAYED], requestBody=_body(_ref(body)))} for op, summary, body in (
+        ("count", "A warehouse count: on_hand is set, committed stays (409 below committed + reserved)", "Count"),
+        ("ship", "Units of sold lines left: out of committed and on_hand", "Qty"),
+        ("cancel", "Units of sold lines will not ship: back to available", "Qty"))},
+    "/v1/orders/{channel}/{order_id}:ship": {"post": _op(
+        "Lines of a marketplace order shipped (as its fulfillment webhook would say)", "orders:write",
+        {"200": _json({"type": "object"}), "404": ERR, **REPLAYED_ERRORS},
+        parameters=[CHANNEL_PARAM, {"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    IDEM_REPLAYED], requestBody=_body(_ref("Ship")))},
+    "/v1/bundles": {"get": _op("Every bundle", "stock:read", {"200": _json({"type": "object"})})},
+    "/v1/bundles/{sku}": {
+        "parameters": [SKU_PARAM],
+        "get": _op("A bundle", "stock:read", {"200": _json({"type": "object"}), "404": ERR, "422": ERR}),
+        "put": _op("Define or redefine a bundle (a multipack: one component)", "stock:write",
+                   {"200": _json({"type": "object"}), **BODY_ERRORS}, parameters=[IDEM], requestBody=_body(_ref("Bundle"))),
+        "delete": _op("It stops being a bundle: a plain SKU at 0", "stock:write",
+                      {"200": _json({"type": "object"}), "400": ERR, "404": ERR, "422": ERR}, parameters=[IDEM]),
+    },
+    "/v1/reservations": {"post": _op(
+        "Hold every line or none for ttl_s (a checkout)", "orders:write",
+        {"200": _json({"type": "object"}, "Replayed"), "201": _json({"type": "object"}, "Held"), "404": ERR,
+         "409": ERR, **REPLAYED_ERRORS}, parameters=[IDEM_REPLAYED], requestBody=_body(_ref("Reserve")))},
+    "/v1/reservations/{id}": {
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "get": _op("A reservation's state", "stock:read", {"200": _json({"type": "object"}), "404": ERR}),
+        "delete": _op("Release a reservation", "orders:write",
+                      {"200": _json({"type": "object"}), "400": ERR, "404": ERR, "409": ERR}, parameters=[IDEM]),
+    },
+    "/v1/reservations/{id}:commit": {"post": _op(
+        "A held reservation becomes a sale", "orders:write", {"200": _json({"type": "object"}), "400": ERR, "404": ERR,
+                                                               "409": ERR},
+        parameters=[{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}, IDEM])},
+    "/v1/channels/{channel}/rules": {"get": _op(
+        "A channel's rules and every SKU's overrides", "channels:read", {"200": _json({"type": "object"}), "404": ERR},
+        parameters=[CHANNEL_PARAM])},
+    "/v1/channels/{channel}/rules/{sku}": {
+        "parameters": [CHANNEL_PARAM, SKU_PARAM],
+        "get": _op("A SKU's rules on a channel", "channels:read", {"200": _json({"type": "object"}), "404": ERR, "422": ERR}),
+        "put": _op("Override a SKU's buffer, max_listed, end_when on a channel (pushed again at once)", "channels:write",
+                   {"200": _json({"type": "object"}), "404": ERR, **BODY_ERRORS}, parameters=[IDEM],
+                   requestBody=_body(_ref("Rules"))),
+        "delete": _op("Back to the channel's rules", "channels:write",
                       {"204": {"description": "removed"}, "400": ERR, "404": ERR, "422": ERR}, parameters=[IDEM]),
     },
     "/healthz": {"get": _op("The process is up", None, {"200": _json({"type": "object"})})},

@@ -7,7 +7,9 @@ It starts Redis (embedded, or REDIS_URL), three marketplace simulators, the API 
    marketplace webhooks into the API, on a compressed clock (one minute = MINUTE_S real seconds);
 2. a flash sale: BUYERS buyers on the three channels within FLASH_WINDOW_S real seconds for FLASH_STOCK
    units. A buyer orders only if the channel still shows enough (what the simulator was last told, minus
-   what that channel sold since), as a marketplace would.
+   what that channel sold since), as a marketplace would;
+3. bundles: a mug listed alone, as a 2-pack and in a gift set with a plate sells its last units through
+   the bundles; every channel lists each bundle's derived quantity, down to 0 when its components run out.
 
 3. a lost webhook (stocksync.devtools.demo_lost_webhook): Shopify's webhook for an order is dropped and
    the Shopify worker's order poller finds the order.
@@ -73,6 +75,17 @@ class Api:
     async def set_stock(self, sku: str, available: int) -> dict:
         headers = {**self.auth, "Idempotency-Key": f"demo-{uuid.uuid4().hex}"}
         async with self.http.put(f"{self.url}/v1/skus/{sku}", json={"available": available}, headers=headers) as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def put_bundle(self, sku: str, components: dict[str, int]) -> dict:
+        headers = {**self.auth, "Idempotency-Key": f"demo-{uuid.uuid4().hex}"}
+        async with self.http.put(f"{self.url}/v1/bundles/{sku}", json={"components": components}, headers=headers) as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def quantities(self, sku: str) -> dict:
+        async with self.http.get(f"{self.url}/v1/skus/{sku}", headers=self.auth) as r:
             r.raise_for_status()
             return await r.json()
 
@@ -376,6 +389,45 @@ def report(out: Outcome, stock: int, buyers: list[Buyer]) -> None:
 # ----- the command --------------------------------------------------------------------------------------
 
 
+KIT_STOCK = {"MUG-RED": 3, "PLATE-RED": 1}
+KIT_BUNDLES = {"MUG-RED-2PACK": {"MUG-RED": 2}, "GIFT-RED": {"MUG-RED": 1, "PLATE-RED": 1}}
+KIT_ORDERS = (("shopify", "GIFT-RED"), ("amazon", "MUG-RED-2PACK"), ("flipkart", "GIFT-RED"))
+
+
+async def kit_listed(api: Api, box: Sandbox) -> tuple[dict[str, int], bool]:
+    """Every kit SKU's quantity now, and whether every channel lists it."""
+    now = {sku: (await api.quantities(sku))["available"] for sku in [*KIT_STOCK, *KIT_BUNDLES]}
+    listed = [await wait_listed(box, sku, qty) for sku, qty in now.items()]
+    return now, all(listed)
+
+
+async def bundles(api: Api, box: Sandbox) -> bool:
+    say("\n== 4. Bundles: 3 red mugs and 1 plate, listed alone, as a 2-pack and as a gift set (mug + plate) ==")
+    say("   A bundle has no stock of its own: each channel lists the fewest whole bundles its components make.\n")
+    for sku, qty in KIT_STOCK.items():
+        await api.set_stock(sku, qty)
+    for sku, parts in KIT_BUNDLES.items():
+        await api.put_bundle(sku, parts)
+    now, ok = await kit_listed(api, box)
+    say("  " + ", ".join(f"{sku} {q}" for sku, q in now.items()) + ("  (listed everywhere)" if ok else "  !! not listed"))
+    sold = 0
+    for channel, sku in KIT_ORDERS:
+        sent_ms = now_ms()
+        order_id, status, _ = await api.order(channel, sku, 1)
+        sold += status == "ok"
+        now, listed = await kit_listed(api, box)
+        ok = ok and listed
+        verdict = "sold" if status == "ok" else f"REFUSED ({status}): its components are gone, flagged for cancellation"
+        say(f"  {channel:8} order {order_id}: 1 x {sku} -> {verdict}")
+        say("           now " + ", ".join(f"{s} {q}" for s, q in now.items())
+            + f"; every channel listed it {now_ms() - sent_ms} ms after the webhook")
+    mug = await api.quantities("MUG-RED")
+    units_ok = (mug["available"], mug["committed"], mug["on_hand"]) == (0, 3, 3)
+    say(f"\n  The mug's last units went through its bundles: available {mug['available']}, committed {mug['committed']}"
+        f" (to ship), on_hand {mug['on_hand']}; {sold} of {len(KIT_ORDERS)} bundle orders taken, oversold 0.")
+    return ok and units_ok and sold == 2 and all(q == 0 for q in now.values())
+
+
 async def replay(box: Sandbox) -> bool:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         api = Api(box, http)
@@ -383,7 +435,8 @@ async def replay(box: Sandbox) -> bool:
         second = await flash_sale(api, box)
         third, summary = await lost_webhook(api, box, say, wait_listed, now_ms)
         say(f"  {'ok' if third else 'FAILED'}: {summary}")
-    return first and second and third
+        fourth = await bundles(api, box)
+    return first and second and third and fourth
 
 
 def try_this(box: Sandbox) -> None:

@@ -14,8 +14,15 @@ record makes every redelivery, under any webhook id, change nothing. What this m
 
 A delivery is applied in three phases, a round trip each for an order:
   read    whether the delivery was seen, the SKU map of its channel SKUs, every line's record;
-  apply   cancellation markers first (a cancellation), then the takes and the restocks through the library;
+  apply   cancellation markers first (a cancellation), then the takes, the restocks and the shipments
+          through the library (stocksync.orders.shipping);
   record  the line records, the rejections, the delivery id, in one last round trip.
+
+Since library 0.6 a take moves its units into committed (its record says so: stocksync.orders.records):
+a shipment takes them out of committed and on_hand, a cancellation (or a refund of units not shipped)
+puts them back with stocksync_cancel, a return of shipped units with stocksync_adjust; the line's ledger
+(stocksync_restock_claim with kind cancel | return) decides which units are which. Lines taken before
+0.6 are restocked as before and their shipments change nothing.
 
 A line record in state t or r is settled: a later delivery of that line (another status change of the
 order, weeks later) is answered from it and changes nothing, though the library's reference (48 h) has
@@ -42,7 +49,8 @@ from stocksync.store import StockStore
 from .batcher import Batcher
 from .records import LineRecord, LineResult, LineState, RestockItem
 from .rejections import Rejections
-from .webhooks import Delivery, Line, Restock
+from .shipping import Shipping
+from .webhooks import Delivery, Line, Restock, Ship
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +85,7 @@ class Read:
     checks: list[tuple[int, LineResult, Line, str]] = field(default_factory=list)  # takes recorded over a marker?
 
 
-def _line_key(config: ChannelConfig, order_id: str, line_id: str) -> str:
+def order_line_key(config: ChannelConfig, order_id: str, line_id: str) -> str:
     """A line's key as the webhooks build it (for rejections listed before they kept it)."""
     return line_id if config.kind == "flipkart" else f"{order_id}:{line_id}"
 
@@ -93,6 +101,8 @@ class Intake:
         self.settings = settings or IntakeSettings()
         self.batcher = Batcher(store.redis)
         self.rejections = Rejections(store.redis, store.keys, metrics)
+        self.shipping = Shipping(store.keys, metrics, self._call, self._outcomes, self.settings.line_ttl_s,
+                                 self.restock_ref, self._restock_id)
 
     # Keys and references ----------------------------------------------------------------------------------
 
@@ -107,7 +117,7 @@ class Intake:
         return fit(f"{channel}:{line.key}", MAX_REF_BYTES, channel)
 
     @staticmethod
-    def restock_ref(channel: str, restock: Restock) -> str:
+    def restock_ref(channel: str, restock: Restock | Ship) -> str:
         return fit(f"{channel}:{restock.line.key}:{restock.suffix}", MAX_REF_BYTES, channel)
 
     # Applying a delivery ----------------------------------------------------------------------------------
@@ -136,6 +146,7 @@ class Intake:
             await self._cancel(channel, delivery.cancels, read, canonical)
         results = await self._take(channel, delivery.takes, read, canonical)
         results += await self._restock(channel, delivery.restocks, read, canonical)
+        results += await self._ship(channel, delivery.ships, read, canonical)
         await self._record(channel, results, read, seen)
         self.metrics.child(self.metrics.deliveries, channel, "applied").inc()
         return {"status": "applied", "event": delivery.kind, "lines": [r.to_json() for r in results]}
@@ -147,7 +158,7 @@ class Intake:
         listed = await self.rejections.lines(config.name, order_id)
         if not listed:
             return None
-        takes = [Line(doc.get("line") or _line_key(config, order_id, doc["line_id"]), order_id, doc["line_id"],
+        takes = [Line(doc.get("line") or order_line_key(config, order_id, doc["line_id"]), order_id, doc["line_id"],
                       doc.get("channel_sku"), doc["qty"]) for doc in listed if doc["action"] == "fix_map"]
         reply = await self.apply(config, Delivery(None, "rejection apply", takes=takes))
         applied = [r for r in reply["lines"] if r["op"] == "take" and r["status"] == Status.OK]
@@ -167,7 +178,8 @@ class Intake:
         """Every line's record is read in the round trip that checks the delivery id: a line taken or
         refused before is settled whatever the library still remembers (see _take)."""
         lines: dict[str, Line] = {}
-        for line in [*delivery.takes, *(r.line for r in delivery.restocks), *delivery.cancels]:
+        for line in [*delivery.takes, *(r.line for r in delivery.restocks), *delivery.cancels,
+                     *(r.line for r in delivery.ships)]:
             lines.setdefault(line.key, line)
         restocked = list(dict.fromkeys(r.line.key for r in delivery.restocks))
         skus = sorted({line.channel_sku for line in lines.values() if line.channel_sku})
@@ -268,7 +280,7 @@ class Intake:
         result.merge(outcome)
         state = {Status.OK: LineState.TAKEN, Status.INSUFFICIENT: LineState.REFUSED}.get(outcome.status,
                                                                                         LineState.UNKNOWN)
-        key, value = self.line_key(channel, line), LineRecord(state, line.qty, sku).value()
+        key, value = self.line_key(channel, line), LineRecord(state, line.qty, sku, state == LineState.TAKEN).value()
         ttl = self.settings.line_ttl_s
         if outcome.replayed or state == LineState.UNKNOWN:
             # Never over the record of the first outcome (its quantity is what was taken) nor over a
@@ -279,6 +291,8 @@ class Intake:
         if state == LineState.TAKEN:
             read.checks.append((len(read.writes) - 1, result, line, sku))
             before = read.records.get(line.key)
+            if before is None:  # (for this delivery's shipments: an Amazon Shipped takes and ships)
+                read.records[line.key] = LineRecord(LineState.TAKEN, line.qty, sku, True)
             if before and before.state == LineState.UNKNOWN:  # listed as a rejection until now
                 read.writes.append(self.rejections.forget(channel, line.order_id, line.line_id))
 
@@ -316,7 +330,7 @@ class Intake:
             results.append(result)
             before = read.restocked_before.get(line.key, 0)
             if record and record.state == LineState.TAKEN:
-                items.append(RestockItem(result, restock, record.sku, record.qty, before))
+                items.append(RestockItem(result, restock, record.sku, record.qty, before, record.committed))
                 continue
             sku = (record.sku if record and record.state == LineState.UNKNOWN else None) or canonical(line)
             result.sku, result.qty, result.status = sku, line.qty, "not_taken"
@@ -354,60 +368,105 @@ class Intake:
         """The restocks that waited for these takes, applied now (each once: by its restock id)."""
         waiting = await self._call([("HGETALL", self.keys.webhook_line_waiting(channel, line.key))
                                     for _, line, _ in taken])
-        items, writes = [], []
+        items, ships, writes = [], [], []
         for (result, line, sku), found in zip(taken, waiting, strict=True):
             if result.status != Status.OK:
                 continue
-            writes.append(("SET", self.line_key(channel, line), LineRecord(LineState.TAKEN, result.qty, sku).value(),
+            writes.append(("SET", self.line_key(channel, line),
+                           LineRecord(LineState.TAKEN, result.qty, sku, True).value(),
                            "XX", "EX", self.settings.line_ttl_s))  # (over the marker a replayed take kept)
             for restock_id, units in found.items():
-                restock = Restock(Line(line.key, line.order_id, line.line_id, line.channel_sku,
-                                       result.qty if units == "all" else int(units)), restock_id, units == "all")
-                items.append(RestockItem(LineResult.of(line, "restock"), restock, sku, result.qty))
+                waited = Line(line.key, line.order_id, line.line_id, line.channel_sku,
+                              result.qty if units == "all" else int(units))
+                if restock_id.startswith("ship:"):
+                    ships.append(RestockItem(LineResult.of(line, "ship"), Ship(waited, restock_id, units == "all"),
+                                             sku, result.qty, committed=True))
+                else:
+                    items.append(RestockItem(LineResult.of(line, "restock"), Restock(waited, restock_id, units == "all"),
+                                             sku, result.qty, committed=True))
                 writes.append(("HDEL", self.keys.webhook_line_waiting(channel, line.key), restock_id))
         await self._reserve_and_adjust(channel, items, writes)
+        await self.shipping.ship(channel, ships, writes)
         await self._call(writes)
-        return [item.result for item in items]
+        return [item.result for item in items + ships]
 
     @staticmethod
-    def _restock_id(restock: Restock) -> str:
+    def _restock_id(restock: Restock | Ship) -> str:
         return fit(restock.suffix, MAX_RESTOCK_ID_BYTES, "h")
 
     async def _reserve_and_adjust(self, channel: str, items: list[RestockItem], writes: list) -> None:
         """Restock the items, never beyond what was taken.
 
         Each restock first reserves its units against what was taken (stocksync_restock_claim, atomic per
-        line, once per restock id), then applies them with its own reference, derived from the
-        marketplace's ids (a retry of the same restock is applied once); its reservation is marked
-        applied with this delivery's last writes.
+        line, once per restock id; for a line taken into committed it also says how many of them a
+        cancellation takes back from committed, the rest being returns of shipped units), then applies
+        them with its own reference, derived from the marketplace's ids (a retry of the same restock is
+        applied once): stocksync_cancel for the units from committed, stocksync_adjust for the others.
+        Its reservation is marked applied with this delivery's last writes.
         """
         if not items:
             return
         ttl = self.settings.line_ttl_s
         claims = [library.restock_claim(self.keys, channel, item.restock.line.key, self._restock_id(item.restock),
-                                        item.wanted, max(0, item.taken), ttl, item.before) for item in items]
-        adjusts = []
+                                        item.wanted, max(0, item.taken), ttl, item.before, item.kind) for item in items]
+        reserved = []
         for item, claim, reply in zip(items, claims, await self._call([c.command for c in claims]), strict=True):
             got, result = claim.parse(reply), item.result
             result.sku, result.qty = item.sku, got.units
             if got.status == RestockStatus.RESERVED:
-                item.units = got.units
-                adjusts.append(item)
+                item.units, item.from_committed = got.units, got.from_committed
+                reserved.append(item)
             elif got.status == RestockStatus.DONE:  # applied before (the library may have forgotten its reference)
                 result.status, result.available, result.version, result.replayed = Status.OK, None, None, True
                 self.metrics.outcome("restock", "ok", True)
             else:  # everything taken was restocked already, by other restocks of this line
                 result.status, result.replayed = "restocked_already", got.replayed
-        if not adjusts:
-            return
-        outcomes = await self._outcomes([library.adjust(self.keys, item.sku, item.units, channel,
-                                                        self.restock_ref(channel, item.restock)) for item in adjusts])
-        for item, outcome in zip(adjusts, outcomes, strict=True):
+        if reserved:
+            await self._apply_restocks(channel, reserved, writes)
+
+    async def _apply_restocks(self, channel: str, items: list[RestockItem], writes: list) -> None:
+        calls, owners = [], []
+        for item in items:
+            ref, back = self.restock_ref(channel, item.restock), item.from_committed
+            if back:
+                calls.append(library.cancel(self.keys, item.sku, back, channel, ref))
+                owners.append(item)
+            if item.units > back:
+                calls.append(library.adjust(self.keys, item.sku, item.units - back, channel, ref + ":ret" if back else ref))
+                owners.append(item)
+        failed = set()
+        for item, outcome in zip(owners, await self._outcomes(calls), strict=True):
             if isinstance(outcome, Exception):
                 item.result.status, item.result.reason = "invalid", str(outcome)
+                failed.add(id(item))
                 continue
             self.metrics.outcome("restock", outcome.status, outcome.replayed)
             item.result.merge(outcome)
-            if outcome.ok:
-                key = self.keys.webhook_line_restocks(channel, item.restock.line.key)
-                writes += [("HSET", key, self._restock_id(item.restock), f"d{item.units}"), ("EXPIRE", key, ttl)]
+            failed |= set() if outcome.ok else {id(item)}
+        for item in items:
+            if id(item) not in failed:
+                key, c = self.keys.webhook_line_restocks(channel, item.restock.line.key), item.from_committed
+                writes += [("HSET", key, self._restock_id(item.restock), f"d{item.units}" + (f"c{c}" if c else "")),
+                           ("EXPIRE", key, self.settings.line_ttl_s)]
+
+    async def _ship(self, channel: str, ships: list[Ship], read: Read, canonical) -> list[LineResult]:
+        """Ship what was taken into committed; a line taken before 0.6 ships nothing more (its units left
+        on_hand when taken); a shipment of a line not taken yet waits for its take (_wait)."""
+        results, items, pending = [], [], []
+        for ship in ships:
+            line, record = ship.line, read.records.get(ship.line.key)
+            result = LineResult.of(line, "ship")
+            results.append(result)
+            if record and record.state == LineState.TAKEN:
+                if record.committed:
+                    items.append(RestockItem(result, ship, record.sku, record.qty, committed=True))
+                else:
+                    result.sku, result.qty, result.status, result.shipped = record.sku, line.qty, "taken_before_0.6", 0
+                continue
+            sku = (record.sku if record and record.state == LineState.UNKNOWN else None) or canonical(line)
+            result.sku, result.qty, result.status = sku, line.qty, "not_taken"
+            if not (record and record.state in (LineState.REFUSED, LineState.CANCELLED)):
+                pending.append(RestockItem(result, ship, sku or "", 0, committed=True))
+        items += await self._wait(channel, pending)
+        await self.shipping.ship(channel, items, read.writes)
+        return results

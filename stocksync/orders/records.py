@@ -1,9 +1,14 @@
 """The intake's typed records: what it remembers of an order line, and what it answers for one.
 
-    <prefix>:wh:line:<channel>:<line key>      "state|qty|sku" of a line (LineRecord)
+    <prefix>:wh:line:<channel>:<line key>      "state|qty|sku" of a line (LineRecord); a take into committed
+                                               (library 0.6+) writes its qty with a sign: "t|+2|MUG"
 
 A line record outlives the library's reference (line_ttl_days, against 48 hours), so that a cancellation
-or a return weeks later restocks only what was taken, into the SKU it was taken from.
+or a return weeks later restocks only what was taken, into the SKU it was taken from. Whether the take
+moved its units into committed decides how the line is shipped and restocked: "t|2|MUG", taken before
+0.6, left on_hand when it was taken (shipping it changes nothing, restocking it adds units back as 0.5
+did); "t|+2|MUG" is shipped out of committed and cancelled back from it. (Processes before 0.6 read the
+signed qty as the same number.)
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 
 from stocksync.library import Outcome
 
-from .webhooks import Line, Restock
+from .webhooks import Line, Restock, Ship
 
 
 class LineState(enum.StrEnum):
@@ -35,6 +40,7 @@ class LineRecord:
     state: LineState
     qty: int
     sku: str
+    committed: bool = False  # taken into committed (library 0.6+): shipped and cancelled through committed
 
     @classmethod
     def parse(cls, value: Any) -> LineRecord | None:
@@ -42,10 +48,10 @@ class LineRecord:
         if not isinstance(value, str) or value[1:2] != "|":
             return None
         state, qty, sku = value.split("|", 2)
-        return cls(LineState(state), int(qty), sku)
+        return cls(LineState(state), int(qty), sku, qty.startswith("+"))
 
     def value(self) -> str:
-        return f"{self.state}|{self.qty}|{self.sku}"
+        return f"{self.state}|{'+' if self.committed else ''}{self.qty}|{self.sku}"
 
 
 MISSING: Any = object()  # a reply field this line's answer leaves out
@@ -68,6 +74,7 @@ class LineResult:
     replayed: bool = MISSING
     reason: str = MISSING
     restocked: int = MISSING
+    shipped: int = MISSING  # (a ship) units taken out of committed
 
     @classmethod
     def of(cls, line: Line, op: str, **known: Any) -> LineResult:
@@ -87,15 +94,26 @@ class LineResult:
 
 @dataclass(slots=True)
 class RestockItem:
-    """A restock the intake will apply: `taken` units of `sku` were taken for its line, `before` of them
-    restocked by versions before 0.3 (a counter no longer written)."""
+    """A restock (or a shipment) the intake will apply: `taken` units of `sku` were taken for its line,
+    `before` of them restocked by versions before 0.3 (a counter no longer written); `committed`: taken into
+    committed (library 0.6+)."""
 
     result: LineResult
-    restock: Restock
+    restock: Restock | Ship
     sku: str
     taken: int
     before: int = 0
-    units: int = field(default=0)  # reserved for it (stocksync_restock_claim)
+    committed: bool = False
+    units: int = field(default=0)  # reserved for it (stocksync_restock_claim / _ship_claim)
+    from_committed: int = field(default=0)  # of the units, those a cancellation takes back from committed
+
+    @property
+    def kind(self) -> str:
+        """How stocksync_restock_claim splits it: cancel | return for a committed line, none for one taken
+        before 0.6."""
+        if not self.committed:
+            return "none"
+        return "return" if getattr(self.restock, "returned", False) else "cancel"
 
     @property
     def wanted(self) -> int:

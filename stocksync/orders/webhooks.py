@@ -58,6 +58,16 @@ class Restock:
     line: Line  # channel_sku may be None (Flipkart cancellations name only the line): looked up
     suffix: str  # what makes this restock's reference distinct from the take's and other restocks'
     full: bool = False  # restock whatever was taken for the line, whatever line.qty says
+    returned: bool = False  # units that were shipped come back (a return), not a cancellation before shipping
+
+
+@dataclass(frozen=True, slots=True)
+class Ship:
+    """Units of a line that left the warehouse (a fulfillment, a shipment, a dispatch)."""
+
+    line: Line
+    suffix: str  # ship:<shipment id>: distinct per shipment of the line (its reference's last part)
+    full: bool = False  # the whole line shipped, whatever line.qty says
 
 
 @dataclass
@@ -69,6 +79,7 @@ class Delivery:
     # Lines of an order cancelled with a full restock: one not taken yet is never taken (in order, it would
     # be taken and put back whole; see stocksync.orders.intake).
     cancels: list[Line] = field(default_factory=list)
+    ships: list[Ship] = field(default_factory=list)  # units that left: out of committed (library 0.6)
     ignored: str = ""  # why the delivery changes nothing, when it does not
 
 
@@ -123,7 +134,8 @@ class Webhook:
 
 
 class ShopifyWebhook(Webhook):
-    """Topics orders/create (take each line), orders/cancelled and refunds/create (restock by policy).
+    """Topics orders/create (take each line), orders/cancelled and refunds/create (restock by policy),
+    fulfillments/create (ship each fulfilled line: its units leave committed and on_hand).
 
     orders/cancelled also marks the order's lines that were not taken yet (it can arrive first), so that
     a late orders/create takes none of them.
@@ -173,6 +185,9 @@ class ShopifyWebhook(Webhook):
         elif topic == "refunds/create":
             if self.policy != "never":
                 delivery.restocks = self._refund(doc, _id(doc, "order_id"), "")
+        elif topic == "fulfillments/create":
+            order_id, shipment = _id(doc, "order_id"), f"ship:{_id(doc, 'id')}"
+            delivery.ships = [Ship(line, shipment) for line in self._lines(doc, order_id) if line]
         else:
             delivery.ignored = f"topic {topic or '(none)'} changes no stock"
         if self.policy == "never" and topic in ("orders/cancelled", "refunds/create"):
@@ -207,7 +222,8 @@ class ShopifyWebhook(Webhook):
             line_item = item.get("line_item") if isinstance(item.get("line_item"), dict) else {}
             line = Line(f"{order_id}:{line_id}", order_id, line_id, _sku(line_item, f"{at}line_item."),
                         _qty(item, "quantity", at))
-            out.append(Restock(line, f"r{_id(item, 'id', at)}"))
+            # a return gives back shipped units; cancel (and legacy_restock) units not shipped yet
+            out.append(Restock(line, f"r{_id(item, 'id', at)}", returned=item.get("restock_type") != "cancel"))
         return out
 
 
@@ -215,7 +231,8 @@ class AmazonWebhook(Webhook):
     """SP-API ORDER_CHANGE notifications, as posted by an EventBridge API destination or an SQS forwarder.
 
     A line is taken once per (AmazonOrderId, OrderItemId) whatever the status (Pending reserves stock on
-    Amazon too), and restocked once when the order becomes Canceled. Orders fulfilled by Amazon (AFN)
+    Amazon too), restocked once when the order becomes Canceled, and shipped whole once when it becomes
+    Shipped (PartiallyShipped does not say which units: they ship with the order's Shipped). Orders fulfilled by Amazon (AFN)
     ship from Amazon's warehouse, not from the shared stock: ignored unless options.include_afn.
     """
 
@@ -268,6 +285,8 @@ class AmazonWebhook(Webhook):
             delivery.cancels = lines
         else:
             delivery.takes = [line for line in lines if line.qty]
+            if status == "Shipped":
+                delivery.ships = [Ship(line, "ship:order", full=True) for line in delivery.takes]
         return delivery
 
 
@@ -275,7 +294,8 @@ class FlipkartWebhook(Webhook):
     """Flipkart order notifications, signed with X_Authorization: FKLOGIN base64(appId:sha1hex(...)).
 
     shipment_created (and the older order_item_created) take each order item; shipment_cancelled restocks
-    the cancelled quantity of items taken before (capped at what was taken). Every other event type is
+    the cancelled quantity of items taken before (capped at what was taken); shipment_dispatched ships
+    each order item's quantity (its units leave committed and on_hand). Every other event type is
     answered 200 and changes nothing: a failed event would block the rest of its group.
 
     The signature covers X_Date, the URL, the method and the secret, not the body, so X_Date must be
@@ -333,6 +353,16 @@ class FlipkartWebhook(Webhook):
                 line = Line(_id(item, "orderItemId", at), "", _id(item, "orderItemId", at), None,
                             _qty(item, "quantity", at))
                 delivery.restocks.append(Restock(line, event_id))
+        elif event == "shipment_dispatched":
+            shipment = doc.get("shipmentId") if isinstance(doc.get("shipmentId"), str) and doc.get("shipmentId") else None
+            suffix = "ship:" + (_id(doc, "shipmentId") if shipment else hashlib.blake2b(body, digest_size=12).hexdigest())
+            items = want_list(attributes.get("orderItems"), "attributes.orderItems", MAX_WEBHOOK_LINES, 0)
+            for i, item in enumerate(items):
+                at = f"attributes.orderItems[{i}]."
+                item = want_object(item, at[:-1])
+                line = Line(_id(item, "orderItemId", at), "", _id(item, "orderItemId", at), None,
+                            _qty(item, "quantity", at))
+                delivery.ships.append(Ship(line, suffix))
         else:
             delivery.ignored = f"event type {event} changes no stock"
         return delivery
@@ -478,5 +508,5 @@ def unset_credentials(channels: dict[str, ChannelConfig]) -> list[str]:
     return out
 
 
-__all__ = ["Delivery", "Line", "Restock", "Unverified", "Webhook", "build", "flipkart_authorization",
+__all__ = ["Delivery", "Line", "Restock", "Ship", "Unverified", "Webhook", "build", "flipkart_authorization",
            "parse_payload", "payload_parser", "shopify_signature", "unset_credentials"]

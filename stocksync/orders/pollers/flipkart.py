@@ -26,6 +26,7 @@ not each cancellation). So, per item:
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -117,10 +118,15 @@ def _whole(item: dict) -> bool:
     return item.get("status") == "CANCELLED"
 
 
+# a restock record of the line's ledger: p<units> or d<units>, with c<units taken back from committed>
+# since 0.6 (shipment records, h<units>/s<units>, are not restocks)
+_RESTOCK = re.compile(r"^[pd](\d+)(?:c\d+)?$")
+
+
 def _held(restocks: list[str], waiting: list[str]) -> int:
     """Units of a line's restock records: p<units>/d<units> reserved or applied, and <units> waiting for the
     take ("all": everything, whatever was taken)."""
-    held = sum(int(v[1:]) for v in restocks if v[:1] in ("p", "d") and v[1:].isdigit())
+    held = sum(int(m.group(1)) for v in restocks if (m := _RESTOCK.match(v)))
     if "all" in waiting:
         return 2**31
     return held + sum(int(v) for v in waiting if v.isdigit())
