@@ -183,7 +183,15 @@ def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def render(result: dict) -> str:
+def markdown(result: dict) -> str:
+    v = result["versions"]
+    return (f"{v['server']}, Python {v['python']}, redis-py {v['redis']}, aiohttp {v['aiohttp']}; {result['date']}, "
+            f"{result['machine']['cpu']} ({result['machine']['cores']} cores, load at start "
+            f"{result['machine']['load_avg_at_start']}); {result['orders']:,} orders a marketplace, one run\n\n"
+            + render(result, markdown=True))
+
+
+def render(result: dict, markdown: bool = False) -> str:
     rows = []
     for name, r in result["markets"].items():
         calls = ", ".join(f"{op} {n:,}" for op, n in sorted(r["calls"].items()))
@@ -191,7 +199,7 @@ def render(result: dict) -> str:
                      fmt(r["cpu_s"]["redis"], 1), fmt(r["cpu_s"][f"sim_{name}"], 1), r["stock_right"],
                      hours(r["projected_real_limits_s"]), calls])
     return table(["marketplace", "orders", "wall s", "orders/s", "stocksync CPU us/order", "redis CPU s", "sim CPU s",
-                  "stock right", "at real limits", "API calls"], rows)
+                  "stock right", "at real limits", "API calls"], rows, markdown=markdown)
 
 
 def main() -> int:
