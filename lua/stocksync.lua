@@ -1139,7 +1139,9 @@ end
     Holds of expired reservations are counted as available, not reserved. A bundle: its derived
     quantity, reserved 0. (stocksync_stock answers on_hand and committed too.)
 ]]
-local function get(keys, args)
+-- What stocksync_get and stocksync_stock read: nil for an unknown SKU, else what the SKU lists, its
+-- version, its state (see new_plan), its live holds, and when and by whom it was last changed.
+local function read_one(keys)
   if #keys ~= 1 then
     fail('expected 1 key (sku), got ' .. #keys)
   end
@@ -1147,11 +1149,20 @@ local function get(keys, args)
   local plan = new_plan(tag)
   local available, version = listed(plan, sku)
   if not version then
-    return {}
+    return nil
   end
   local s = plan.states[sku]
   local h = redis.call('HMGET', keys[1], 'updated_ms', 'source')
-  return {available, s.reserved - s.expired, version, tonumber(h[1]), h[2]}
+  return {available = available, version = version, state = s, reserved = s.reserved - s.expired,
+    updated_ms = tonumber(h[1]), source = h[2]}
+end
+
+local function get(keys, args)
+  local r = read_one(keys)
+  if not r then
+    return {}
+  end
+  return {r.available, r.reserved, r.version, r.updated_ms, r.source}
 end
 
 local function flat_parts(text)
@@ -1172,21 +1183,14 @@ end
     the bundles the SKU is a component of.
 ]]
 local function stock(keys, args)
-  if #keys ~= 1 then
-    fail('expected 1 key (sku), got ' .. #keys)
-  end
-  local tag, sku = sku_of(keys[1])
-  local plan = new_plan(tag)
-  local available, version = listed(plan, sku)
-  if not version then
+  local r = read_one(keys)
+  if not r then
     return {}
   end
-  local s = plan.states[sku]
-  local reserved = s.reserved - s.expired
-  local on_hand = not s.components and available + s.committed + reserved or false
-  local h = redis.call('HMGET', keys[1], 'updated_ms', 'source')
-  return {available, on_hand, s.committed, reserved, version, tonumber(h[1]), h[2], flat_parts(s.components),
-    names_in(s.bundles)}
+  local s = r.state
+  local on_hand = not s.components and r.available + s.committed + r.reserved or false
+  return {r.available, on_hand, s.committed, r.reserved, r.version, r.updated_ms, r.source,
+    flat_parts(s.components), names_in(s.bundles)}
 end
 
 --[[

@@ -223,25 +223,11 @@ def count(keys: Keys, sku: str, on_hand: int, source: str, ref: str,
 
 
 @dataclass(frozen=True, slots=True)
-class Moved:
+class Moved(Outcome):
     """The result of stocksync_ship or stocksync_cancel: `units` shipped out of committed, or (cancel)
     taken back from committed (the rest of qty was restocked onto on_hand: a line taken before 0.6)."""
 
-    sku: str
-    status: Status
-    available: int
-    version: int
-    replayed: bool
     units: int
-
-    @property
-    def ok(self) -> bool:
-        return self.status == Status.OK
-
-    def raise_for_status(self) -> Moved:
-        if not self.ok:
-            raise REJECTIONS[self.status](self)
-        return self
 
 
 def _moved(function: str, keys: Keys, sku: str, qty: int, source: str, ref: str) -> Call[Moved]:

@@ -346,23 +346,11 @@ class FlipkartWebhook(Webhook):
             # digest of the event itself, so a redelivery is the same restock and two partial cancellations
             # within one second are not (their timestamps have whole seconds).
             event_id = "x" + hashlib.blake2b(body, digest_size=12).hexdigest()
-            items = want_list(attributes.get("orderItems"), "attributes.orderItems", MAX_WEBHOOK_LINES, 0)
-            for i, item in enumerate(items):
-                at = f"attributes.orderItems[{i}]."
-                item = want_object(item, at[:-1])
-                line = Line(_id(item, "orderItemId", at), "", _id(item, "orderItemId", at), None,
-                            _qty(item, "quantity", at))
-                delivery.restocks.append(Restock(line, event_id))
+            delivery.restocks.extend(Restock(line, event_id) for line in _flipkart_items(attributes))
         elif event == "shipment_dispatched":
             shipment = doc.get("shipmentId") if isinstance(doc.get("shipmentId"), str) and doc.get("shipmentId") else None
             suffix = "ship:" + (_id(doc, "shipmentId") if shipment else hashlib.blake2b(body, digest_size=12).hexdigest())
-            items = want_list(attributes.get("orderItems"), "attributes.orderItems", MAX_WEBHOOK_LINES, 0)
-            for i, item in enumerate(items):
-                at = f"attributes.orderItems[{i}]."
-                item = want_object(item, at[:-1])
-                line = Line(_id(item, "orderItemId", at), "", _id(item, "orderItemId", at), None,
-                            _qty(item, "quantity", at))
-                delivery.ships.append(Ship(line, suffix))
+            delivery.ships.extend(Ship(line, suffix) for line in _flipkart_items(attributes))
         else:
             delivery.ignored = f"event type {event} changes no stock"
         return delivery
@@ -377,6 +365,18 @@ RECEIVERS: dict[str, type[Webhook]] = by_kind((ShopifyWebhook, AmazonWebhook, Fl
 
 
 # Field helpers -----------------------------------------------------------------------------------------
+
+
+def _flipkart_items(attributes: dict) -> list[Line]:
+    """The lines of a cancellation or dispatch event: its order items, each by its orderItemId alone."""
+    items = want_list(attributes.get("orderItems"), "attributes.orderItems", MAX_WEBHOOK_LINES, 0)
+    lines = []
+    for i, item in enumerate(items):
+        at = f"attributes.orderItems[{i}]."
+        item = want_object(item, at[:-1])
+        item_id = _id(item, "orderItemId", at)
+        lines.append(Line(item_id, "", item_id, None, _qty(item, "quantity", at)))
+    return lines
 
 
 def _id(doc: dict, name: str, where: str = "") -> str:
