@@ -43,7 +43,7 @@ from .apihelp import ADMIN, ENV, auth, shopify_headers, shopify_order
 
 try:  # a dev dependency: without it the browser tests are skipped, the HTTP checks still run
     from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 except ImportError:
@@ -354,8 +354,17 @@ def sign_in(drv, system: System, token: str, path: str = "/console") -> None:
 
 
 def click(drv, selector: str) -> None:
-    wait_until(drv, lambda d: d.find_elements(By.CSS_SELECTOR, selector), f"{selector} to appear")
-    drv.find_element(By.CSS_SELECTOR, selector).click()
+    """Click the element once it is there. A live page (the channels' refresh loop) can render it again
+    between the find and the click: then the click is tried again on the new element."""
+    def clicked(d) -> bool:
+        try:
+            found = d.find_elements(By.CSS_SELECTOR, selector)
+            if found:
+                found[0].click()
+            return bool(found)
+        except StaleElementReferenceException:
+            return False
+    wait_until(drv, clicked, f"{selector} to appear and take a click")
 
 
 def notice(drv) -> str:
