@@ -4,6 +4,11 @@ While a batch is in flight, callers queue; when it returns, everything queued go
 a caller waits one round trip as before; under load the cost of a round trip (most of a webhook's CPU
 time in redis-py) is shared by every request in the batch. Each command is still its own atomic call:
 batching changes when commands are sent, never what they do.
+
+Durability (stocksync.durability): a batch that changes anything ends with the configured wait (a SET of
+the mark, then WAIT or WAITAOF) on its connection, so one wait covers every request of the batch (group
+commit). When it falls short, the requests that sent writes get NotDurable (the API answers 503: the
+marketplace retries under the same references); those that only read get their replies.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stocksync.connection import is_cluster
+from stocksync.durability import Durability, NotDurable
 
 
 class Batcher:
     """Sends the commands of concurrent requests together: one pipeline, one round trip for many."""
 
-    def __init__(self, redis, max_batch: int = 1000) -> None:
+    def __init__(self, redis, max_batch: int = 1000, durability: Durability | None = None) -> None:
         self.redis, self.max_batch = redis, max_batch
+        self.durability = durability or Durability()
         self._queue: list[tuple[list[tuple], asyncio.Future]] = []
         self._busy = False
         # A single Redis: the batch is packed here and written on one pooled connection (redis-py's
@@ -54,6 +61,8 @@ class Batcher:
 
     async def _send(self, batch: list[tuple[list[tuple], asyncio.Future]]) -> None:
         commands = [command for each, _ in batch for command in each]
+        suffix = self.durability.suffix() if self.durability.wanted(commands) else []
+        commands += suffix
         try:
             if self._pool is None:
                 replies = await self._pipeline(commands)
@@ -74,11 +83,23 @@ class Batcher:
             if isinstance(e, asyncio.CancelledError):
                 raise
             return
+        short = self._short(replies[len(replies) - len(suffix):]) if suffix else None
         i = 0
         for each, future in batch:
             if not future.done():
-                future.set_result(replies[i: i + len(each)])
+                if short is not None and self.durability.wanted(each):
+                    future.set_exception(short)
+                else:
+                    future.set_result(replies[i: i + len(each)])
             i += len(each)
+
+    def _short(self, replies: list) -> Exception | None:
+        """The durability wait's verdict: None when the batch's changes are as durable as configured."""
+        try:
+            self.durability.check(replies)
+        except (NotDurable, ResponseError, RedisConnectionError) as e:
+            return e
+        return None
 
     async def _pipeline(self, commands: list[tuple]) -> list:
         async with self.redis.pipeline(transaction=False) as pipe:
