@@ -88,9 +88,14 @@ def from_settings(settings: Settings, mark: str, waitaof: bool = True) -> Durabi
 
 
 async def has_waitaof(redis) -> bool:
-    """Whether the server knows WAITAOF (Redis / Valkey 7.2+)."""
-    reply = await redis.execute_command("COMMAND", "INFO", "WAITAOF")
-    return bool(reply) and any(bool(r) for r in (reply.values() if isinstance(reply, dict) else reply))
+    """Whether the server knows WAITAOF: Redis 7.2+, or Valkey (which reports redis_version 7.2.4 from its
+    first release). (COMMAND INFO would say so too, but redis-py cannot parse its reply for an unknown one.)"""
+    return waitaof_in(str((await redis.info("server")).get("redis_version", "0")))
+
+
+def waitaof_in(version: str) -> bool:
+    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]]
+    return tuple(parts + [0] * (2 - len(parts))) >= (7, 2)
 
 
 async def pipelined(redis, durability: Durability, commands: list[tuple]) -> list:
