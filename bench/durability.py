@@ -11,6 +11,8 @@ for S seconds:
   store   StockStore.decrement: one round trip per call (FCALL, then SET of the mark and the wait)
   intake  the webhook intake's Batcher: concurrent requests' calls share a round trip, and one wait
           covers the whole batch (group commit)
+Beside the three modes, `WAIT 0`: replicated's pipeline (FCALL, SET of the mark, WAIT 0), which the server
+answers at once: the client's extra work apart from the wait for the replica.
 Calls/s and latency (p50, p99) per call; every variant runs once per round, rounds interleaved (rotated
 order); the table gives medians. Writes bench/results/durability.json.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import time
 import uuid
 
@@ -43,7 +46,7 @@ from .common import (
     write_json,
 )
 
-MODES = ("local", "replicated", "fsync")
+MODES = ("local", "WAIT 0", "replicated", "fsync")  # WAIT 0: replicated's round trip, without waiting
 PATHS = ("store", "intake")
 STOCK = 2_000_000_000
 
@@ -104,7 +107,11 @@ async def bench_server(name: str, binary: str, concurrencies: list[int], rounds:
         admin = redis.Redis(port=primary.port, decode_responses=True)
         version = redis_server_version(admin.info("server"))
         base = Settings(redis_url=primary.url, prefix="bd", durability_timeout_ms=5000)
-        stores = {m: await StockStore.connect(base.with_(durability=m)) for m in MODES}
+        stores = {m: await StockStore.connect(base.with_(durability=m)) for m in MODES if m != "WAIT 0"}
+        stores["WAIT 0"] = await StockStore.connect(base)
+        # the same pipeline as replicated (FCALL, SET of the mark, WAIT), answered at once: what the
+        # client's extra work costs, apart from waiting for the replica
+        stores["WAIT 0"].durability = dataclasses.replace(stores["replicated"].durability, min_replicas=0)
         await stores["local"].set("HOT", STOCK, ref="init")
         waitaof = stores["fsync"].durability.waitaof
         variants = [(m, p, c) for c in concurrencies for p in PATHS for m in MODES]

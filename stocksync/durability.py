@@ -26,9 +26,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connection import is_cluster
 from .settings import Settings
+from .wire import round_trip
 
 MARK_TTL_MS = 60_000
 READS = frozenset({"FCALL_RO", "GET", "HGET", "HMGET", "HGETALL", "EXISTS", "XRANGE", "XREVRANGE", "ZRANGEBYSCORE",
@@ -99,13 +103,23 @@ def waitaof_in(version: str) -> bool:
 
 
 async def pipelined(redis, durability: Durability, commands: list[tuple]) -> list:
-    """The replies of `commands` (errors in place, not raised), sent in one pipeline on one connection
-    with the durability wait after them; NotDurable when the wait falls short."""
+    """The replies of `commands` (errors in place, not raised), sent in one round trip on one connection
+    with the durability wait after them; NotDurable when the wait falls short. Packed by hand (stocksync.wire)
+    on a single Redis; through redis-py's pipeline (and its retries) on a cluster or after a connection
+    error: the commands are changes under references and the wait, all safe to send again."""
     suffix = durability.suffix() if durability.wanted(commands) else []
-    async with redis.pipeline(transaction=False) as pipe:
-        for command in [*commands, *suffix]:
-            pipe.execute_command(*command)
-        replies = await pipe.execute(raise_on_error=False)
+    sent = [*commands, *suffix]
+    replies = None
+    if not is_cluster(redis):
+        try:
+            replies = await round_trip(redis.connection_pool, sent)
+        except (RedisConnectionError, RedisTimeoutError):
+            replies = None
+    if replies is None:
+        async with redis.pipeline(transaction=False) as pipe:
+            for command in sent:
+                pipe.execute_command(*command)
+            replies = await pipe.execute(raise_on_error=False)
     if suffix:
         durability.check(replies[len(commands):])
     return replies[: len(commands)]
