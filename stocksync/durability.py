@@ -16,6 +16,10 @@ SET of `Keys.durable_mark`, then the wait. The SET is there for retries: a call 
 reference (G2) writes nothing, and the wait alone would not cover the first call's write that it replays
 (made on another connection, maybe not replicated yet); the SET moves the connection's offset past it.
 
+What waits: the changes of stock through StockStore and the webhook intake (its line records and
+delivery ids too, in the same batches). What does not: the workers' bookkeeping (versions pushed, leases,
+acknowledgements): lost in a failover, it only costs a push made again (the runbook, "Redis failed over").
+
 A shortfall (fewer replicas, or no fsync, within `durability_timeout_ms`) raises NotDurable. The change
 is applied on the primary and will usually reach the replica; the caller retries with the same
 reference, which replays and waits again: the API answers 503 with the reason, so a marketplace
