@@ -29,13 +29,18 @@ from stocksync.devtools.testing import config, toml_channel, use_simulator_crede
 from stocksync.embedded import EmbeddedRedis, free_port
 from stocksync.keys import Keys
 
-from .apihelp import ENV, auth
+from .apihelp import ENV, auth, post_shopify, shopify_order
 from .helpers import fcall, sku_call_keys, worker_options
 from .helpers import wait_for as wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 AOF = ["--appendonly", "yes", "--appendfsync", "always"]
 API_CONFIG = """
+[channels.shopify]
+kind = "shopify"
+url = "http://127.0.0.1:9/shopify"
+credentials = { webhook_secret = "T_SHOPIFY_SECRET" }
+
 [api.tokens.admin]
 env = "T_TOKEN_ADMIN"
 scopes = ["*"]
@@ -105,6 +110,14 @@ async def adjusts(client: httpx.AsyncClient, n: int) -> list[int]:
     return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
+async def orders(client: httpx.AsyncClient, first: int, n: int) -> list[int]:
+    """n Shopify orders of 1 unit of B (ids first..), as signed webhooks, concurrently: their statuses."""
+    async def one(order_id: int) -> int:
+        return (await post_shopify(client, shopify_order(order_id, [(1, "B", 1)]))).status_code
+
+    return list(await asyncio.gather(*(one(first + i) for i in range(n))))
+
+
 async def test_the_api_answers_no_error_once_a_restarted_redis_answers(tmp_path, server):
     server.redis.start()
     cfg = tmp_path / "stocksync.toml"
@@ -116,7 +129,9 @@ async def test_the_api_answers_no_error_once_a_restarted_redis_answers(tmp_path,
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             await wait_for(lambda: ready(client), 20, "the API to be ready")
             assert (await client.put("/v1/skus/A", json={"available": 0}, headers=auth())).status_code == 200
+            assert (await client.put("/v1/skus/B", json={"available": 1000}, headers=auth())).status_code == 200
             assert await adjusts(client, 40) == [200] * 40  # every pooled connection used
+            assert await orders(client, 1, 40) == [200] * 40  # and the intake's (webhooks)
             acked = 40
             lines_at_kill = len(records(log))
             server.redis.kill()
@@ -129,11 +144,14 @@ async def test_the_api_answers_no_error_once_a_restarted_redis_answers(tmp_path,
             lines_in_outage = len(records(log)) - lines_at_kill
             server.start()
             await wait_for(lambda: ready(client), 20, "/readyz after the restart")
-            for _ in range(3):  # every request after /readyz said ok, on any pooled connection: no error
+            for i in range(3):  # every request after /readyz said ok, on any pooled connection: no error
                 assert await adjusts(client, 40) == [200] * 40
+                assert await orders(client, 1000 + 100 * i, 40) == [200] * 40
                 acked += 40
-            available = int(redis.Redis.from_url(server.url).hget(Keys("faults", 1).sku("A"), "available"))
+            check = redis.Redis.from_url(server.url)
+            available = int(check.hget(Keys("faults", 1).sku("A"), "available"))
             assert acked <= available <= acked + during.count(503)  # (a 503 may have been applied: G2 on retry)
+            assert int(check.hget(Keys("faults", 1).sku("B"), "available")) == 1000 - 160  # each order taken once
     finally:
         stop(api)
     outage = [r for r in records(log) if r.get("outage")]
