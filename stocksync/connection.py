@@ -2,7 +2,8 @@
 
 Every connection retries a command that failed on a dead socket, a timeout or a server still LOADING
 its data (redis-py's ConnectionError, TimeoutError and BusyLoadingError, a ConnectionError), with a
-bounded exponential backoff with jitter: RETRIES attempts, 50 ms doubling up to 1 s, about 5 s in all.
+bounded exponential backoff: RETRIES attempts, 100 ms doubling up to 1 s, each pause between half and all
+of that (equal jitter: callers that failed together do not retry together), 2.75 to 5.5 s in all.
 After a restart the pool's connections are dead sockets: each one fails once, is reconnected and the
 command goes again, so no caller sees an error once the server answers (before, they answered 503 for
 minutes). A server still down after the last attempt raises to the caller (the API answers 503).
@@ -21,7 +22,7 @@ import copy
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import EqualJitterBackoff
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -33,7 +34,7 @@ AnyRedis = Redis | RedisCluster
 # Callers fan out hundreds of concurrent calls (a flash sale, a webhook burst). A blocking pool makes
 # them queue for a connection instead of failing with "Too many connections".
 MAX_CONNECTIONS = 64
-RETRIES = 8  # 50, 100, 200, 400, 800 ms, then 1 s: about 5 s before a caller sees the error
+RETRIES = 8  # 100, 200, 400, 800 ms, then 1 s (each half to all of it): 2.75-5.5 s before a caller sees the error
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.05, 1.0
 # An idle pooled connection is checked with a PING before it is used again: a socket the server closed
 # long ago is found before a command is sent on it.
@@ -62,7 +63,7 @@ class CountingRetry(Retry):
 
 
 def retry_policy() -> CountingRetry:
-    return CountingRetry(ExponentialWithJitterBackoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S), RETRIES,
+    return CountingRetry(EqualJitterBackoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S), RETRIES,
                          supported_errors=(RedisConnectionError, RedisTimeoutError, BusyLoadingError))
 
 

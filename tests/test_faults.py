@@ -328,3 +328,4 @@ async def test_last_push_moves_only_when_the_channel_accepts_a_call(store, amazo
     finally:
         worker.stop()
         await task
+
