@@ -81,7 +81,9 @@ class WebhookEndpoint:
             raise HTTPError(401, "unverified", str(e)) from None
         delivery = hook.parse(request, body)
         reply = await ctx.intake.apply(hook.channel, delivery)
-        scope["app"].state.outage.ok()
+        state = scope["app"].state
+        state.outage.ok()  # (each a cheap check unless an outage or a shortfall was logged)
+        state.short.ok()
         await send_json(send, reply)
 
 
@@ -204,5 +206,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
                             RedisError: _redis_error, Exception: _server_error},
     )
     app.state.outage = Outage(log, "Redis")
-    app.state.short = Outage(log, f"durability {settings.durability}")
+    app.state.short = Outage(log, f"durability {settings.durability} (replicas or fsync)")
     return app
