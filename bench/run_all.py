@@ -13,7 +13,7 @@ import time
 
 from . import report
 
-BENCHMARKS = ("decrement", "inventory", "propagation", "api", "reconcile")
+BENCHMARKS = ("decrement", "inventory", "propagation", "api", "reconcile", "durability")
 LOCK = "/tmp/stocksync-bench.lock"
 
 

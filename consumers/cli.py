@@ -43,7 +43,7 @@ OPTION_FLAGS = {
 _DEFAULTS = {f.name: f.default for f in fields(WorkerOptions)}
 WORKER_HELP = ("Run channel workers until SIGTERM/SIGINT. Several processes of a channel share its work. First "
                "the start-up checks: every channel named is configured and its credentials are set (else exit 2), "
-               "Redis answers (else exit 1), its maxmemory-policy cannot evict keys (else exit 2; "
+               "Redis answers (waited for up to STOCKSYNC_WAIT_S, 300 s, then exit 1), its maxmemory-policy cannot evict keys (else exit 2; "
                "STOCKSYNC_ALLOW_EVICTION=1 starts anyway). Settings of the [worker] table not given here come "
                "from the config file. Runs on uvloop when it is installed (STOCKSYNC_LOOP=auto|uvloop|asyncio).")
 

@@ -17,7 +17,10 @@
 * expire, every second: the reservations of every partition whose time has passed end (their holds go
   back to available: stocksync_expire), whether or not a call touches them.
 
-A Redis error ends the round (what was due stays due) and is logged; housekeeping goes on.
+A Redis error ends the round (what was due stays due) and is logged as part of the outage (the worker's
+ChannelState.outage: bounded lines, no traceback); housekeeping goes on. A heartbeat that reaches Redis
+ends the outage. Heartbeats of other consumers of the channel older than STALE_BEATS beats (and at least
+STALE_MIN_S) are removed with each heartbeat: a killed worker's does not stay for ever.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from . import groups
 from .adapters import PushError, Update
 from .retry import CLOSED
 from .state import ChannelState
+from .status import stale_beats
 from .trimmer import trim_all
 
 log = logging.getLogger(__name__)
@@ -71,7 +75,7 @@ class Housekeeping:
                         chore.due = now + chore.period
                         await chore.run()
             except RedisError as e:
-                log.warning("%s: housekeeping failed: %s", s.channel, e)
+                s.outage.failed(e, "housekeeping")
             await s.sleep(max(min(c.due for c in chores) - time.monotonic(), 0.005))
 
     def _chores(self) -> list[_Chore]:
@@ -91,8 +95,15 @@ class Housekeeping:
 
     async def heartbeat(self) -> None:
         s = self.state
-        await s.redis.hset(s.keys.channel_status(s.channel), s.consumer, orjson.dumps(s.status()))
+        key = s.keys.channel_status(s.channel)
+        await s.redis.hset(key, s.consumer, orjson.dumps(s.status()))
         s.beat_at = time.monotonic()
+        s.outage.ok()
+        gone = stale_beats(await s.redis.hgetall(key), int(time.time() * 1000), keep=s.consumer)
+        if gone:  # (a killed worker never removes its own)
+            await s.redis.hdel(key, *gone)
+            log.info("%s: removed the heartbeats of %d workers gone for good: %s", s.channel, len(gone),
+                     ", ".join(sorted(gone)))
 
     async def _trim(self) -> None:
         s = self.state

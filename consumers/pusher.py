@@ -78,15 +78,18 @@ class Pusher:
             settle: list[Settle] = []
             decide = functools.partial(self._decide, probe=probe, settle=settle)
             rnd = await self.cycle.run(batch, rank=min(w.urgency for w in batch), decide=decide)
-            if rnd.called:
-                s.last_push_ms = int(time.time() * 1000)
+            if rnd.called and rnd.error is None and any(p.result is not None and p.result.ok for p in rnd.pushed):
+                s.last_push_ms = int(time.time() * 1000)  # (`last push` is the last call the channel accepted)
             elif probe:  # nothing was called: the probe has not told us anything
                 s.breaker.probing = False
             late = self._settle(settle)
             if late:
                 await self._acknowledge(late)
         except Exception as e:  # Redis down, a bug: hold the SKUs and try again later
-            log.exception("%s: push of %d SKUs failed", s.channel, len(batch))
+            if isinstance(e, RedisError):  # (one outage, one bounded log: stocksync.outage)
+                s.outage.failed(e, "push")
+            else:
+                log.exception("%s: push of %d SKUs failed", s.channel, len(batch))
             s.error(f"{type(e).__name__}: {e}")
             if probe:
                 s.breaker.failure()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from stocksync import library
+from stocksync import connection, library
 
 from . import dlq, groups
 from .coalescer import Entry
@@ -45,17 +45,23 @@ class Reader:
     async def run(self, p: int) -> None:
         """Read partition p until the worker stops."""
         s = self.state
-        stream, failures = s.keys.events(p), 0
+        stream, failures, retries = s.keys.events(p), 0, connection.retries(s.redis)
         while not s.stopping.is_set():
             if not s.pull_ok.is_set():
                 await s.wait_pull()
                 continue
+            if connection.retries(s.redis) != retries:  # (see below)
+                retries = connection.retries(s.redis)
+                self.defer(p, "0-1")
             try:
                 entries = await self._read(p, stream)
                 failures = 0
             except RedisError as e:
+                # An XREADGROUP whose reply was lost (here, or retried by the connection) may have
+                # delivered entries we do not hold: go over our pending entries again from the start.
                 failures += 1
-                log.warning("%s: reading %s failed (%s); retrying", s.channel, stream, e)
+                self.defer(p, "0-1")
+                s.outage.failed(e, f"reading {stream}")
                 await s.sleep(min(0.1 * 2 ** failures, 5))
                 continue
             if not entries:

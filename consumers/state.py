@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import socket
 import time
@@ -26,6 +27,7 @@ from stocksync.channels import ChannelConfig
 from stocksync.connection import AnyRedis
 from stocksync.inventory_rules import ChannelRules
 from stocksync.keys import Keys
+from stocksync.outage import Outage
 
 from .adapters import Adapter
 from .coalescer import Coalescer
@@ -47,6 +49,9 @@ class ChannelState:
         self.stats: collections.Counter[str] = collections.Counter()
         self.last_error = ""
         self.health = ChannelHealth(self.channel, self.stats, lambda: self.last_error)
+        # Redis errors of every role, logged as one outage (a line when it starts, a summary every 30 s,
+        # a line when it ends) instead of a line per failed call
+        self.outage = Outage(logging.getLogger("consumers.outage"), f"{self.channel}: Redis")
         self.breaker = CircuitBreaker(o.breaker_threshold, o.breaker_open_ms / 1000, o.breaker_max_open_ms / 1000,
                                       on_change=lambda old, new: self.health.circuit_changed(self.breaker, old, new))
         self.risk = RiskModel(config.name, config.rules)

@@ -1,10 +1,13 @@
 """Per channel: lag, pending, dead letters, last push, circuit state, oversell risk (for `stocksync status`,
 the API's /v1/channels, and its /metrics through `metric_families`).
 
-Lag and pending come from the consumer groups (XINFO GROUPS: entries not yet delivered, and delivered
-but not acknowledged), dead letters from the dead-letter streams, and the rest from the heartbeats the
-workers write every heartbeat_ms to `<prefix>:status:<channel>` (a heartbeat older than three beats
-plus a second counts as a worker that is gone; a stopped worker removes its own).
+Lag is the number of entries after the group's last-delivered-id (counted, see group_lag: XINFO GROUPS'
+own `lag` is wrong after a restart), pending comes from the consumer groups (delivered but not
+acknowledged), dead letters from the dead-letter streams, and the rest from the heartbeats the workers
+write every heartbeat_ms to `<prefix>:status:<channel>` (a heartbeat older than three beats plus a
+second counts as a worker that is not alive; one older than STALE_BEATS beats and STALE_MIN_S is a
+worker gone for good: not listed, and removed by the channel's live workers; a stopped worker removes
+its own).
 """
 
 from __future__ import annotations
@@ -24,57 +27,106 @@ SEVERITY = {"open": 3, "half_open": 2, "throttled": 1, "closed": 0}
 CIRCUIT_STATES = ("closed", "throttled", "half_open", "open", "no_worker")
 
 
+LAG_EXACT_UP_TO = 1000  # undelivered entries counted one by one; past it, Redis's own estimate
+STALE_BEATS, STALE_MIN_S = 10, 60  # a heartbeat older than both is a worker gone for good: not listed, removed
+
+
 async def channel_status(redis: AnyRedis, keys: Keys, channels: Iterable[str]) -> dict[str, dict[str, Any]]:
     now_ms = int(time.time() * 1000)
     out: dict[str, dict[str, Any]] = {}
     for channel in channels:
-        lag: int | None = 0
-        pending = dead = 0
-        oldest: int | None = None
-        group_found = False
-        for p in range(keys.partitions):
-            stream = keys.events(p)
-            try:
-                groups = await redis.xinfo_groups(stream)
-            except ResponseError:  # no stream yet
-                groups = []
-            for g in groups:
-                if g["name"] != channel:
-                    continue
-                group_found = True
-                pending += int(g["pending"])
-                lag = None if lag is None or g.get("lag") is None else lag + int(g["lag"])
-                if int(g["pending"]):
-                    first = (await redis.xpending(stream, channel))["min"]
-                    if first is not None:  # (acknowledged between XINFO and XPENDING)
-                        ms = int(str(first).split("-")[0])
-                        oldest = ms if oldest is None else min(oldest, ms)
-            dead += await redis.xlen(keys.dlq(p, channel))
-        workers = []
-        for name, raw in (await redis.hgetall(keys.channel_status(channel))).items():
-            try:
-                beat = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            beat["consumer"] = name
-            beat["alive"] = now_ms - int(beat.get("ts_ms", 0)) <= 3 * int(beat.get("heartbeat_ms", 1000)) + 1000
-            workers.append(beat)
+        numbers = await _group_numbers(redis, keys, channel)
+        beats = await redis.hgetall(keys.channel_status(channel))
+        workers = _workers(beats, now_ms)
         alive = [w for w in workers if w["alive"]]
         circuit = max((w.get("circuit", "closed") for w in alive), key=lambda s: SEVERITY.get(s, 0),
                       default="no worker")
+        oldest = numbers.pop("oldest")
         out[channel] = {
-            "group": group_found,
-            "lag": lag if group_found else None,
-            "pending": pending,
+            **numbers,
             "oldest_pending_age_ms": None if oldest is None else max(now_ms - oldest, 0),
-            "dead_letters": dead,
-            "last_push_ms": max((int(w.get("last_push_ms", 0)) for w in workers), default=0) or None,
+            # (from every heartbeat, those of workers gone included: the channel's last accepted call)
+            "last_push_ms": max((int(_beat(raw).get("last_push_ms", 0)) for raw in beats.values()), default=0) or None,
             "circuit": circuit,
             # expected units the channel sells that are not there, before its held pushes land (risk.py)
             "oversell_risk_units": round(sum(float(w.get("oversell_risk_units", 0)) for w in alive), 3),
             "workers": sorted(workers, key=lambda w: w["consumer"]),
         }
     return out
+
+
+async def _group_numbers(redis: AnyRedis, keys: Keys, channel: str) -> dict[str, Any]:
+    """group (found), lag, pending, oldest (ms of the oldest pending entry), dead_letters, over every partition."""
+    lag: int | None = 0
+    pending = dead = 0
+    oldest: int | None = None
+    group_found = False
+    for p in range(keys.partitions):
+        stream = keys.events(p)
+        try:
+            groups = await redis.xinfo_groups(stream)
+        except ResponseError:  # no stream yet
+            groups = []
+        for g in groups:
+            if g["name"] != channel:
+                continue
+            group_found = True
+            pending += int(g["pending"])
+            behind = await group_lag(redis, stream, g)
+            lag = None if lag is None or behind is None else lag + behind
+            if int(g["pending"]):
+                first = (await redis.xpending(stream, channel))["min"]
+                if first is not None:  # (acknowledged between XINFO and XPENDING)
+                    ms = int(str(first).split("-")[0])
+                    oldest = ms if oldest is None else min(oldest, ms)
+        dead += await redis.xlen(keys.dlq(p, channel))
+    return {"group": group_found, "lag": lag if group_found else None, "pending": pending, "oldest": oldest,
+            "dead_letters": dead}
+
+
+async def group_lag(redis: AnyRedis, stream: str, group: dict) -> int | None:
+    """Entries of the stream after the group's last-delivered-id: counted (up to LAG_EXACT_UP_TO), not read
+    from XINFO GROUPS' `lag`. That one is entries-added - entries-read, and entries-read is wrong after an
+    AOF rewrite and a restart (the reads replayed from the file do not count): a group that has read
+    everything showed a lag of thousands for ever. last-delivered-id survives a restart, so a group that
+    is caught up is always 0 here. Past the bound, the larger of the bound and Redis's estimate."""
+    after = await redis.xrange(stream, min="(" + str(group["last-delivered-id"]), count=LAG_EXACT_UP_TO + 1)
+    if len(after) <= LAG_EXACT_UP_TO:
+        return len(after)
+    estimate = group.get("lag")
+    return max(int(estimate), len(after)) if estimate is not None else len(after)
+
+
+def _beat(raw: str) -> dict:
+    try:
+        beat = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return beat if isinstance(beat, dict) else {}
+
+
+def _stale(beat: dict, now_ms: int) -> bool:
+    every = int(beat.get("heartbeat_ms", 1000))
+    return now_ms - int(beat.get("ts_ms", 0)) > max(STALE_BEATS * every, STALE_MIN_S * 1000)
+
+
+def stale_beats(beats: dict[str, str], now_ms: int, keep: str = "") -> list[str]:
+    """The consumers whose heartbeat says they are gone for good (or is unreadable), `keep` apart."""
+    return [name for name, raw in beats.items() if name != keep and (not _beat(raw) or _stale(_beat(raw), now_ms))]
+
+
+def _workers(beats: dict[str, str], now_ms: int) -> list[dict]:
+    """The heartbeats of workers alive or lately gone (`alive`: younger than three beats and a second);
+    those gone for good are not listed (a live worker of the channel removes them)."""
+    workers = []
+    for name, raw in beats.items():
+        beat = _beat(raw)
+        if not beat or _stale(beat, now_ms):
+            continue
+        beat["consumer"] = name
+        beat["alive"] = now_ms - int(beat.get("ts_ms", 0)) <= 3 * int(beat.get("heartbeat_ms", 1000)) + 1000
+        workers.append(beat)
+    return workers
 
 
 def format_table(status: dict[str, dict[str, Any]]) -> str:

@@ -31,6 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import logs, preflight
+from .durability import NotDurable
 from .errors import InvalidArgument
 from .settings import Settings, SettingsError
 from .validate import Invalid
@@ -142,7 +143,7 @@ def main(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
         return asyncio.run(args.run(args))
     except (SettingsError, InvalidArgument, Invalid) as e:
         return fail(args, str(e), BAD_INPUT)
-    except preflight.Unreachable as e:
+    except (preflight.Unreachable, NotDurable) as e:  # (NotDurable: applied, not yet durable: run it again)
         return fail(args, str(e), REFUSED)
     except (RedisConnectionError, RedisTimeoutError) as e:  # Redis went away after the start
         return fail(args, str(preflight.unreachable(args.settings, e)), REFUSED)

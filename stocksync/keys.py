@@ -137,6 +137,12 @@ class Keys:
         """hash: the channel's SKU -> canonical SKU, where they differ (edited through the admin API)."""
         return f"{self.prefix}:skumap:{channel}"
 
+    @property
+    def durable_mark(self) -> str:
+        """string, 60 s TTL: written before each WAIT/WAITAOF of the replicated and fsync durability modes,
+        so that the wait covers every write made before it (stocksync.durability)."""
+        return f"{self.prefix}:durable"
+
     def channel_status(self, channel: str) -> str:
         """hash: consumer name -> JSON heartbeat of that worker (last push, circuit state, ...)."""
         return f"{self.prefix}:status:{channel}"

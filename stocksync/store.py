@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping
 
-from . import connection, functions, library
+from . import connection, durability, functions, library
 from .errors import InvalidArgument
 from .keys import Keys
 from .library import Call, Moved, OrderOutcome, Outcome, Quantities, Stock
@@ -22,17 +22,26 @@ log = logging.getLogger(__name__)
 
 
 class StockStore:
-    def __init__(self, redis: connection.AnyRedis, keys: Keys, settings: Settings | None = None) -> None:
+    def __init__(self, redis: connection.AnyRedis, keys: Keys, settings: Settings | None = None,
+                 waitaof: bool = True) -> None:
         self.redis = redis
         self.keys = keys
         self.settings = settings or Settings(prefix=keys.prefix, partitions=keys.partitions)
+        # when a change counts as done: every FCALL that changes stock is followed by its wait
+        self.durability = durability.from_settings(self.settings, keys.durable_mark, waitaof)
         # RedisCluster fails (MaxConnectionsError) instead of waiting when a node's pool is exhausted;
         # bound this store's calls in flight so a burst of callers queues instead.
         self._gate = asyncio.Semaphore(connection.MAX_CONNECTIONS)
 
     async def _run(self, call: Call):
         async with self._gate:
-            return await call.run(self.redis)
+            if not self.durability.wanted([call.command]):
+                return await call.run(self.redis)
+            (reply,) = await durability.pipelined(self.redis, self.durability, [call.command])
+        result = call.result(reply)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     @classmethod
     async def connect(
@@ -44,7 +53,8 @@ class StockStore:
         partitions = await _partitions(redis, settings)
         if load:
             await functions.ensure_loaded(redis, settings.idem_ttl_s)
-        return cls(redis, Keys(settings.prefix, partitions), settings)
+        waitaof = settings.durability != "fsync" or await durability.has_waitaof(redis)
+        return cls(redis, Keys(settings.prefix, partitions), settings, waitaof)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -123,7 +133,10 @@ class StockStore:
     async def _pipelined(self, calls: list[Call]) -> list:
         """Every call in one round trip, each atomic on its own; a refused call's place holds its error."""
         async with self._gate:
-            return await library.pipelined(self.redis, calls)
+            if not self.durability.wanted([c.command for c in calls]):
+                return await library.pipelined(self.redis, calls)
+            replies = await durability.pipelined(self.redis, self.durability, [c.command for c in calls])
+        return [call.result(reply) for call, reply in zip(calls, replies, strict=True)]
 
     async def decrement_many(self, items: Iterable[tuple[str, int, str]], *, source: str) -> list[Outcome]:
         """Pipeline one decrement per (sku, qty, ref): one round trip, each call still atomic on its own."""

@@ -58,10 +58,21 @@ def config(tmp_path) -> Path:
 
 @pytest.mark.parametrize("command", [["serve", "--port", "0"], ["worker"]])
 def test_unreachable_redis_is_exit_1_in_one_line_without_the_password(config, command):
-    out = run("--config", str(config), *command, url=UNREACHABLE)
+    out = run("--config", str(config), *command, url=UNREACHABLE, env={"STOCKSYNC_WAIT_S": "0"})
     assert out.returncode == 1
     assert "Redis at redis://admin:***@127.0.0.1:1/0 is unreachable" in one_line(out)["msg"]
     assert "pw-s3cret" not in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["worker"]])
+def test_unreachable_redis_is_waited_for_with_a_line_per_attempt_then_exit_1(config, command):
+    out = run("--config", str(config), *command, url=UNREACHABLE, env={"STOCKSYNC_WAIT_S": "2"})
+    assert out.returncode == 1
+    records = [orjson.loads(line) for line in out.stderr.splitlines()]  # (JSON lines: no traceback)
+    waits = [r for r in records if r["level"] == "warning"]
+    assert len(waits) >= 2 and all("is not ready" in r["msg"] and "trying again in" in r["msg"] for r in waits)
+    assert [r["level"] for r in records] == ["warning"] * len(waits) + ["error"], out.stderr
+    assert "is unreachable" in records[-1]["msg"] and "pw-s3cret" not in out.stderr
 
 
 def test_a_worker_without_its_credential_is_exit_2_naming_the_variable_before_it_connects(config):

@@ -25,9 +25,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stocksync import functions, library
+from stocksync.durability import NotDurable
 from stocksync.errors import InvalidArgument
 from stocksync.metrics import Metrics
 from stocksync.orders.webhooks import Unverified
+from stocksync.outage import Outage
 from stocksync.settings import Settings
 from stocksync.validate import Invalid
 
@@ -78,7 +80,11 @@ class WebhookEndpoint:
             ctx.metrics.child(ctx.metrics.verification_failures, name).inc()
             raise HTTPError(401, "unverified", str(e)) from None
         delivery = hook.parse(request, body)
-        await send_json(send, await ctx.intake.apply(hook.channel, delivery))
+        reply = await ctx.intake.apply(hook.channel, delivery)
+        state = scope["app"].state
+        state.outage.ok()  # (each a cheap check unless an outage or a shortfall was logged)
+        state.short.ok()
+        await send_json(send, reply)
 
 
 webhook = WebhookEndpoint()
@@ -98,8 +104,10 @@ async def readyz(request: Request) -> Response:
         await ctx.store.redis.ping()
         loaded = await library.version().run(ctx.store.redis)
     except RedisError as e:
+        request.app.state.outage.failed(e, "readyz")
         return json_response({"status": "unavailable", "redis": f"error: {type(e).__name__}",
                               "library_expected": expected}, 503)
+    request.app.state.outage.ok()
     status = 200 if str(loaded) == expected else 503
     return json_response({"status": "ready" if status == 200 else "wrong_library", "redis": "ok",
                           "library": str(loaded), "library_expected": expected}, status)
@@ -130,10 +138,26 @@ async def _invalid_argument(request: Request, exc: InvalidArgument) -> Response:
     return json_response({"error": "invalid", "message": str(exc)}, 422)
 
 
+async def _not_durable(request: Request, exc: NotDurable) -> Response:
+    """Applied on the primary, not yet as durable as configured: 503 with the reason, so that the
+    marketplace delivers the webhook again (its references make the retry a replay; stocksync.durability)."""
+    request.app.state.short.failed(exc, f"{request.method} {request.url.path}")
+    return json_response({"error": "not_durable", "message": str(exc)}, 503, {"Retry-After": "1"})
+
+
+async def _redis_error(request: Request, exc: RedisError) -> Response:
+    """Redis unreachable (after the connection's retries, stocksync.connection): 503, and a bounded log of
+    the outage (stocksync.outage), not a traceback a request. (A handler of its own: Starlette's handler
+    of Exception re-raises to the server, which logs a traceback each time.)"""
+    request.app.state.outage.failed(exc, f"{request.method} {request.url.path}")
+    return json_response({"error": "unavailable", "message": "Redis is unavailable"}, 503, {"Retry-After": "1"})
+
+
 async def _server_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, RedisError):  # (raised past the handlers, e.g. by a middleware)
+        return await _redis_error(request, exc)
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    status, message = (503, "Redis is unavailable") if isinstance(exc, RedisError) else (500, "internal error")
-    return json_response({"error": "unavailable" if status == 503 else "internal", "message": message}, status)
+    return json_response({"error": "internal", "message": "internal error"}, 500)
 
 
 def template(path: str) -> str:
@@ -172,11 +196,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *console.routes(),
     ]
     templates = {r.endpoint: template(r.path) for r in routes}
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(AccessLogMiddleware),
                     Middleware(http_metrics.MetricsMiddleware, metrics=metrics, routes=templates)],
         exception_handlers={HTTPError: _http_error, HTTPException: _starlette_error,
-                            Invalid: _invalid_input, InvalidArgument: _invalid_argument, Exception: _server_error},
+                            Invalid: _invalid_input, InvalidArgument: _invalid_argument, NotDurable: _not_durable,
+                            RedisError: _redis_error, Exception: _server_error},
     )
+    app.state.outage = Outage(log, "Redis")
+    app.state.short = Outage(log, f"durability {settings.durability} (replicas or fsync)")
+    return app

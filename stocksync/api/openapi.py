@@ -168,7 +168,9 @@ def _body(schema: dict) -> dict:
 def _webhook(name: str, headers: str) -> dict:
     return _op(f"{name} webhook", None, {"200": _json(_ref("WebhookResult")), "401": ERR, "404": ERR,
                                          "503": ERR, **BODY_ERRORS},
-               description=f"Verified before it is parsed ({headers}); each order line is applied exactly once.",
+               description=f"Verified before it is parsed ({headers}); each order line is applied exactly once. "
+                           "200 once the changes are as durable as STOCKSYNC_DURABILITY says; 503 (Redis "
+                           "unavailable, or `not_durable`) asks for the delivery again, applied once.",
                parameters=[CHANNEL_PARAM],
                requestBody={"required": True, "content": {"application/json": {"schema": {"type": "object"}}}})
 

@@ -6,7 +6,8 @@
 --loop and --http are uvicorn's: `auto` (the default) takes uvloop and httptools when they are installed
 (`pip install 'uvicorn[standard]'`), else asyncio and h11.
 
-Before uvicorn starts, the start-up checks (stocksync.preflight) run: Redis answers (else exit 1), its
+Before uvicorn starts, the start-up checks (stocksync.preflight) run: Redis answers (one that is
+unreachable or loading is waited for, up to STOCKSYNC_WAIT_S, a log line per attempt; then exit 1), its
 maxmemory-policy cannot evict stocksync's keys (else exit 2), the [api] table is valid and every webhook
 credential the config file names is set (else exit 2), each failure in one line.
 
@@ -47,7 +48,7 @@ from .context import ApiSettings
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 8000
 DESCRIPTION = ("Run the HTTP API (webhooks, the admin API, /metrics) under uvicorn until SIGTERM or SIGINT. First "
-               "the start-up checks: Redis answers (else exit 1); its maxmemory-policy cannot evict keys (else "
+               "the start-up checks: Redis answers (waited for up to STOCKSYNC_WAIT_S, 300 s, then exit 1); its maxmemory-policy cannot evict keys (else "
                "exit 2; STOCKSYNC_ALLOW_EVICTION=1 starts anyway); every webhook credential the config file "
                "names is set (else exit 2).")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -99,7 +99,7 @@ class Intake:
         self.store, self.redis, self.keys = store, store.redis, store.keys
         self.metrics = metrics
         self.settings = settings or IntakeSettings()
-        self.batcher = Batcher(store.redis)
+        self.batcher = Batcher(store.redis, durability=store.durability)
         self.rejections = Rejections(store.redis, store.keys, metrics)
         self.shipping = Shipping(store.keys, metrics, self._call, self._outcomes, self.settings.line_ttl_s,
                                  self.restock_ref, self._restock_id)
