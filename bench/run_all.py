@@ -13,7 +13,7 @@ import time
 
 from . import report
 
-BENCHMARKS = ("decrement", "inventory", "propagation", "api")
+BENCHMARKS = ("decrement", "inventory", "propagation", "api", "market")
 LOCK = "/tmp/stocksync-bench.lock"
 
 

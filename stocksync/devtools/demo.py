@@ -287,12 +287,15 @@ def buying(api: Api, sku: str, out: Outcome, state: dict):
     async def buy(b: Buyer, sent_ms: int) -> None:
         _, status, available = await api.order(b.channel, sku, b.qty)
         state["left"] = min(state["left"], available)
+        mine = state["by_channel"].setdefault(b.channel, [0, 0])  # [units sold, orders flagged]
         if status == "ok":
             out.sold += b.qty
+            mine[0] += b.qty
             state["last_sale_ms"] = max(state["last_sale_ms"], sent_ms)
         else:
             out.flagged_orders += 1
             out.flagged_units += b.qty
+            mine[1] += 1
 
     return buy
 
@@ -307,7 +310,7 @@ async def flash_sale(api: Api, box: Sandbox) -> bool:
         say("  !! the channels did not list the initial stock")
         return False
     fronts = {name: Storefront(sim, sku) for name, sim in box.sims.items()}
-    out, state = Outcome(), {"left": stock, "last_sale_ms": now_ms(), "orders": 0, "sold_out": 0}
+    out, state = Outcome(), {"left": stock, "last_sale_ms": now_ms(), "orders": 0, "sold_out": 0, "by_channel": {}}
 
     buy = buying(api, sku, out, state)
     say(f"{'':50}what each channel shows\n   time   buyers  orders  sold  flagged  stock   "
@@ -342,7 +345,7 @@ async def flash_sale(api: Api, box: Sandbox) -> bool:
         await cancel_all(tasks)
     row(FLASH_WINDOW_S, always=True)
     await finish(api, box, sku, stock, out, state["last_sale_ms"])
-    await say_peak_risk(risk)
+    await say_peak_risk(risk, state["by_channel"])
     say(f"\n  {state['orders']} orders were taken by the marketplaces; {state['sold_out']} buyers saw 'sold out'.\n"
         "  Amazon takes one SKU a call at about 5 calls a second, so under a burst its listing trails the others;\n"
         "  the workers push first the SKUs where an oversell is likeliest.\n"
@@ -351,12 +354,17 @@ async def flash_sale(api: Api, box: Sandbox) -> bool:
     return out.ok
 
 
-async def say_peak_risk(task: asyncio.Task) -> None:
+async def say_peak_risk(task: asyncio.Task, by_channel: dict[str, list[int]]) -> None:
+    """Each channel's peak estimated risk, beside what happened there (units sold, orders refused)."""
     task.cancel()
     peaks = (await asyncio.gather(task, return_exceptions=True))[0]
     if isinstance(peaks, dict):
         say("  Oversell risk the workers estimated during the sale (peak expected units a channel sells that are "
             "not there): " + ", ".join(f"{c} {v:.2f}" for c, v in peaks.items()))
+        for c, v in peaks.items():
+            sold, flagged = by_channel.get(c, [0, 0])
+            say(f"    {c:8}  peak risk {v:5.2f} units   outcome: sold {sold} units, {flagged} orders could not be "
+                f"covered (oversold)")
 
 
 async def peak_risk(box: Sandbox) -> dict[str, float]:
