@@ -38,6 +38,7 @@ from . import dlq, groups
 from .adapters import PushError, TransientError
 from .coalescer import SkuWork
 from .cycle import ACCEPTED, BUSY, CURRENT, GONE, THROTTLED, UNANSWERED, PushCycle, Pushed, Round
+from .ranks import NORMAL
 from .retry import CLOSED, backoff_s
 from .state import ChannelState
 
@@ -120,7 +121,8 @@ class Pusher:
                 s.stats["accepted"] += 1
                 now_ms = int(time.time() * 1000)
                 if w.entries:
-                    s.risk.landed(w.sku, p.update.quantity, min(e.ts_ms for e in w.entries.values()), now_ms)
+                    s.risk.landed(w.sku, p.update.quantity, min(e.ts_ms for e in w.entries.values()), now_ms,
+                                  ahead=w.risk > 0 or w.urgency < NORMAL)
                 self._report(w, p.version, p.update.quantity, now_ms)
             else:
                 await self._failed(p, probe, closed, settle)

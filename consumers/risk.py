@@ -12,7 +12,9 @@ past L* are
 What it needs, learned from the stream the worker reads anyway:
 * lambda: an exponentially weighted rate of each SKU's takes (stock.changed with a negative delta) per
   source channel, time constant `tau_s`; a small prior for SKUs never seen selling;
-* T: an exponentially weighted mean of the channel's commit-to-acceptance time (the measured lag);
+* T: an exponentially weighted mean of the channel's commit-to-acceptance time (the measured lag) over the
+  pushes that went ahead of the queue (some risk or an urgent rank): a SKU at risk goes ahead, so that is
+  its time to land (the mean over every push, `land_s`, is reported beside it);
 * L: the quantity the channel last accepted for the SKU (remembered per SKU, a bounded number of them),
   else what it listed before the change (its rules applied to the quantity before it).
 
@@ -107,6 +109,11 @@ class RiskModel:
         self.own: dict[str, Rate] = {}  # sku -> this channel's sales
         self.others: dict[str, Rate] = {}  # sku -> every other source's takes
         self.land_s = land_s  # the channel's time to land a push (EWMA of the measured lag)
+        # the same over the pushes that went ahead of the queue (some risk, or an urgent rank): the time that
+        # counts for a risk and a buffer (a SKU at risk goes ahead). Under a rate limit the two differ by orders of magnitude (market benchmark:
+        # Amazon's mean lag grew to 100 s behind a backlog of merely stale SKUs while its risky pushes landed
+        # within seconds), and a buffer sized on the backlog's lag held back units a channel could sell.
+        self.land_ahead_s = land_s
         self.listed_now: OrderedDict[str, int] = OrderedDict()  # sku -> quantity the channel last accepted
         # sku -> the channel's rules with that SKU's overrides (stocksync.inventory_rules; the worker's
         # housekeeping replaces it when they change); every other SKU: self.rules
@@ -125,10 +132,13 @@ class RiskModel:
             rate = rates[sku] = Rate()
         rate.add(-delta, time.monotonic(), self.tau_s)
 
-    def landed(self, sku: str, quantity: int, commit_ms: int, accepted_ms: int) -> None:
-        """The channel accepted `quantity` for sku; the oldest change it covered was committed at commit_ms."""
+    def landed(self, sku: str, quantity: int, commit_ms: int, accepted_ms: int, ahead: bool = False) -> None:
+        """The channel accepted `quantity` for sku; the oldest change it covered was committed at commit_ms;
+        `ahead`: the push went ahead of the queue (it had some risk, or an urgent rank)."""
         lag = max(0.0, (accepted_ms - commit_ms) / 1000)
         self.land_s += (lag - self.land_s) * 0.05  # (about the last 20 pushes)
+        if ahead:
+            self.land_ahead_s += (lag - self.land_ahead_s) * 0.05
         self.listed_now[sku] = quantity
         self.listed_now.move_to_end(sku)
         if len(self.listed_now) > LISTED_MEMORY:
@@ -145,7 +155,9 @@ class RiskModel:
         if rules.buffer != "auto":
             return 0
         rate = self.others.get(sku)
-        mean = (rate.at(time.monotonic(), self.tau_s) if rate else 0.0) * self.land_s
+        # (a SKU a buffer matters for sells here: once others sell it, it is listed above what it may and
+        # its push goes ahead of the queue, so its time to land is that of the pushes that go ahead)
+        mean = (rate.at(time.monotonic(), self.tau_s) if rate else 0.0) * self.land_ahead_s
         return quantile(mean, rules.oversell_target / 10_000)
 
     def listed(self, sku: str, available: int) -> int:
@@ -161,5 +173,5 @@ class RiskModel:
             now_listed = self.rules_for(sku).listed(available - delta)  # (as listed before the change)
         if now_listed <= should:
             return 0.0
-        mean = self.velocity(sku) * self.land_s
+        mean = self.velocity(sku) * self.land_ahead_s  # (a push with some risk goes ahead of the queue)
         return expected_min(mean, now_listed) - expected_min(mean, should)
