@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import sys
 import time
 import uuid
@@ -248,18 +249,40 @@ def render(result: dict, markdown: bool = False) -> str:
                  rows, markdown)
 
 
+def summary(runs: dict[str, dict], markdown: bool = False) -> str:
+    """One row a run: oversold units of both systems (the flash sale's apart), lost sales, the slowest
+    channel's overlisted p99, and the workers' predicted oversells against the observed ones."""
+    rows = []
+    for label, r in runs.items():
+        s, p = r["totals"]["stocksync"], r["totals"]["polling"]
+        chans = r["systems"]["stocksync"].values()
+        predicted = sum(c["predicted_oversold_units"] for c in chans)
+        steady = s["oversold_units"] - s["oversold_flash_units"]
+        p99 = max((c["overlisted_ms_p99"] or 0, ch) for ch, c in r["systems"]["stocksync"].items())
+        ratio = f"{p['oversold_units'] / s['oversold_units']:.1f}x" if s["oversold_units"] else "all"
+        rows.append([label, s["units_sold"], s["oversold_units"], s["oversold_flash_units"], p["oversold_units"],
+                     p["oversold_flash_units"], ratio, f"{100 * s['lost_sales_units'] / max(s['units_sold'], 1):.2f}%",
+                     f"{100 * p['lost_sales_units'] / max(p['units_sold'], 1):.2f}%", f"{p99[0]:,} ({p99[1]})",
+                     fmt(predicted, 2), steady])
+    return table(["run", "stocksync units sold", "stocksync oversold", "of which flash", "polling oversold",
+                  "of which flash", "polling/stocksync", "stocksync lost/sold", "polling lost/sold",
+                  "overlisted p99 ms, worst channel", "predicted oversold (workers)", "observed outside the flash sale"],
+                 rows, markdown)
+
+
 def markdown(result: dict) -> str:
-    """The generated part of BENCHMARKS.md's Market section (bench/report.py)."""
-    runs = result.get("runs") or {"": result}
-    parts = []
+    """The generated part of BENCHMARKS.md's Market section (bench/report.py): a summary row a run, then
+    each run's table."""
+    runs = result.get("runs") or {"default": result}
+    parts = [summary(runs, markdown=True)]
     for label, r in runs.items():
         m, v, a = r["machine"], r["versions"], r["args"]
-        head = (f"{'**' + label + '**: ' if label else ''}`{r['command']}`; run {r['date']}; {m['cpu']}, {m['cores']} "
-                f"cores, load {m['load_avg_at_start']}; Python {v['python']}, {r['redis']}, redis-py {v['redis']}, "
-                f"aiohttp {v['aiohttp']}; {a['rate']:g} buyers/s, {a['skus']:,} SKUs, flash sale "
-                f"{'on' if a['flash'] else 'off'}, buffer {a['buffer']}, webhooks {r['webhook_s']} s late; "
-                f"drained at the end: {r['drained']}.")
-        parts.append(head + "\n\n" + render(r, markdown=True))
+        parts.append(f"**{label}**: `{r['command']}`; run {r['date']}; {m['cpu']}, {m['cores']} cores, load "
+                     f"{m['load_avg_at_start']}; Python {v['python']}, {r['redis']}, redis-py {v['redis']}, aiohttp "
+                     f"{v['aiohttp']}; {a['rate']:g} buyers/s for {a['seconds']:g} s over {a['skus']:,} SKUs, flash "
+                     f"sale {'on' if a['flash'] else 'off'}, buffer {a['buffer']}, webhooks late by "
+                     + ", ".join(f"{k} {w:g} s" for k, w in r["webhook_s"].items())
+                     + f"; every channel drained by the end: {r['drained']}.\n\n" + render(r, markdown=True))
     return "\n\n".join(parts)
 
 
@@ -293,7 +316,7 @@ def main(argv=None) -> int:
                     flash_buyers=2_000 if args.flash else 0)
     sc = scenario(demand)
     result = {"date": today(), "machine": machine(), "versions": python_versions("redis", "aiohttp", "hiredis", "uvloop"),
-              "command": "python -m bench.market " + " ".join(sys.argv[1:] if argv is None else argv),
+              "command": shlex.join(["python", "-m", "bench.market", *(sys.argv[1:] if argv is None else argv)]),
               "args": {k: v for k, v in vars(args).items() if k != "webhook_s"}, "webhook_s": args.webhook_s,
               "demand": asdict(demand)}
     with EmbeddedRedis() as server:
