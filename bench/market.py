@@ -127,8 +127,8 @@ class Run:
             for ch in CHANNELS:
                 beats = [orjson.loads(v) for v in (await redis.hgetall(keys.channel_status(ch))).values()]
                 risk = sum(float(b.get("oversell_risk_units", 0)) for b in beats)
-                # (a SKU at risk goes ahead of the queue: its holding lasts the time of the pushes that go ahead)
-                land_s = max((float(b.get("land_ahead_s", b.get("land_s", 1.0))) for b in beats), default=1.0)
+                # (a SKU at risk is held about the risk-weighted time to land, not the backlog's)
+                land_s = max((float(b.get("land_risky_s", b.get("land_s", 1.0))) for b in beats), default=1.0)
                 r = self.risk[ch]
                 r["predicted_units"] += risk * SAMPLE_S / max(land_s, SAMPLE_S)
                 r["peak_units"], r["land_s"] = max(r["peak_units"], risk), land_s

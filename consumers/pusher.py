@@ -38,7 +38,6 @@ from . import dlq, groups
 from .adapters import PushError, TransientError
 from .coalescer import SkuWork
 from .cycle import ACCEPTED, BUSY, CURRENT, GONE, THROTTLED, UNANSWERED, PushCycle, Pushed, Round
-from .ranks import NORMAL
 from .retry import CLOSED, backoff_s
 from .state import ChannelState
 
@@ -122,7 +121,7 @@ class Pusher:
                 now_ms = int(time.time() * 1000)
                 if w.entries:
                     s.risk.landed(w.sku, p.update.quantity, min(e.ts_ms for e in w.entries.values()), now_ms,
-                                  ahead=w.risk > 0 or w.urgency < NORMAL)
+                                  risk=w.risk)
                 self._report(w, p.version, p.update.quantity, now_ms)
             else:
                 await self._failed(p, probe, closed, settle)
