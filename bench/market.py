@@ -205,6 +205,7 @@ async def measure(run: Run, since_id: str, end_ms: int) -> dict:
 
 async def closed_loop(args, redis_url: str, sc: Scenario) -> dict:
     system = MarketSystem(redis_url, args.buffer, args.webhook_s, args.loop)
+    ok = False
     try:
         log(f"starting the simulators, the API and the workers; seeding {len(sc.stock):,} SKUs (logs in {system.dir})")
         await system.start(sc.stock)
@@ -223,10 +224,11 @@ async def closed_loop(args, redis_url: str, sc: Scenario) -> dict:
             end_ms = int(time.time() * 1000)
             channels = await measure(run, since_id, end_ms)
         info = await system.store.redis.info("server")
+        ok = True
         return {"channels": channels, "drained": drained, "late_ms_max": round(run.late_ms, 1), "errors": run.errors,
                 "redis": redis_server_version(info)}
     finally:
-        await system.stop()
+        await system.stop(keep_logs=not ok)
 
 
 def totals(channels: dict) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -177,7 +178,8 @@ options = {{ location_id = "{f['location_id']}", product_id_format = "{{sha}}", 
             post_json(sim["url"] + "/_sim/webhooks", {"url": f"{self.api_url}/webhooks/{name}", **options[name]})
             post_json(sim["url"] + "/_sim/market", {"late_s": self.webhook_s[name]})
 
-    async def stop(self) -> None:
+    async def stop(self, keep_logs: bool = False) -> None:
+        """Stop every process; the work directory (config, logs) goes unless keep_logs (a failed run)."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
@@ -192,3 +194,5 @@ options = {{ location_id = "{f['location_id']}", product_id_format = "{{sha}}", 
             await self.store.redis.execute_command("FLUSHDB")
             await self.store.close()
             self.store = None
+        if not keep_logs:
+            shutil.rmtree(self.dir, ignore_errors=True)
