@@ -204,7 +204,7 @@ async def measure(run: Run, since_id: str, end_ms: int) -> dict:
 
 
 async def closed_loop(args, redis_url: str, sc: Scenario) -> dict:
-    system = MarketSystem(redis_url, args.buffer, args.webhook_s, args.loop)
+    system = MarketSystem(redis_url, args.buffer, args.webhook_s, args.loop, args.oversell_target)
     ok = False
     try:
         log(f"starting the simulators, the API and the workers; seeding {len(sc.stock):,} SKUs (logs in {system.dir})")
@@ -282,7 +282,9 @@ def markdown(result: dict) -> str:
         parts.append(f"**{label}**: `{r['command']}`; run {r['date']}; {m['cpu']}, {m['cores']} cores, load "
                      f"{m['load_avg_at_start']}; Python {v['python']}, {r['redis']}, redis-py {v['redis']}, aiohttp "
                      f"{v['aiohttp']}; {a['rate']:g} buyers/s for {a['seconds']:g} s over {a['skus']:,} SKUs, flash "
-                     f"sale {'on' if a['flash'] else 'off'}, buffer {a['buffer']}, webhooks late by "
+                     f"sale {'on' if a['flash'] else 'off'}, buffer {a['buffer']}"
+                     + (f" (oversell_target {a.get('oversell_target', 1.0):g})" if a["buffer"] == "auto" else "")
+                     + ", webhooks late by "
                      + ", ".join(f"{k} {w:g} s" for k, w in r["webhook_s"].items())
                      + f"; every channel drained by the end: {r['drained']}.\n\n" + render(r, markdown=True))
     return "\n\n".join(parts)
@@ -294,6 +296,8 @@ def parse_args(argv=None):
     parser.add_argument("--rate", type=float, default=20.0, help="buyers a second over the three channels")
     parser.add_argument("--skus", type=int, default=10_000)
     parser.add_argument("--buffer", choices=["auto", "0"], default="auto", help="every channel's buffer rule")
+    parser.add_argument("--oversell-target", type=float, default=1.0,
+                        help="with --buffer auto: expected oversold units per 10,000 orders (the channels' rule)")
     parser.add_argument("--no-flash", dest="flash", action="store_false", help="no flash sale")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--webhook-s", type=float, help="every marketplace's webhook this late (default: "

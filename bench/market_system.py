@@ -49,8 +49,10 @@ def get_json(url: str) -> dict | list:
 class MarketSystem:
     """Start with `start(stock)`, stop with `stop()` (safe to call twice, and after a failed start)."""
 
-    def __init__(self, redis_url: str, buffer: str, webhook_s: dict[str, float], loop: str) -> None:
+    def __init__(self, redis_url: str, buffer: str, webhook_s: dict[str, float], loop: str,
+                 oversell_target: float = 1.0) -> None:
         self.redis_url, self.buffer, self.webhook_s, self.loop = redis_url, buffer, webhook_s, loop
+        self.oversell_target = oversell_target
         self.prefix = f"market{int(time.time())}"
         self.dir = Path(tempfile.mkdtemp(prefix="stocksync-market-"))
         self.token = "bench-" + secrets.token_hex(8)
@@ -97,7 +99,7 @@ class MarketSystem:
 
     def _toml(self) -> str:
         s, a, f = self.sims["shopify"], self.sims["amazon"], self.sims["flipkart"]
-        buffer = '"auto"' if self.buffer == "auto" else self.buffer
+        buffer = f'"auto"\noversell_target = {self.oversell_target}' if self.buffer == "auto" else self.buffer
         return f"""# Written by bench/market.py
 [api.tokens.bench]
 env = "BENCH_API_TOKEN"
