@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from stocksync.channels import Rules
 
 LISTED_MEMORY = 100_000  # SKUs whose last accepted quantity is remembered (the least recently pushed go)
+RISKY_PRIOR_UNITS = 0.1  # the weight (expected units) of the plain mean lag in land_risky_s
 TAIL_SIGMAS = 12.0  # a Poisson tail is summed this many standard deviations past its mean, then ends
 
 
@@ -114,7 +115,7 @@ class RiskModel:
         # riskiest go first), which counts for a risk and a buffer. Under a rate limit the two differ by
         # orders of magnitude (market benchmark: Amazon's mean lag grew to 100 s behind a backlog of merely
         # stale SKUs), and a buffer sized on the backlog's lag held back units a channel could sell.
-        self.land_risky_s = land_s
+        self._risky_lag, self._risky_w = 0.0, 0.0  # decayed sums of risk x lag and of risk (land_risky_s)
         self.listed_now: OrderedDict[str, int] = OrderedDict()  # sku -> quantity the channel last accepted
         # sku -> the channel's rules with that SKU's overrides (stocksync.inventory_rules; the worker's
         # housekeeping replaces it when they change); every other SKU: self.rules
@@ -139,11 +140,18 @@ class RiskModel:
         lag = max(0.0, (accepted_ms - commit_ms) / 1000)
         self.land_s += (lag - self.land_s) * 0.05  # (about the last 20 pushes)
         if risk > 0:  # weighted by the risk: about the last 20 expected units' pushes
-            self.land_risky_s += (lag - self.land_risky_s) * (1 - 0.95 ** min(risk, 20.0))
+            decay = 0.95 ** min(risk, 20.0)
+            self._risky_lag, self._risky_w = self._risky_lag * decay + risk * lag, self._risky_w * decay + risk
         self.listed_now[sku] = quantity
         self.listed_now.move_to_end(sku)
         if len(self.listed_now) > LISTED_MEMORY:
             self.listed_now.popitem(last=False)
+
+    @property
+    def land_risky_s(self) -> float:
+        """The risk-weighted time to land, with the plain mean as a prior worth RISKY_PRIOR_UNITS of risk (a
+        channel whose pushes carry little risk keeps close to its plain mean, not to the 1 s start value)."""
+        return (self._risky_lag + RISKY_PRIOR_UNITS * self.land_s) / (self._risky_w + RISKY_PRIOR_UNITS)
 
     def velocity(self, sku: str, now: float | None = None) -> float:
         rate = self.own.get(sku)

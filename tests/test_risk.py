@@ -104,3 +104,10 @@ def test_the_buffer_and_the_risk_use_the_risk_weighted_time_to_land_not_the_back
     for _ in range(60):
         slow.saw("HOT", -1, "amazon")
     assert 0 < m.risk("HOT", 0, -3) < slow.risk("HOT", 0, -3)
+
+
+def test_a_channel_whose_pushes_carry_little_risk_keeps_its_plain_time_to_land():
+    m = model(land_s=1.0)  # (1 s: the value before anything is measured)
+    for _ in range(150):  # a fast batch channel: 30 ms a push, hardly any risk
+        m.landed("SKU", 1, 0, 30, risk=0.001)
+    assert m.land_s == pytest.approx(0.03, abs=0.01) and m.land_risky_s == pytest.approx(0.03, abs=0.01)
