@@ -222,6 +222,7 @@ async def closed_loop(args, redis_url: str, sc: Scenario) -> dict:
             stop.set()
             await asyncio.gather(*side)
             end_ms = int(time.time() * 1000)
+            run.truth.settle_lost(run.tally)
             channels = await measure(run, since_id, end_ms)
         info = await system.store.redis.info("server")
         ok = True

@@ -60,9 +60,24 @@ def test_truth_takes_covered_orders_only_and_counts_lost_sales_while_units_are_t
     truth.tally(tally, "A", 2, accepted=True)  # 1 unit left: the order of 2 is oversold and takes nothing
     truth.tally(tally, "A", 1, accepted=True)
     truth.tally(tally, "A", 1, accepted=False)  # nothing left: not a lost sale
-    assert (tally.orders, tally.units_sold, tally.oversold_units, tally.lost_sales_units, tally.refused) == (3, 4, 2, 1, 2)
+    assert (tally.orders, tally.units_sold, tally.oversold_units, tally.turned_away_in_stock_units, tally.refused) == (3, 4, 2, 1, 2)
     assert truth.units["A"] == 0
+    truth.settle_lost({"shopify": tally})
+    assert tally.lost_sales_units == 0  # the unit turned away was sold later: nothing was lost
     assert truth.apply(StockOp(0, "count", "A", -3)) == 0 and truth.apply(StockOp(0, "receipt", "A", 5)) == 5
+
+
+def test_lost_sales_are_units_turned_away_that_stayed_unsold():
+    truth = Truth({"A": 3, "B": 2})
+    shop, amazon = Tally(), Tally()
+    for _ in range(5):  # five buyers turned away at each channel while A had 3 units and B 2
+        truth.tally(shop, "A", 1, accepted=False)
+        truth.tally(amazon, "A", 1, accepted=False)
+        truth.tally(amazon, "B", 1, accepted=False)
+    truth.tally(shop, "A", 1, accepted=True)  # one of A's units sold after all
+    truth.settle_lost({"shopify": shop, "amazon": amazon})
+    assert (shop.turned_away_in_stock_units, amazon.turned_away_in_stock_units) == (5, 10)
+    assert (shop.lost_sales_units, amazon.lost_sales_units) == (2, 2)  # A's 2 unsold units, then B's 2
 
 
 def test_polling_oversells_between_syncs_and_a_sync_stops_it():

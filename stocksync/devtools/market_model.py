@@ -19,6 +19,7 @@ import bisect
 import itertools
 import math
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -132,11 +133,15 @@ class Tally:
     orders: int = 0  # orders the channel accepted
     units_sold: int = 0
     oversold_units: int = 0  # units of accepted orders the warehouse could not cover
-    lost_sales_units: int = 0  # units of buyers the channel turned away while the warehouse had them
+    # units of buyers the channel turned away while the warehouse had them, and that were still unsold at
+    # the end (settle_lost): a buyer turned away for units another buyer took later lost the seller nothing
+    lost_sales_units: int = 0
+    turned_away_in_stock_units: int = 0  # every buyer turned away while the warehouse had the units
     refused: int = 0  # buyers the channel turned away
+    in_stock_refusals: Counter = field(default_factory=Counter)  # sku -> units turned away while in stock
 
     def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if k != "in_stock_refusals"}
 
 
 class Truth:
@@ -172,7 +177,20 @@ class Truth:
         else:
             tally.refused += 1
             if self.has(sku, qty):
-                tally.lost_sales_units += qty
+                tally.turned_away_in_stock_units += qty
+                tally.in_stock_refusals[sku] += qty
+
+    def settle_lost(self, tallies: Mapping[str, Tally]) -> None:
+        """Each channel's lost sales: its in-stock refusals of a SKU, up to what of it is still unsold now
+        (shared out in the channels' order)."""
+        for tally in tallies.values():
+            tally.lost_sales_units = 0
+        left = dict(self.units)
+        for tally in tallies.values():
+            for sku, units in tally.in_stock_refusals.items():
+                lost = min(units, left.get(sku, 0))
+                tally.lost_sales_units += lost
+                left[sku] = left.get(sku, 0) - lost
 
 
 # ----- the polling model -------------------------------------------------------------------------------
@@ -201,6 +219,7 @@ def simulate_polling(sc: Scenario, channels: Iterable[str], *, interval_s: float
         if accepted:
             counts[item.sku] -= item.qty
         truth.tally(tallies[item.channel], item.sku, item.qty, accepted)
+    truth.settle_lost(tallies)
     return tallies
 
 
