@@ -37,34 +37,23 @@ from collections.abc import Mapping
 from stocksync.channels import Rules
 
 LISTED_MEMORY = 100_000  # SKUs whose last accepted quantity is remembered (the least recently pushed go)
-# Orders reach stocksync this late (s): a marketplace's webhook comes after the sale (0.3-1 s in the market
-# benchmark; Shopify's typically within seconds). The canonical quantity does not know those sales yet: a
-# push lists them again on the channel that made them, and other channels sell them (docs/oversell-risk.md).
-WEBHOOK_S = 1.0
-BURST_TAU_S = 1.0  # the time constant of the burst rate a buffer also covers (a flash sale's)
 RISKY_PRIOR_UNITS = 0.1  # the weight (expected units) of the plain mean lag in land_risky_s
 TAIL_SIGMAS = 12.0  # a Poisson tail is summed this many standard deviations past its mean, then ends
 
 
 class Rate:
-    """An exponentially weighted rate of events (units per second) with time constant tau_s, and beside it
-    the same with BURST_TAU_S (a burst's rate within a second; the slow one needs a minute to rise)."""
+    """An exponentially weighted rate of events (units per second) with time constant tau_s."""
 
-    __slots__ = ("value", "fast", "stamp")
+    __slots__ = ("value", "stamp")
 
     def __init__(self) -> None:
-        self.value, self.fast, self.stamp = 0.0, 0.0, time.monotonic()
+        self.value, self.stamp = 0.0, time.monotonic()
 
     def at(self, now: float, tau_s: float) -> float:
         return self.value * math.exp(-(now - self.stamp) / tau_s)
 
-    def burst_at(self, now: float, tau_s: float) -> float:
-        """The larger of the two rates: what a buffer must cover."""
-        return max(self.at(now, tau_s), self.fast * math.exp(-(now - self.stamp) / BURST_TAU_S))
-
     def add(self, units: float, now: float, tau_s: float) -> None:
         self.value = self.at(now, tau_s) + units / tau_s
-        self.fast = self.fast * math.exp(-(now - self.stamp) / BURST_TAU_S) + units / BURST_TAU_S
         self.stamp = now
 
 
@@ -169,19 +158,15 @@ class RiskModel:
         return max(self.prior, rate.at(now or time.monotonic(), self.tau_s) if rate else 0.0)
 
     def buffer(self, sku: str) -> int:
-        """The auto buffer, at the target's quantile (0 unless the rules say buffer = "auto"): the units
-        other channels sell during this channel's time to land and the webhooks' delay, and the units this
-        channel sold whose webhooks are still under way (a push would list them again), each at the larger
-        of the slow and the burst rate."""
+        """The auto buffer: the units other channels sell during this channel's time to land, at the
+        target's quantile (0 unless the rules say buffer = "auto")."""
         rules = self.rules_for(sku)
         if rules.buffer != "auto":
             return 0
-        now = time.monotonic()
-        others, own = self.others.get(sku), self.own.get(sku)
+        rate = self.others.get(sku)
         # (a SKU a buffer matters for sells here: once others sell it, it is listed above what it may and
-        # its push goes ahead of the queue: its time to land is the risk-weighted one)
-        mean = (others.burst_at(now, self.tau_s) if others else 0.0) * (self.land_risky_s + WEBHOOK_S)
-        mean += (own.burst_at(now, self.tau_s) if own else 0.0) * WEBHOOK_S
+        # its push goes ahead of the queue, so its time to land is that of the pushes that go ahead)
+        mean = (rate.at(time.monotonic(), self.tau_s) if rate else 0.0) * self.land_risky_s
         return quantile(mean, rules.oversell_target / 10_000)
 
     def listed(self, sku: str, available: int) -> int:
