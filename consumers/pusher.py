@@ -123,7 +123,8 @@ class Pusher:
                 s.stats["accepted"] += 1
                 now_ms = int(time.time() * 1000)
                 if w.entries:
-                    s.risk.landed(w.sku, p.update.quantity, min(e.ts_ms for e in w.entries.values()), now_ms)
+                    s.risk.landed(w.sku, p.update.quantity, min(e.ts_ms for e in w.entries.values()), now_ms,
+                                  risk=w.risk)
                 self._report(w, p.version, p.update.quantity, now_ms)
             else:
                 await self._failed(p, probe, closed, settle)

@@ -12,7 +12,10 @@ past L* are
 What it needs, learned from the stream the worker reads anyway:
 * lambda: an exponentially weighted rate of each SKU's takes (stock.changed with a negative delta) per
   source channel, time constant `tau_s`; a small prior for SKUs never seen selling;
-* T: an exponentially weighted mean of the channel's commit-to-acceptance time (the measured lag);
+* T: an exponentially weighted mean of the channel's commit-to-acceptance time (the measured lag) of the
+  pushes that had some risk, weighted by it: the riskiest SKUs go ahead of the queue, so that is
+  its time to land (weighted by each push's risk; the plain mean over every push, `land_s`, is reported
+  beside it);
 * L: the quantity the channel last accepted for the SKU (remembered per SKU, a bounded number of them),
   else what it listed before the change (its rules applied to the quantity before it).
 
@@ -34,6 +37,7 @@ from collections.abc import Mapping
 from stocksync.channels import Rules
 
 LISTED_MEMORY = 100_000  # SKUs whose last accepted quantity is remembered (the least recently pushed go)
+RISKY_PRIOR_UNITS = 0.1  # the weight (expected units) of the plain mean lag in land_risky_s
 TAIL_SIGMAS = 12.0  # a Poisson tail is summed this many standard deviations past its mean, then ends
 
 
@@ -107,6 +111,11 @@ class RiskModel:
         self.own: dict[str, Rate] = {}  # sku -> this channel's sales
         self.others: dict[str, Rate] = {}  # sku -> every other source's takes
         self.land_s = land_s  # the channel's time to land a push (EWMA of the measured lag)
+        # the same weighted by each push's risk: the time to land of the pushes an oversell depends on (the
+        # riskiest go first), which counts for a risk and a buffer. Under a rate limit the two differ by
+        # orders of magnitude (market benchmark: Amazon's mean lag grew to 100 s behind a backlog of merely
+        # stale SKUs), and a buffer sized on the backlog's lag held back units a channel could sell.
+        self._risky_lag, self._risky_w = 0.0, 0.0  # decayed sums of risk x lag and of risk (land_risky_s)
         self.listed_now: OrderedDict[str, int] = OrderedDict()  # sku -> quantity the channel last accepted
         # sku -> the channel's rules with that SKU's overrides (stocksync.inventory_rules; the worker's
         # housekeeping replaces it when they change); every other SKU: self.rules
@@ -125,14 +134,24 @@ class RiskModel:
             rate = rates[sku] = Rate()
         rate.add(-delta, time.monotonic(), self.tau_s)
 
-    def landed(self, sku: str, quantity: int, commit_ms: int, accepted_ms: int) -> None:
-        """The channel accepted `quantity` for sku; the oldest change it covered was committed at commit_ms."""
+    def landed(self, sku: str, quantity: int, commit_ms: int, accepted_ms: int, risk: float = 0.0) -> None:
+        """The channel accepted `quantity` for sku; the oldest change it covered was committed at commit_ms;
+        `risk`: the push's risk when it was handed out (expected units)."""
         lag = max(0.0, (accepted_ms - commit_ms) / 1000)
         self.land_s += (lag - self.land_s) * 0.05  # (about the last 20 pushes)
+        if risk > 0:  # weighted by the risk: about the last 20 expected units' pushes
+            decay = 0.95 ** min(risk, 20.0)
+            self._risky_lag, self._risky_w = self._risky_lag * decay + risk * lag, self._risky_w * decay + risk
         self.listed_now[sku] = quantity
         self.listed_now.move_to_end(sku)
         if len(self.listed_now) > LISTED_MEMORY:
             self.listed_now.popitem(last=False)
+
+    @property
+    def land_risky_s(self) -> float:
+        """The risk-weighted time to land, with the plain mean as a prior worth RISKY_PRIOR_UNITS of risk (a
+        channel whose pushes carry little risk keeps close to its plain mean, not to the 1 s start value)."""
+        return (self._risky_lag + RISKY_PRIOR_UNITS * self.land_s) / (self._risky_w + RISKY_PRIOR_UNITS)
 
     def velocity(self, sku: str, now: float | None = None) -> float:
         rate = self.own.get(sku)
@@ -145,7 +164,9 @@ class RiskModel:
         if rules.buffer != "auto":
             return 0
         rate = self.others.get(sku)
-        mean = (rate.at(time.monotonic(), self.tau_s) if rate else 0.0) * self.land_s
+        # (a SKU a buffer matters for sells here: once others sell it, it is listed above what it may and
+        # its push goes ahead of the queue, so its time to land is that of the pushes that go ahead)
+        mean = (rate.at(time.monotonic(), self.tau_s) if rate else 0.0) * self.land_risky_s
         return quantile(mean, rules.oversell_target / 10_000)
 
     def listed(self, sku: str, available: int) -> int:
@@ -161,5 +182,5 @@ class RiskModel:
             now_listed = self.rules_for(sku).listed(available - delta)  # (as listed before the change)
         if now_listed <= should:
             return 0.0
-        mean = self.velocity(sku) * self.land_s
+        mean = self.velocity(sku) * self.land_risky_s  # (the riskiest go ahead of the queue)
         return expected_min(mean, now_listed) - expected_min(mean, should)

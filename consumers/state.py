@@ -131,6 +131,7 @@ class ChannelState:
             "circuit_opened": self.breaker.opened_total, "last_push_ms": self.last_push_ms,
             "last_error": self.last_error, "held": len(self.coalescer), "in_flight": self.in_flight,
             "oversell_risk_units": round(self.coalescer.total_risk(), 3), "land_s": round(self.risk.land_s, 3),
+            "land_risky_s": round(self.risk.land_risky_s, 3),
             **{k: int(v) for k, v in self.stats.items()},
         }
 

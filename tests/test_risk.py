@@ -82,3 +82,32 @@ def test_rules_take_auto_and_a_target_and_refuse_nonsense():
     for bad in ({"buffer": "some"}, {"buffer": -1}, {"oversell_target": 0}, {"oversell_target": "low"}):
         with pytest.raises(SettingsError):
             parse_channel("amazon", {"kind": "amazon", "url": "http://x", **bad})
+
+
+def test_the_buffer_and_the_risk_use_the_risk_weighted_time_to_land_not_the_backlogs():
+    """Under a rate limit the merely stale SKUs queue for minutes while the risky ones land within seconds
+    (market benchmark: Amazon's mean lag 66-100 s); a buffer sized on the backlog held back sellable units."""
+    m = model(Rules(buffer="auto", oversell_target=1.0), land_s=1.0)
+    for _ in range(120):  # others sell ~2 units/s
+        m.saw("HOT", -1, "shopify")
+    for _ in range(200):  # the backlog (no risk, or a hint of it) lands after 100 s; the risky pushes after 0.5 s
+        m.landed("STALE", 5, 0, 100_000)
+        m.landed("STALE", 5, 0, 100_000, risk=0.001)
+        m.landed("HOT", 3, 0, 500, risk=0.8)
+    assert m.land_s > 40 and 0.5 <= m.land_risky_s < 1.0
+    rate = m.others["HOT"].at(m.others["HOT"].stamp, 60.0)
+    assert m.buffer("HOT") == quantile(rate * m.land_risky_s, 1e-4) < quantile(rate * m.land_s, 1e-4) / 5
+    for _ in range(60):
+        m.saw("HOT", -1, "amazon")
+    m.listed_now.pop("HOT")
+    slow = model(land_s=100.0)
+    for _ in range(60):
+        slow.saw("HOT", -1, "amazon")
+    assert 0 < m.risk("HOT", 0, -3) < slow.risk("HOT", 0, -3)
+
+
+def test_a_channel_whose_pushes_carry_little_risk_keeps_its_plain_time_to_land():
+    m = model(land_s=1.0)  # (1 s: the value before anything is measured)
+    for _ in range(150):  # a fast batch channel: 30 ms a push, hardly any risk
+        m.landed("SKU", 1, 0, 30, risk=0.001)
+    assert m.land_s == pytest.approx(0.03, abs=0.01) and m.land_risky_s == pytest.approx(0.03, abs=0.01)

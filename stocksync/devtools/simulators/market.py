@@ -10,7 +10,7 @@ Control endpoints (JSON bodies; unknown fields, bad types and impossible request
 ``{"error", "message"}`` and change nothing):
 
     POST /_sim/orders                {"lines": [{"sku", "qty"}, ...], "webhook": "deliver"|"drop"|"late"|"twice"}
-        -> 200 {"order_id", "accepted": true, "delivery": {...} | null}
+        -> 200 {"order_id", "accepted": true, "delivery": {...} | null, "created_ms"}
          | 200 {"order_id": null, "accepted": false, "short": {"line", "sku", "wanted", "listed"}}
     POST /_sim/orders/bulk           {"orders": [{"lines": [...]}, ...]} or {"count": n, "lines": [...]}
         -> 200 {"accepted", "refused", "order_ids": [...], "refused_at": [first 100 indexes]}  (no webhooks)
@@ -198,7 +198,9 @@ class MarketSim(Simulator):
                 return {"order_id": None, "accepted": False, "short": short}
             order = self._take(checked)
             delivery = self._send(order, "create", None, webhook)
-            return {"order_id": order.order_id, "accepted": True, "delivery": delivery}
+            # created_ms: when the listing went down (wall clock, as the API calls' record: the market
+            # benchmark replays listings from both)
+            return {"order_id": order.order_id, "accepted": True, "delivery": delivery, "created_ms": order.created_ms}
 
     def bulk_orders(self, orders: list[Any]) -> dict[str, Any]:
         """Many orders at once, each accepted as by place_order, without webhooks (benchmarks)."""
