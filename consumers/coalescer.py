@@ -126,6 +126,24 @@ class Coalescer:
         """The recheck owed for w was paid (or given up): it is held for its entries only."""
         w.recheck_at, w.owed_ms = 0.0, 0
 
+    def detach(self, sku: str) -> list[Entry]:
+        """Hand a held SKU's entries to another lane (Amazon's feeds: consumers/feeds.py), which pushes and
+        acknowledges them: forgotten here, unacknowledged. Not while a push of it is in flight; a recheck
+        owed for it stays."""
+        w = self.work.get(sku)
+        if w is None or w.busy or not w.entries:
+            return []
+        out = list(w.entries.values())
+        for e in out:
+            self.ids.discard(e.id)
+        w.entries.clear()
+        w.urgency, w.risk = NORMAL, 0.0
+        if w.recheck_at:
+            self._queue(w)  # (due at its time: its heap item among the ready ones is skipped now)
+        else:
+            del self.work[sku]
+        return out
+
     def _due(self, w: SkuWork, now: float) -> bool:
         return bool(w.entries) or 0 < w.recheck_at <= now
 
