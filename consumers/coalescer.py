@@ -122,6 +122,14 @@ class Coalescer:
         if not w.busy:
             self._queue(w)
 
+    def urge(self, sku: str, rank: int) -> None:
+        """Hand sku out at `rank` or ahead (a recheck whose listing may be too high: consumers/feeds.py)."""
+        w = self.work.get(sku)
+        if w is not None and rank < w.urgency:
+            w.urgency = rank
+            if not w.busy:
+                self._queue(w)
+
     def repaid(self, w: SkuWork) -> None:
         """The recheck owed for w was paid (or given up): it is held for its entries only."""
         w.recheck_at, w.owed_ms = 0.0, 0

@@ -7,8 +7,8 @@ to 25,000 SKUs, but only 5 feeds go in per 5 minutes and each takes minutes to p
 * routing: a SKU held by the worker goes to the lane when it is not urgent: no drop to 0, no low stock
   (consumers/ranks.py, or `patch_at_or_below`), its oversell risk (consumers/risk.py) at or below
   `patch_risk_above`, no recheck owed, and the patch calls are busy (handed out while the rate limiter has
-  a token to spare, it is patched); or when it waited `feed_after_s` in the coalescer. Its entries leave
-  the coalescer unacknowledged: the lane holds them;
+  a token to spare, it is patched, unless a feed holding it is in flight); or when it waited
+  `feed_after_s` in the coalescer. Its entries leave the coalescer unacknowledged: the lane holds them;
 * a feed is built when the createFeed bucket has a token (5 per 5 minutes: one a minute, the burst kept
   for after quiet times) and the oldest gathered SKU waited `feed_linger_s`: each SKU's current quantity
   and version are read (stocksync_push_claim, the lease released at once: a feed holds no lease for
@@ -19,7 +19,9 @@ to 25,000 SKUs, but only 5 feeds go in per 5 minutes and each takes minutes to p
   flight, so that every patch sent before is recorded), the versions accepted are recorded and the
   entries they cover acknowledged (G5); a SKU whose recorded version is newer than the feed's was patched
   while the feed was in flight, and the feed may have overwritten that patch when it was processed: a
-  push of its current quantity is owed now (stocksync_recheck, a patch: G4). A SKU the report refused is
+  push of its current quantity is owed now (stocksync_recheck, a patch: G4), ahead of the urgent changes
+  when the feed left the listing above what it should be (at the rank of a drop to 0 if that is 0). A SKU
+  the report refused is
   gathered again, and dead-lettered after `feed_max_attempts` feeds; a FATAL or CANCELLED feed refuses
   every SKU;
 * a lane that starts (the worker restarted, or another worker took the lane over) resumes the feeds
@@ -45,7 +47,7 @@ from .coalescer import Entry, SkuWork
 from .cycle import PushCycle, owner_name
 from .feed_records import FeedRecords, Flight, Held
 from .pusher import Accepted
-from .ranks import NORMAL
+from .ranks import NORMAL, URGENT, ZERO
 from .retry import backoff_s
 from .state import ChannelState
 
@@ -89,8 +91,9 @@ class FeedLane:
         """The dispatcher's push: what the lane takes goes to a feed, the rest to `push` (a patch)."""
 
         async def routed(batch: list[SkuWork], probe: bool) -> None:
-            if self.active and not probe and self._patch_busy():
-                batch = [w for w in batch if not self._divert(w)]
+            if self.active and not probe:
+                busy = self._patch_busy()
+                batch = [w for w in batch if not ((busy or w.sku in self.flying) and self._divert(w))]
             if batch:
                 await push(batch, probe)
 
@@ -331,6 +334,7 @@ class FeedLane:
         owed: dict[int, list[str]] = defaultdict(list)
         refused: list[tuple[Held, str]] = []
         acks: dict[int, list[str]] = defaultdict(list)
+        urged: dict[str, int] = {}  # sku owed a patch -> its rank: a listing the feed left too high goes first
         for i, (sku, (p, version, quantity)) in enumerate(flight.items.items(), 1):
             h = flight.held.get(sku) or Held(sku, p, time.monotonic(), forced=True)  # (resumed: no entries)
             pushed, error = claims[sku].pushed, errors.get(i)
@@ -340,12 +344,16 @@ class FeedLane:
             accepted[p][sku] = version
             if pushed > version:  # patched while the feed was in flight: the feed may have overwritten it
                 owed[p].append(sku)
+                listed = self.cycle.listed(sku, claims[sku].available or 0)
+                urged[sku] = ZERO if listed == 0 else URGENT if listed < quantity else NORMAL
             done = [e for e in h.entries.values() if e.version <= max(version, pushed)]
             self._forget(h, done, acks)
             self._report(sku, version, quantity, now_ms, done)
         for p, skus in owed.items():
             s.stats["feed_rechecks"] += len(skus)
             await self.cycle.owe(p, skus, 0.0)
+            for sku in skus:
+                s.coalescer.urge(sku, urged[sku])
         await self._done(parts, accepted, acks)
         await self._refused(refused)
         await self.records.drop(flight)
