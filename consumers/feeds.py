@@ -236,30 +236,45 @@ class FeedLane:
                         key=lambda h: h.since)[: self.options.feed_max_messages]
         for h in chosen:
             del self.gathering[h.sku]
+        try:
+            flight = await self._upload(chosen)
+        except BaseException:  # (Redis failed, or the worker stops): nothing reached Amazon, gathered again
+            for h in chosen:
+                if h.entries or h.forced:
+                    self._regather(h)
+            raise
+        if flight is None:  # (nothing to send, or the upload failed: what still needs a feed waits for the next)
+            for h in chosen:
+                if h.entries or h.forced:
+                    self._regather(h)
+            return
+        await self.records.save(flight)  # (before createFeed: a feed Amazon may have is never unknown)
+        self.flights[flight.document_id] = flight
+        for sku in flight.items:
+            self.flying[sku] = flight.document_id
+        await self._create(flight)
+
+    async def _upload(self, chosen: list[Held]) -> Flight | None:
+        """Read the chosen SKUs, settle what needs no message, upload the others' feed document."""
         parts = {h.sku: h.partition for h in chosen}
         claims = await self._claim(list(parts), parts, wait=False)
-        acks: dict[int, list[str]] = defaultdict(list)
-        updates, items, held = self._messages(chosen, claims, acks)
-        await self._done(parts, {}, acks, [sku for sku, c in claims.items() if c.leased])
+        going: list[tuple[Held, list[Entry]]] = []
+        updates, items, held = self._messages(chosen, claims, going)
+        await self._done(parts, {}, going, [sku for sku, c in claims.items() if c.leased])
+        self._forget(going)
         if not updates:
-            return
+            return None
         try:
             document_id = await self.client.upload(self.client.document(updates))
         except PushError as e:  # nothing reached Amazon: gathered again, tried again shortly
             log.warning("%s: uploading a feed of %d SKUs failed: %s", self.state.channel, len(updates), e)
             for h in held.values():
                 h.not_before = time.monotonic() + (e.retry_after or 5.0)
-                self._regather(h)
-            return
-        flight = Flight(document_id, int(time.time() * 1000), items, held=held)
-        await self.records.save(flight)  # (before createFeed: a feed Amazon may have is never unknown)
-        self.flights[document_id] = flight
-        for sku in items:
-            self.flying[sku] = document_id
-        await self._create(flight)
+            return None
+        return Flight(document_id, int(time.time() * 1000), items, held=held)
 
-    def _messages(self, chosen: list[Held], claims: dict[str, Claim], acks: dict[int, list[str]]):
-        """The feed's updates from the claims; the entries of what needs none go to `acks`."""
+    def _messages(self, chosen: list[Held], claims: dict[str, Claim], going: list[tuple[Held, list[Entry]]]):
+        """The feed's updates from the claims; the entries of what needs none go to `going`."""
         s, cycle = self.state, self.cycle
         updates: list[Update] = []
         items: dict[str, tuple[int, int, int]] = {}
@@ -271,7 +286,7 @@ class FeedLane:
                 self._regather(h)
             elif c.version is None or (not h.forced and c.pushed >= h.version):  # gone, or the channel has it
                 entries = list(h.entries.values())
-                self._forget(h, entries, acks)
+                going.append((h, entries))
                 self._report(h.sku, c.pushed, -1, now_ms, entries)
             else:
                 quantity = cycle.listed(h.sku, c.available)
@@ -280,12 +295,12 @@ class FeedLane:
                 held[h.sku] = h
         return updates, items, held
 
-    def _forget(self, h: Held, entries: list[Entry], acks: dict[int, list[str]]) -> None:
-        """The lane lets go of these entries of h: they go to `acks` (acknowledged by _done)."""
-        for e in entries:
-            h.entries.pop(e.id, None)
-            self.ids.discard(e.id)
-            acks[h.partition].append(e.id)
+    def _forget(self, going: list[tuple[Held, list[Entry]]]) -> None:
+        """The lane lets go of entries _done acknowledged (after it did: what a failure interrupts stays)."""
+        for h, entries in going:
+            for e in entries:
+                h.entries.pop(e.id, None)
+                self.ids.discard(e.id)
 
     async def _create(self, flight: Flight) -> None:
         """createFeed of an uploaded feed; on a 429 (or an error) tried again after Retry-After."""
@@ -333,7 +348,7 @@ class FeedLane:
         accepted: dict[int, dict[str, int]] = defaultdict(dict)
         owed: dict[int, list[str]] = defaultdict(list)
         refused: list[tuple[Held, str]] = []
-        acks: dict[int, list[str]] = defaultdict(list)
+        going: list[tuple[Held, list[Entry]]] = []
         urged: dict[str, int] = {}  # sku owed a patch -> its rank: a listing the feed left too high goes first
         for i, (sku, (p, version, quantity)) in enumerate(flight.items.items(), 1):
             h = flight.held.get(sku) or Held(sku, p, time.monotonic(), forced=True)  # (resumed: no entries)
@@ -347,14 +362,15 @@ class FeedLane:
                 listed = self.cycle.listed(sku, claims[sku].available or 0)
                 urged[sku] = ZERO if listed == 0 else URGENT if listed < quantity else NORMAL
             done = [e for e in h.entries.values() if e.version <= max(version, pushed)]
-            self._forget(h, done, acks)
+            going.append((h, done))
             self._report(sku, version, quantity, now_ms, done)
         for p, skus in owed.items():
             s.stats["feed_rechecks"] += len(skus)
             await self.cycle.owe(p, skus, 0.0)
             for sku in skus:
                 s.coalescer.urge(sku, urged[sku])
-        await self._done(parts, accepted, acks)
+        await self._done(parts, accepted, going)
+        self._forget(going)
         await self._refused(refused)
         await self.records.drop(flight)
         self._land(flight)
@@ -411,17 +427,23 @@ class FeedLane:
                 await s.sleep(BUSY_RETRY_S)
         return out
 
-    async def _done(self, parts: dict[str, int], accepted: dict[int, dict[str, int]], acks: dict[int, list[str]],
-                    release: list[str] | None = None) -> None:
-        """Record accepted versions, acknowledge `acks`, release the lane's leases (of every SKU of
-        `parts`, or of `release`)."""
+    async def _done(self, parts: dict[str, int], accepted: dict[int, dict[str, int]],
+                    going: list[tuple[Held, list[Entry]]], release: list[str] | None = None) -> None:
+        """Record accepted versions, acknowledge the entries `going`, release the lane's leases (of every SKU
+        of `parts`, or of `release`), CLAIM_CHUNK of each a call (a feed's 25,000 would pass Lua's limit)."""
         s = self.state
         leases: dict[int, list[str]] = defaultdict(list)
         for sku in parts if release is None else release:
             leases[parts[sku]].append(sku)
+        acks: dict[int, list[str]] = defaultdict(list)
+        for h, entries in going:
+            acks[h.partition] += [e.id for e in entries]
         for p in set(leases) | set(acks) | set(accepted):
-            await library.push_done(s.keys, p, s.channel, self.owner, accepted.get(p, {}), acks.get(p, []),
-                                    leases.get(p, [])).run(s.redis)
+            pairs, ids, names = list(accepted.get(p, {}).items()), acks.get(p, []), leases.get(p, [])
+            for i in range(0, max(len(pairs), len(ids), len(names)), CLAIM_CHUNK):
+                chunk = slice(i, i + CLAIM_CHUNK)
+                await library.push_done(s.keys, p, s.channel, self.owner, dict(pairs[chunk]), ids[chunk],
+                                        names[chunk]).run(s.redis)
 
     def _report(self, sku: str, version: int, quantity: int, now_ms: int, entries: list[Entry]) -> None:
         if self.on_accept is not None and entries:
