@@ -92,8 +92,9 @@ class FeedRecords:
             pipe.zremrangebyscore(self.creates_key, "-inf", ms - CREATES_KEPT_MS)
             await pipe.execute()
 
-    async def restore(self, limiter: RateLimiter) -> None:
-        """Set the createFeed bucket to what the recorded calls left of it (a full bucket replayed)."""
+    async def restore(self, limiter: RateLimiter) -> float | None:
+        """Set the createFeed bucket to what the recorded calls left of it (a full bucket replayed); answers
+        how long ago the last one was (s), None if none is recorded."""
         rows = await self.redis.zrange(self.creates_key, 0, -1, withscores=True)
         tokens, last = limiter.capacity, None
         for _, ms in rows:
@@ -103,6 +104,8 @@ class FeedRecords:
         if last is not None:
             tokens = min(limiter.capacity, tokens + (time.time() * 1000 - last) / 1000 * limiter.rate)
             limiter.tokens, limiter.stamp = max(tokens, 0.0), time.monotonic()
+            return max(time.time() - last / 1000, 0.0)
+        return None
 
     async def hold_lane(self, owner: str, ttl_ms: int) -> bool:
         """Take or renew the channel's lane for owner; False when another worker holds it."""

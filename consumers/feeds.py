@@ -9,8 +9,8 @@ to 25,000 SKUs, but only 5 feeds go in per 5 minutes and each takes minutes to p
   `patch_risk_above`, no recheck owed, and the patch calls are busy (handed out while the rate limiter has
   a token to spare, it is patched, unless a feed holding it is in flight); or when it waited
   `feed_after_s` in the coalescer. Its entries leave the coalescer unacknowledged: the lane holds them;
-* a feed is built when the createFeed bucket has a token (5 per 5 minutes: one a minute, the burst kept
-  for after quiet times) and the oldest gathered SKU waited `feed_linger_s`: each SKU's current quantity
+* a feed is built when the createFeed bucket has a token (5 per 5 minutes: one a minute, the burst spent
+  gradually after quiet times) and the oldest gathered SKU waited `feed_linger_s`: each SKU's current quantity
   and version are read (stocksync_push_claim, the lease released at once: a feed holds no lease for
   minutes), what the channel has already is acknowledged, the rest becomes one message each. A SKU in a
   feed still in flight waits for the next: two feeds of one SKU are never in flight at once;
@@ -193,7 +193,9 @@ class FeedLane:
     async def _start(self) -> None:
         """Take the lane: resume the feeds recorded in Redis, and the createFeed quota they used."""
         s = self.state
-        await self.records.restore(self.client.create_limit)
+        ago = await self.records.restore(self.client.create_limit)
+        if ago is not None:  # (the pacing goes on from the last feed created, whoever created it)
+            self._last_create = time.monotonic() - ago
         for flight in await self.records.load():
             self.flights[flight.document_id] = flight
             for sku in flight.items:
@@ -225,9 +227,12 @@ class FeedLane:
         ready = [h.since for h in self.gathering.values() if h.sku not in self.flying and h.not_before <= now]
         if not ready or now - min(ready) < self.options.feed_linger_s:
             return False
+        # The burst is spent gradually: a full bucket lets a feed go interval/burst after the last, one token
+        # left a whole interval after it (the quota's steady pace: one feed a cycle, whatever the load)
         limiter = self.client.create_limit
         tokens = limiter.available()
-        return tokens >= 1 and (tokens >= limiter.capacity - 0.01 or now - self._last_create >= self.options.interval_s)
+        spacing = self.options.interval_s * max(limiter.capacity + 1 - tokens, 1) / limiter.capacity
+        return tokens >= 1 and now - self._last_create >= spacing
 
     async def _build(self) -> None:
         """One feed of the gathered SKUs, oldest first: current quantities read, then uploaded and created."""
