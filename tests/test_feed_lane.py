@@ -16,9 +16,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from consumers.adapters import check_options, make_adapter
 from consumers.dlq import list_dead_letters
 from consumers.worker import ChannelWorker
 from stocksync.devtools.testing import config, toml_channel, wait_for
+from stocksync.settings import SettingsError
 
 from .helpers import worker_options
 
@@ -219,3 +221,19 @@ async def in_flight(store) -> list[str]:
 async def recorded_feeds(store) -> list[str]:
     rows = await store.redis.hgetall(store.keys.feeds("amazon"))
     return [f["feed"] for f in map(orjson.loads, rows.values()) if f["feed"]]
+
+
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("lane", "bulk", '"patch" (every change patched) or "feeds"'),
+    ("feed_max_messages", 30_000, "from 1 to 25000"),
+    ("create_feed_rate", 0, "a number > 0"),
+    ("feed_poll_s", "15", "a number > 0"),
+    ("patch_at_or_below", -1, "a whole number >= 0"),
+    ("feed_max_attempts", True, "a whole number >= 1"),
+])
+def test_bad_lane_options_are_refused_naming_the_option(option, value, says):
+    with pytest.raises(SettingsError) as e:
+        check_options(config("amazon", "http://127.0.0.1:1", **{option: value}))
+    assert f"channels.amazon.options.{option} must be" in str(e.value) and says in str(e.value)
+    check_options(config("amazon", "http://127.0.0.1:1", lane="feeds", feed_max_messages=25_000))  # the bounds pass
+    assert make_adapter(config("amazon", "http://127.0.0.1:1")).feeds is None  # (lane "patch" by default)
