@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -104,13 +105,20 @@ class FeedLane:
         return limiter is not None and (limiter.waiting > 0 or limiter.available() < 1)
 
     def _non_urgent(self, w: SkuWork) -> bool:
-        o = self.options
+        """Whether w may wait for a feed: not urgent now, and not expected to be within feed_horizon_s. A SKU
+        fed and then patched while its feed is in flight costs a second patch once the feed lands, and lists
+        the feed's older quantity in between: one whose sales may take it to low stock before then is kept
+        on the patch lane (its sales velocity on every channel, consumers/risk.py, at a high quantile)."""
+        o, s = self.options, self.state
         if not w.entries or w.recheck_at or w.forced or w.urgency != NORMAL or w.risk > o.patch_risk_above:
             return False
-        if o.patch_at_or_below is None:
-            return True
         latest = max(w.entries.values(), key=lambda e: e.version)
-        return self.cycle.listed(w.sku, latest.available) > o.patch_at_or_below
+        mark = s.options.low_stock if o.patch_at_or_below is None else o.patch_at_or_below
+        now = time.monotonic()
+        others = s.risk.others.get(w.sku)
+        rate = s.risk.velocity(w.sku, now) + (others.at(now, s.risk.tau_s) if others is not None else 0.0)
+        expected = rate * o.feed_horizon_s
+        return self.cycle.listed(w.sku, latest.available) - expected - 3 * math.sqrt(expected) > mark
 
     def _divert(self, w: SkuWork) -> bool:
         """Take a SKU handed out for a patch into the lane instead; whether it was taken."""
@@ -362,10 +370,13 @@ class FeedLane:
                 refused.append((h, error))
                 continue
             accepted[p][sku] = version
-            if pushed > version:  # patched while the feed was in flight: the feed may have overwritten it
-                owed[p].append(sku)
-                listed = self.cycle.listed(sku, claims[sku].available or 0)
-                urged[sku] = ZERO if listed == 0 else URGENT if listed < quantity else NORMAL
+            listed = self.cycle.listed(sku, claims[sku].available or 0)
+            if pushed > version and listed != quantity:  # patched while the feed was in flight: the feed may
+                if listed < quantity:  # have overwritten it; listing too much: patched now, ahead of the rest
+                    owed[p].append(sku)
+                    urged[sku] = ZERO if listed == 0 else URGENT
+                else:  # too little (lost sales at worst, no oversell): the next feed
+                    self._regather(Held(sku, p, time.monotonic(), forced=True))
             done = [e for e in h.entries.values() if e.version <= max(version, pushed)]
             going.append((h, done))
             self._report(sku, version, quantity, now_ms, done)

@@ -39,6 +39,7 @@ _OPTIONS: dict[str, tuple[Any, Any, str, Any]] = {
     "patch_at_or_below": (int, lambda v: v >= 0, "a whole number >= 0 (a listed quantity)", None),
     "patch_risk_above": ((int, float), lambda v: v >= 0, "a number >= 0 (expected oversold units)", 0.05),
     "feed_after_s": ((int, float), lambda v: v >= 0, "a number >= 0 (seconds)", 1.0),
+    "feed_horizon_s": ((int, float), lambda v: v >= 0, "a number >= 0 (seconds)", 300.0),
     "feed_linger_s": ((int, float), lambda v: v >= 0, "a number >= 0 (seconds)", 2.0),
     "feed_max_messages": (int, lambda v: 1 <= v <= MAX_MESSAGES, f"a whole number from 1 to {MAX_MESSAGES}",
                           MAX_MESSAGES),
@@ -58,6 +59,7 @@ class FeedOptions:
     patch_at_or_below: int | None = None  # None: the worker's ranks decide (worker.low_stock)
     patch_risk_above: float = 0.05
     feed_after_s: float = 1.0  # a non-urgent SKU waits this long for a patch call before it goes to a feed
+    feed_horizon_s: float = 300.0  # a SKU expected to reach low stock within this long is not fed
     feed_linger_s: float = 2.0  # the oldest SKU gathered waits at least this long before a feed is built
     feed_max_messages: int = MAX_MESSAGES
     feed_poll_s: float = 15.0
