@@ -104,17 +104,19 @@ class FeedLane:
         limiter = self.state.adapter.limiter
         return limiter is not None and (limiter.waiting > 0 or limiter.available() < 1)
 
-    def _non_urgent(self, w: SkuWork) -> bool:
+    def _non_urgent(self, w: SkuWork, now: float) -> bool:
         """Whether w may wait for a feed: not urgent now, and not expected to be within feed_horizon_s. A SKU
         fed and then patched while its feed is in flight costs a second patch once the feed lands, and lists
         the feed's older quantity in between: one whose sales may take it to low stock before then is kept
-        on the patch lane (its sales velocity on every channel, consumers/risk.py, at a high quantile)."""
+        on the patch lane (its sales velocity on every channel, consumers/risk.py, at a high quantile),
+        unless it waited a whole feed cycle there (the patch calls are taken by urgent SKUs)."""
         o, s = self.options, self.state
         if not w.entries or w.recheck_at or w.forced or w.urgency != NORMAL or w.risk > o.patch_risk_above:
             return False
+        if now - w.since >= o.interval_s:
+            return True
         latest = max(w.entries.values(), key=lambda e: e.version)
         mark = s.options.low_stock if o.patch_at_or_below is None else o.patch_at_or_below
-        now = time.monotonic()
         others = s.risk.others.get(w.sku)
         rate = s.risk.velocity(w.sku, now) + (others.at(now, s.risk.tau_s) if others is not None else 0.0)
         expected = rate * o.feed_horizon_s
@@ -122,7 +124,7 @@ class FeedLane:
 
     def _divert(self, w: SkuWork) -> bool:
         """Take a SKU handed out for a patch into the lane instead; whether it was taken."""
-        if not self._non_urgent(w):
+        if not self._non_urgent(w, time.monotonic()):
             return False
         self._hold(self.state.coalescer.settle(w, None, drop=list(w.entries)))
         return True
@@ -132,7 +134,7 @@ class FeedLane:
         coalescer, after = self.state.coalescer, self.options.feed_after_s
         now = time.monotonic()
         for sku, w in list(coalescer.work.items()):
-            if not w.busy and now - w.since >= after and self._non_urgent(w):
+            if not w.busy and now - w.since >= after and self._non_urgent(w, now):
                 self._hold(coalescer.detach(sku))
         self.state.update_gates()
 
@@ -232,6 +234,9 @@ class FeedLane:
         gathered feed_linger_s ago that is in no feed in flight."""
         if any(f.feed_id is None for f in self.flights.values()):
             return False  # (one still waits for createFeed: feeds go in the order they were built)
+        if self.flights and now - self._last_create < self.options.interval_s:
+            return False  # one feed in flight at a time, unless it is a whole cycle old: its SKUs would miss the
+            # next feed (two feeds of a SKU never fly together), which then waits for them instead
         ready = [h.since for h in self.gathering.values() if h.sku not in self.flying and h.not_before <= now]
         if not ready or now - min(ready) < self.options.feed_linger_s:
             return False
