@@ -109,11 +109,12 @@ class FeedLane:
         fed and then patched while its feed is in flight costs a second patch once the feed lands, and lists
         the feed's older quantity in between: one whose sales may take it to low stock before then is kept
         on the patch lane (its sales velocity on every channel, consumers/risk.py, at a high quantile),
-        unless it waited a whole feed cycle there (the patch calls are taken by urgent SKUs)."""
+        unless it waited half a feed interval there (the patch calls are taken by urgent SKUs: waiting on
+        would make it later than the next feed)."""
         o, s = self.options, self.state
         if not w.entries or w.recheck_at or w.forced or w.urgency != NORMAL or w.risk > o.patch_risk_above:
             return False
-        if now - w.since >= o.interval_s:
+        if now - w.since >= o.interval_s / 2:
             return True
         latest = max(w.entries.values(), key=lambda e: e.version)
         mark = s.options.low_stock if o.patch_at_or_below is None else o.patch_at_or_below
