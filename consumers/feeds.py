@@ -15,15 +15,15 @@ to 25,000 SKUs, but only 5 feeds go in per 5 minutes and each takes minutes to p
   minutes), what the channel has already is acknowledged, the rest becomes one message each. A SKU in a
   feed still in flight waits for the next: two feeds of one SKU are never in flight at once;
 * the feed is recorded in Redis (consumers/feed_records.py) before createFeed, then polled (getFeed every
-  `feed_poll_s`); once done, its report is settled: the SKUs' leases are taken (waiting out a patch in
-  flight, so that every patch sent before is recorded), the versions accepted are recorded and the
-  entries they cover acknowledged (G5); a SKU whose recorded version is newer than the feed's was patched
-  while the feed was in flight, and the feed may have overwritten that patch when it was processed: a
-  push of its current quantity is owed now (stocksync_recheck, a patch: G4), ahead of the urgent changes
-  when the feed left the listing above what it should be (at the rank of a drop to 0 if that is 0). A SKU
-  the report refused is
-  gathered again, and dead-lettered after `feed_max_attempts` feeds; a FATAL or CANCELLED feed refuses
-  every SKU;
+  `feed_poll_s`); once done, its report is settled: the SKUs' leases are taken for a moment (never
+  waited for: a patch holds its lease while it waits for the rate limiter), the versions accepted are
+  recorded and the entries they cover acknowledged (G5). A SKU whose recorded version is newer than the
+  feed's was patched while the feed was in flight, one whose lease is taken is being patched right now:
+  the feed may have overwritten that patch when Amazon processed it, so a push of its current quantity is
+  owed now (stocksync_recheck, a patch: G4) where the feed lists more than it should, ahead of the urgent
+  changes (at the rank of a drop to 0 if that is 0); where it lists less, the SKU goes in the next feed. A
+  SKU the report refused is gathered again, and dead-lettered after `feed_max_attempts` feeds; a FATAL or
+  CANCELLED feed refuses every SKU;
 * a lane that starts (the worker restarted, or another worker took the lane over) resumes the feeds
   recorded in Redis the same way; the entries of a dead worker are reclaimed by the others as usual.
 """
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 TICK_S = 0.1  # the lane looks at its work this often
 SWEEP_S = 0.25  # and at the coalescer's non-urgent SKUs this often (a pass over every held SKU)
 LANE_RENEW_S = 1.0  # the lane's lease is renewed this often (its TTL: twice worker.lease_ms)
-BUSY_RETRY_S = 0.05  # a SKU being patched right now: its lease is asked for again after this
 CLAIM_CHUNK = 500  # SKUs a stocksync_push_claim call
 
 Push = Callable[[list[SkuWork], bool], Awaitable[None]]
@@ -276,7 +275,7 @@ class FeedLane:
     async def _upload(self, chosen: list[Held]) -> Flight | None:
         """Read the chosen SKUs, settle what needs no message, upload the others' feed document."""
         parts = {h.sku: h.partition for h in chosen}
-        claims = await self._claim(list(parts), parts, wait=False)
+        claims = await self._claim(list(parts), parts)
         going: list[tuple[Held, list[Entry]]] = []
         updates, items, held = self._messages(chosen, claims, going)
         await self._done(parts, {}, going, [sku for sku, c in claims.items() if c.leased])
@@ -363,7 +362,7 @@ class FeedLane:
         been overwritten, gather or dead-letter what it refused; then forget the feed."""
         s, now_ms = self.state, int(time.time() * 1000)
         parts = {sku: item[0] for sku, item in flight.items.items()}
-        claims = await self._claim(list(flight.items), parts, wait=True)
+        claims = await self._claim(list(flight.items), parts)
         accepted: dict[int, dict[str, int]] = defaultdict(dict)
         owed: dict[int, list[str]] = defaultdict(list)
         refused: list[tuple[Held, str]] = []
@@ -371,14 +370,17 @@ class FeedLane:
         urged: dict[str, int] = {}  # sku owed a patch -> its rank: a listing the feed left too high goes first
         for i, (sku, (p, version, quantity)) in enumerate(flight.items.items(), 1):
             h = flight.held.get(sku) or Held(sku, p, time.monotonic(), forced=True)  # (resumed: no entries)
-            pushed, error = claims[sku].pushed, errors.get(i)
+            c, error = claims[sku], errors.get(i)
+            # patched while the feed was in flight (a newer version recorded, or a patch under way right now,
+            # its lease taken: it may have reached Amazon before the feed was processed)
+            pushed, patched = c.pushed, c.pushed > version or not c.leased
             if error is not None:
                 refused.append((h, error))
                 continue
             accepted[p][sku] = version
-            listed = self.cycle.listed(sku, claims[sku].available or 0)
-            if pushed > version and listed != quantity:  # patched while the feed was in flight: the feed may
-                if listed < quantity:  # have overwritten it; listing too much: patched now, ahead of the rest
+            listed = self.cycle.listed(sku, c.available or 0)
+            if patched and listed != quantity:  # the feed may have overwritten the patch when processed:
+                if listed < quantity:  # listing too much: patched (again) now, ahead of the rest
                     owed[p].append(sku)
                     urged[sku] = ZERO if listed == 0 else URGENT
                 else:  # too little (lost sales at worst, no oversell): the next feed
@@ -391,7 +393,7 @@ class FeedLane:
             await self.cycle.owe(p, skus, 0.0)
             for sku in skus:
                 s.coalescer.urge(sku, urged[sku])
-        await self._done(parts, accepted, going)
+        await self._done(parts, accepted, going, [sku for sku, c in claims.items() if c.leased])
         self._forget(going)
         await self._refused(refused)
         await self.records.drop(flight)
@@ -428,25 +430,18 @@ class FeedLane:
 
     # ----- Redis ---------------------------------------------------------------------------------------
 
-    async def _claim(self, skus: list[str], parts: dict[str, int], *, wait: bool) -> dict[str, Claim]:
-        """Each SKU's lease (released by _done), quantity, version and the version the channel has. With
-        `wait`, a SKU being patched is asked for again until its patch ended (or its lease expired);
-        without, it is answered not leased."""
+    async def _claim(self, skus: list[str], parts: dict[str, int]) -> dict[str, Claim]:
+        """Each SKU's lease (released by _done at once: never held while waiting), quantity, version and the
+        version the channel has; a SKU being patched right now is answered not leased."""
         s, out = self.state, {}
-        todo = list(skus)
-        while todo:
-            by_part: dict[int, list[str]] = defaultdict(list)
-            for sku in todo:
-                by_part[parts[sku]].append(sku)
-            for p, names in by_part.items():
-                for i in range(0, len(names), CLAIM_CHUNK):
-                    chunk = names[i : i + CLAIM_CHUNK]
-                    for c in await library.push_claim(s.keys, p, s.channel, self.owner, chunk,
-                                                      s.options.lease_ms).run(s.redis):
-                        out[c.sku] = c
-            todo = [sku for sku in todo if not out[sku].leased] if wait else []
-            if todo:
-                await s.sleep(BUSY_RETRY_S)
+        by_part: dict[int, list[str]] = defaultdict(list)
+        for sku in skus:
+            by_part[parts[sku]].append(sku)
+        for p, names in by_part.items():
+            for i in range(0, len(names), CLAIM_CHUNK):
+                for c in await library.push_claim(s.keys, p, s.channel, self.owner, names[i : i + CLAIM_CHUNK],
+                                                  s.options.lease_ms).run(s.redis):
+                    out[c.sku] = c
         return out
 
     async def _done(self, parts: dict[str, int], accepted: dict[int, dict[str, int]],
