@@ -122,11 +122,12 @@ class Coalescer:
         if not w.busy:
             self._queue(w)
 
-    def urge(self, sku: str, rank: int) -> None:
-        """Hand sku out at `rank` or ahead (a recheck whose listing may be too high: consumers/feeds.py)."""
+    def urge(self, sku: str, rank: int, risk: float) -> None:
+        """Hand sku out at `rank` and `risk` or ahead (a recheck whose listing may be too high, which no
+        entry says: consumers/feeds.py)."""
         w = self.work.get(sku)
-        if w is not None and rank < w.urgency:
-            w.urgency = rank
+        if w is not None and (rank < w.urgency or risk > w.risk):
+            w.urgency, w.risk = min(rank, w.urgency), max(round(risk, 3), w.risk)
             if not w.busy:
                 self._queue(w)
 

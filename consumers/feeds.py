@@ -50,6 +50,7 @@ from .feed_records import FeedRecords, Flight, Held
 from .pusher import Accepted
 from .ranks import NORMAL, URGENT, ZERO
 from .retry import backoff_s
+from .risk import expected_min
 from .state import ChannelState
 
 log = logging.getLogger(__name__)
@@ -367,7 +368,7 @@ class FeedLane:
         owed: dict[int, list[str]] = defaultdict(list)
         refused: list[tuple[Held, str]] = []
         going: list[tuple[Held, list[Entry]]] = []
-        urged: dict[str, int] = {}  # sku owed a patch -> its rank: a listing the feed left too high goes first
+        urged: dict[str, tuple[int, float]] = {}  # sku owed a patch -> (rank, risk): a listing left too high
         for i, (sku, (p, version, quantity)) in enumerate(flight.items.items(), 1):
             h = flight.held.get(sku) or Held(sku, p, time.monotonic(), forced=True)  # (resumed: no entries)
             c, error = claims[sku], errors.get(i)
@@ -382,7 +383,7 @@ class FeedLane:
             if patched and listed != quantity:  # the feed may have overwritten the patch when processed:
                 if listed < quantity:  # listing too much: patched (again) now, ahead of the rest
                     owed[p].append(sku)
-                    urged[sku] = ZERO if listed == 0 else URGENT
+                    urged[sku] = (ZERO if listed == 0 else URGENT, self._risk(sku, quantity, listed))
                 else:  # too little (lost sales at worst, no oversell): the next feed
                     self._regather(Held(sku, p, time.monotonic(), forced=True))
             done = [e for e in h.entries.values() if e.version <= max(version, pushed)]
@@ -392,13 +393,20 @@ class FeedLane:
             s.stats["feed_rechecks"] += len(skus)
             await self.cycle.owe(p, skus, 0.0)
             for sku in skus:
-                s.coalescer.urge(sku, urged[sku])
+                s.coalescer.urge(sku, *urged[sku])
         await self._done(parts, accepted, going, [sku for sku, c in claims.items() if c.leased])
         self._forget(going)
         await self._refused(refused)
         await self.records.drop(flight)
         self._land(flight)
         self.launch()
+
+    def _risk(self, sku: str, listed: int, should: int) -> float:
+        """Expected units sold past `should` while `listed` stays up (the risk model's, consumers/risk.py,
+        with the feed's quantity as what is listed): the recheck's place among the patches."""
+        model = self.state.risk
+        mean = model.velocity(sku) * model.land_s
+        return expected_min(mean, listed) - expected_min(mean, should)
 
     def _land(self, flight: Flight) -> None:
         self.flights.pop(flight.document_id, None)
