@@ -58,6 +58,30 @@ def start_sim(name: str, faults: dict, realistic: bool, server: str, loop: str) 
     return proc, orjson.loads(line)[name]["url"]
 
 
+def set_feeds(url: str, delay_s: float) -> None:
+    """The Amazon simulator's feed processing delay (its Feeds API limits stay the real ones)."""
+    request = urllib.request.Request(url + "/_sim/feeds", data=orjson.dumps({"delay_s": delay_s}), method="POST")
+    with urllib.request.urlopen(request, timeout=30) as r:
+        r.read()
+
+
+def feed_summary(url: str, lags: list, measured: list, end_ms: int, args) -> dict:
+    """Amazon's feed lane in a run: feeds processed, the longest time a change of normal rank took to land
+    (those never accepted count up to the end), against two feed cycles (a cycle: the createFeed pace of
+    60 s, or the processing delay plus a poll if longer)."""
+    with urllib.request.urlopen(url + "/_sim/feeds", timeout=30) as r:
+        feeds = orjson.loads(r.read())["feeds"]
+    cycle_s = max(60.0, args.feed_delay + args.feed_poll)
+    normal = sorted(a - c for c, a, rank in lags if rank == NORMAL)
+    covered = {c for c, _, _ in lags}
+    stale = [end_ms - ms for ms, _ in measured if ms not in covered]
+    worst = max(normal[-1:] + stale, default=None)
+    return {"feeds": len(feeds), "feeds_done": sum(f["status"] == "DONE" for f in feeds),
+            "feed_messages_applied": sum(len(f["applied"]) for f in feeds), "normal_max_ms": normal[-1] if normal else None,
+            "cycle_s": cycle_s, "worst_change_ms": worst,
+            "within_two_cycles": worst is not None and worst <= 2 * cycle_s * 1000}
+
+
 def sim_state(url: str) -> dict:
     with urllib.request.urlopen(url + "/_sim/state", timeout=30) as r:
         return orjson.loads(r.read())
@@ -154,6 +178,9 @@ async def _scenario(name: str, redis_url: str, args, realistic: bool, sims: dict
             opts = {"max_in_flight": 64} if ch == "amazon" else {"max_in_flight": 8}
             if ch == "amazon":
                 opts["rate_limit"] = 0
+        if ch == "amazon" and realistic and args.lane == "feeds":
+            opts.update(lane="feeds", feed_poll_s=args.feed_poll)
+            set_feeds(url, args.feed_delay)
         lines.append(toml_channel(config(ch, url, **opts)))
     (workdir / "stocksync.toml").write_text("\n".join(lines))
     env = {**os.environ, **SIMULATOR_ENV, "STOCKSYNC_LOOP": args.loop}
@@ -227,6 +254,8 @@ async def _scenario(name: str, redis_url: str, args, realistic: bool, sims: dict
             "worker_cpu_us_per_call": round(cpu[f"worker:{ch}"] / calls[ch] * 1e6) if cpu[f"worker:{ch}"] and calls[ch] else None,
             "sim_cpu_us_per_call": round(cpu[f"sim:{ch}"] / calls[ch] * 1e6) if cpu[f"sim:{ch}"] and calls[ch] else None,
         }
+        if ch == "amazon" and realistic and args.lane == "feeds":
+            out["channels"][ch]["lane"] = feed_summary(sims[ch][1], lags, measured, end_ms, args)
     return out
 
 
@@ -274,6 +303,11 @@ def main() -> int:
     parser.add_argument("--profile", nargs="+", choices=CHANNELS, default=[],
                         help="run these channels' workers under cProfile (<workdir>/<channel>.prof; slows them down)")
     parser.add_argument("--out", default="propagation", help="results file name (bench/results/NAME.json)")
+    parser.add_argument("--lane", choices=["patch", "feeds"], default="patch",
+                        help="Amazon in the limits scenario: every change patched, or urgent ones patched and the "
+                             "rest in JSON_LISTINGS_FEED feeds (docs/channels/amazon.md)")
+    parser.add_argument("--feed-delay", type=float, default=30.0, help="--lane feeds: the simulator's processing delay (s)")
+    parser.add_argument("--feed-poll", type=float, default=5.0, help="--lane feeds: the lane's getFeed interval (s)")
     parser.add_argument("--sim-server", choices=["aiohttp", "uvicorn"], default="aiohttp",
                         help="the simulators' HTTP server (same apps and shapes; see stocksync/devtools/simulators/fastserve.py)")
     args = parser.parse_args()

@@ -122,9 +122,36 @@ class Coalescer:
         if not w.busy:
             self._queue(w)
 
+    def urge(self, sku: str, rank: int, risk: float) -> None:
+        """Hand sku out at `rank` and `risk` or ahead (a recheck whose listing may be too high, which no
+        entry says: consumers/feeds.py)."""
+        w = self.work.get(sku)
+        if w is not None and (rank < w.urgency or risk > w.risk):
+            w.urgency, w.risk = min(rank, w.urgency), max(round(risk, 3), w.risk)
+            if not w.busy:
+                self._queue(w)
+
     def repaid(self, w: SkuWork) -> None:
         """The recheck owed for w was paid (or given up): it is held for its entries only."""
         w.recheck_at, w.owed_ms = 0.0, 0
+
+    def detach(self, sku: str) -> list[Entry]:
+        """Hand a held SKU's entries to another lane (Amazon's feeds: consumers/feeds.py), which pushes and
+        acknowledges them: forgotten here, unacknowledged. Not while a push of it is in flight; a recheck
+        owed for it stays."""
+        w = self.work.get(sku)
+        if w is None or w.busy or not w.entries:
+            return []
+        out = list(w.entries.values())
+        for e in out:
+            self.ids.discard(e.id)
+        w.entries.clear()
+        w.urgency, w.risk = NORMAL, 0.0
+        if w.recheck_at:
+            self._queue(w)  # (due at its time: its heap item among the ready ones is skipped now)
+        else:
+            del self.work[sku]
+        return out
 
     def _due(self, w: SkuWork, now: float) -> bool:
         return bool(w.entries) or 0 < w.recheck_at <= now

@@ -42,6 +42,7 @@ from . import groups, metrics
 from .adapters import Adapter, make_adapter
 from .cycle import PushCycle, owner_name, recheck_delay_s
 from .dispatcher import Dispatcher
+from .feeds import FeedLane
 from .housekeeping import Housekeeping
 from .initial_sync import InitialSync
 from .ledger import LedgerBatcher
@@ -72,8 +73,12 @@ class ChannelWorker:
                           contain_adapter_errors=True, listed=s.risk.listed)
         self.reader = Reader(s)
         self.pusher = Pusher(s, cycle, self.reader.defer, on_accept)
-        self.dispatcher = Dispatcher(s, self.pusher.push)
+        # Amazon's feed lane (consumers/feeds.py), when the channel has one: it takes the non-urgent pushes
+        self.feeds = FeedLane.for_channel(s, cycle, on_accept)
+        self.dispatcher = Dispatcher(s, self.feeds.route(self.pusher.push) if self.feeds else self.pusher.push)
         self.reader.launch = self.dispatcher.launch  # (the reader starts pushes as it takes entries in)
+        if self.feeds:
+            self.feeds.launch = self.dispatcher.launch
         self.housekeeping = Housekeeping(s, self.reader.take_in, self.dispatcher.launch, cycle.owe)
         # the initial sync leases under an owner of its own: it pushes beside the worker's own pushes
         sync_ledger = LedgerBatcher(redis, keys, s.channel, owner_name("initial-sync"), options.lease_ms)
@@ -100,6 +105,8 @@ class ChannelWorker:
         sync = asyncio.create_task(self.initial_sync.run(unsynced), name=f"sync-{s.channel}") if unsynced else None
         tasks += [asyncio.create_task(self.dispatcher.run(), name=f"dispatch-{s.channel}"),
                   asyncio.create_task(self.housekeeping.run(), name=f"housekeeping-{s.channel}")]
+        if self.feeds:
+            tasks.append(asyncio.create_task(self.feeds.run(), name=f"feeds-{s.channel}"))
         self.started.set()
         log.info("worker %s of channel %s started (%d partitions)", s.consumer, s.channel, s.keys.partitions)
         try:

@@ -143,6 +143,19 @@ class Keys:
         so that the wait covers every write made before it (stocksync.durability)."""
         return f"{self.prefix}:durable"
 
+    def feeds(self, channel: str) -> str:
+        """hash: feed document id -> JSON of a feed the channel's feed lane submitted and has not settled
+        (its feedId once created, when, and each SKU's partition, version and quantity in it)."""
+        return f"{self.prefix}:feeds:{channel}"
+
+    def feed_lane(self, channel: str) -> str:
+        """string: the worker running the channel's feed lane (a TTL, renewed while it runs)."""
+        return f"{self.prefix}:feeds:{channel}:lane"
+
+    def feed_creates(self, channel: str) -> str:
+        """sorted set: the channel's recent createFeed calls (ms), so a restarted lane keeps the quota."""
+        return f"{self.prefix}:feeds:{channel}:created"
+
     def channel_status(self, channel: str) -> str:
         """hash: consumer name -> JSON heartbeat of that worker (last push, circuit state, ...)."""
         return f"{self.prefix}:status:{channel}"

@@ -6,6 +6,9 @@ Options: seller_id (required), marketplace_id (default ATVPDKIKX0DER, US), produ
 PRODUCT), fulfillment_channel_code (default DEFAULT, merchant-fulfilled). Credential: access_token (the
 LWA access token, sent as x-amz-access-token). An INVALID reply with ERROR issues is permanent for that
 SKU.
+
+With `lane = "feeds"` the channel's worker patches only the urgent changes and sends the rest through
+JSON_LISTINGS_FEED (the options and the API calls: amazon_feeds.py; the lane itself: consumers/feeds.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from yarl import URL
 
 from stocksync.settings import SettingsError
 
+from .amazon_feeds import FEED_OPTIONS, FeedOptions, FeedsClient
 from .base import Adapter, PermanentError, Result, TransientError, Update, json_body
 
 API = "/listings/2021-08-01/items"
@@ -28,8 +32,13 @@ class AmazonAdapter(Adapter):
     default_in_flight = 8
     default_rate = 5.0
     default_burst = 10.0
-    OPTIONS = Adapter.OPTIONS | {"seller_id", "marketplace_id", "product_type", "fulfillment_channel_code"}
+    OPTIONS = Adapter.OPTIONS | {"seller_id", "marketplace_id", "product_type", "fulfillment_channel_code"} | FEED_OPTIONS
     CREDENTIALS = ("access_token",)
+
+    @classmethod
+    def check_options(cls, config) -> None:
+        super().check_options(config)
+        FeedOptions.parse(config.name, config.options)
 
     def __init__(self, config, session=None) -> None:
         super().__init__(config, session)
@@ -50,6 +59,10 @@ class AmazonAdapter(Adapter):
         self._body_head, self._body_tail = head.split(b'"quantity":0', 1)
         self._body_head += b'"quantity":'
         self._headers: dict[str, str] = {}
+        self.lane = FeedOptions.parse(config.name, opts)
+        # the Feeds API client, for the worker's feed lane (None: every change is patched)
+        self.feeds = (FeedsClient(self, self.lane, self.seller_id, self.marketplace_id, self.product_type,
+                                  self.channel_code) if self.lane.feeds else None)
 
     def headers(self) -> dict[str, str]:
         """The call's headers; the token is read every call (it may be rotated) and the dict reused."""

@@ -135,6 +135,14 @@ class RateLimiter:
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
 
+    def available(self) -> float:
+        """Tokens in the bucket now (0 while a 429's Retry-After blocks it)."""
+        now = time.monotonic()
+        if now < self.blocked_until:
+            return 0.0
+        self._refill(now)
+        return self.tokens
+
     def room(self, seconds: float) -> int:
         """Calls it lets through within `seconds` from a full bucket: what it is worth queueing here."""
         return int(self.capacity + self.rate * seconds)
@@ -306,12 +314,16 @@ class Adapter:
         deadline: float | None = None,
         cost: float = 1.0,
         rank: int = NORMAL,
+        limited: bool = True,
     ) -> tuple[int, Any]:
         """Send one request and answer (status, parsed JSON or None) for a 2xx; raise PushError for
         anything else (TransientError: timeout, connection, 429, 5xx, 401/403; PermanentError: other
-        4xx). A timeout or a connection lost after connecting raises an `ambiguous` TransientError."""
-        if self.limiter is not None:
-            await self.limiter.acquire(cost, rank)
+        4xx). A timeout or a connection lost after connecting raises an `ambiguous` TransientError.
+        `limited=False`: a call outside the channel's rate limit (an operation the caller limits itself,
+        such as Amazon's Feeds API: consumers/adapters/amazon_feeds.py)."""
+        limiter = self.limiter if limited else None
+        if limiter is not None:
+            await limiter.acquire(cost, rank)
         timeout = self.timeout_s
         if deadline is not None:  # the call must end (or be abandoned) before the worker's lease does
             timeout = min(timeout, deadline - time.monotonic())
@@ -336,13 +348,13 @@ class Adapter:
         except orjson.JSONDecodeError:
             data = None
         if 200 <= status < 300:
-            if self.limiter is not None:
-                self.limiter.succeeded()
+            if limiter is not None:
+                limiter.succeeded()
             return status, data
         detail = raw[:300].decode(errors="replace")
         if status == 429:
-            if self.limiter is not None:
-                self.limiter.throttled(retry)
+            if limiter is not None:
+                limiter.throttled(retry)
             raise TransientError(f"{self.name}: 429 throttled: {detail}", retry_after=retry, status=429)
         if status >= 500 or status in (401, 403, 408):
             # 401/403 is the credentials, not the SKU: retried (and the circuit opens) rather than

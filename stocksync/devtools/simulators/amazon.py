@@ -24,7 +24,8 @@ pass ``auth_status=403`` to get that). Issue codes are the simulator's own: an a
 (``AmazonSim.realistic_faults()``); GET shares the same bucket here.
 
 The simulator also sells: ORDER_CHANGE notifications and the Orders API v0, with their own rate
-limits (``amazon_orders``).
+limits (``amazon_orders``); and serves the Feeds API with JSON_LISTINGS_FEED, processed after a delay,
+with per-message errors (``amazon_feeds``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .amazon_feeds import DEFAULT_FEED_SETTINGS, FEED_LIMITS, AmazonFeeds
 from .amazon_orders import AmazonOrders
 from .base import Call, Faults, Parsed, TokenBucket, is_int, json_response
 from .market import MarketSim
@@ -52,8 +54,10 @@ _ERROR_CODES = {
 }
 
 
-class AmazonSim(AmazonOrders, MarketSim):
+class AmazonSim(AmazonFeeds, AmazonOrders, MarketSim):
     name = kind = "amazon"  # kind: its entry in stocksync.channels.KINDS
+    # SP-API limits each operation apart: the Orders API's and the Feeds API's, one bucket each
+    ORDER_LIMITS = {**AmazonOrders.ORDER_LIMITS, **FEED_LIMITS}
 
     def __init__(
         self,
@@ -85,7 +89,21 @@ class AmazonSim(AmazonOrders, MarketSim):
             Route(path, self.endpoint(self._parse_patch, self._handle_patch), methods=["PATCH"]),
             Route(path, self.endpoint(self._parse_get, self._handle_get), methods=["GET"]),
             *self.order_routes(),
+            *self.feed_routes(),
         ]
+
+    def control_routes(self) -> list[Route]:
+        return [*super().control_routes(), *self.feed_control_routes()]
+
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        self._reset_feeds()
+
+    def reset(self, faults: bool = True) -> None:
+        with self._lock:
+            if faults:
+                self._feed_settings = dict(DEFAULT_FEED_SETTINGS)
+            super().reset(faults)
 
     def authorized(self, request: Request, body: bytes) -> bool:
         return (
