@@ -123,9 +123,9 @@ class Reader:
         s, o = self.state, self.state.options
         coalescer = s.coalescer
         held = len(coalescer)
-        if held >= o.max_pending and (held >= s.hard_cap or entry_id in coalescer):
+        if held >= o.max_pending and (held >= s.hard_cap or (p, entry_id) in coalescer):
             # at the hard cap nothing more is held; (an entry held already is not deferred either)
-            if entry_id in coalescer:
+            if (p, entry_id) in coalescer:
                 return HELD
             self.defer(p, entry_id)
             return DEFERRED
