@@ -41,12 +41,15 @@ class Reader:
         # max_pending, or from a previous life under this name: "0" at start); absent: all are held
         self.resume: dict[int, str] = {p: "0" for p in range(state.keys.partitions)}
         self.seen: dict[int, tuple[int, int]] = {}  # partition -> the newest entry counted by the risk model
+        self.leaving: set[int] = set()  # partitions whose reader ends after its current read (lease given up)
 
     async def run(self, p: int) -> None:
-        """Read partition p until the worker stops."""
+        """Read partition p until the worker stops or leave(p); our own pending entries of p first."""
         s = self.state
         stream, failures = s.keys.events(p), 0
-        while not s.stopping.is_set():
+        self.leaving.discard(p)
+        self.resume.setdefault(p, "0")  # (read before, entries may be pending under our name: held no more)
+        while not s.stopping.is_set() and p not in self.leaving:
             if not s.pull_ok.is_set():
                 await s.wait_pull()
                 continue

@@ -20,6 +20,8 @@ streams as consumers of the same group). It composes one object per role, each i
   refresh of the SKU map (a SKU whose channel name changed is pushed again; 0 is listed under an old name
   no SKU uses any more) and of the per-SKU rules (a SKU whose rules changed is pushed again), and the end
   of due reservations (stocksync_expire);
+* the partition leases (consumers/partitions.py): which partitions this process reads, shared with the
+  channel's other worker processes, a dead one's taken over once its leases expire;
 * an initial sync (consumers/initial_sync.py), when this worker created the channel's group on a stream
   that no longer holds every change (or finds one unfinished): every SKU the channel does not have at its
   current version, pushed once.
@@ -46,6 +48,7 @@ from .housekeeping import Housekeeping
 from .initial_sync import InitialSync
 from .ledger import LedgerBatcher
 from .options import WorkerOptions
+from .partitions import PartitionLeases
 from .pusher import Accepted, Pusher
 from .reader import Reader
 from .state import ChannelState
@@ -79,6 +82,8 @@ class ChannelWorker:
         sync_ledger = LedgerBatcher(redis, keys, s.channel, owner_name("initial-sync"), options.lease_ms)
         self.initial_sync = InitialSync(s, PushCycle(redis, keys, config, adapter, s.skus, sync_ledger,
                                                      recheck_s=recheck_s, listed=s.risk.listed))
+        self.readers: dict[int, asyncio.Task] = {}  # partition -> its reader task
+        self.leases = PartitionLeases(s, self._start_reader, self._stop_reader) if options.partition_lease_ms else None
         self.started = asyncio.Event()
         metrics.watch(self)
 
@@ -95,13 +100,18 @@ class ChannelWorker:
         await s.rules.refresh()
         s.risk.overrides = s.rules.rules
         s.update_gates()
-        tasks = [asyncio.create_task(self.reader.run(p), name=f"read-{s.channel}-{p}")
-                 for p in range(s.keys.partitions)]
+        tasks = [asyncio.create_task(self.dispatcher.run(), name=f"dispatch-{s.channel}"),
+                 asyncio.create_task(self.housekeeping.run(), name=f"housekeeping-{s.channel}")]
+        if self.leases:
+            tasks.append(asyncio.create_task(self.leases.run(), name=f"leases-{s.channel}"))
+            await _first(self.leases.ready.wait(), tasks)  # (the first round: what this worker reads)
+        else:  # every worker reads every partition
+            for p in range(s.keys.partitions):
+                self._start_reader(p)
         sync = asyncio.create_task(self.initial_sync.run(unsynced), name=f"sync-{s.channel}") if unsynced else None
-        tasks += [asyncio.create_task(self.dispatcher.run(), name=f"dispatch-{s.channel}"),
-                  asyncio.create_task(self.housekeeping.run(), name=f"housekeeping-{s.channel}")]
         self.started.set()
-        log.info("worker %s of channel %s started (%d partitions)", s.consumer, s.channel, s.keys.partitions)
+        log.info("worker %s of channel %s started (%d partitions, reading %s)", s.consumer, s.channel,
+                 s.keys.partitions, "by lease" if self.leases else "all")
         try:
             stop = asyncio.create_task(s.stopping.wait())
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -111,9 +121,34 @@ class ChannelWorker:
         finally:
             await self._shut_down(tasks + ([sync] if sync else []))
 
+    def _start_reader(self, p: int) -> None:
+        s = self.state
+        task = self.readers[p] = asyncio.create_task(self.reader.run(p), name=f"read-{s.channel}-{p}")
+
+        def ended(t: asyncio.Task) -> None:  # a reader never ends with an error (reader.py contains them)
+            if not t.cancelled() and t.exception():
+                log.error("%s: the reader of partition %d failed: %r; stopping the worker", s.channel, p, t.exception())
+                s.stopping.set()
+
+        task.add_done_callback(ended)
+
+    async def _stop_reader(self, p: int) -> bool:
+        """End p's reader after its current read; answers whether it left no deferred entry of p behind."""
+        self.reader.leaving.add(p)
+        task = self.readers.pop(p, None)
+        if task is not None:
+            await asyncio.wait([task])
+        return p not in self.reader.resume
+
     async def _shut_down(self, tasks: list[asyncio.Task]) -> None:
         s = self.state
         s.stopping.set()
+        tasks = tasks + list(self.readers.values())
+        if self.leases:  # given back at once: the channel's other workers need not wait for them to expire
+            try:
+                await self.leases.release_all()
+            except RedisError:
+                pass
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -138,6 +173,16 @@ class ChannelWorker:
 
     async def heartbeat(self) -> None:
         await self.housekeeping.heartbeat()
+
+
+async def _first(wanted, tasks: list[asyncio.Task]) -> None:
+    """Await `wanted`, unless one of `tasks` ends first (its error raised)."""
+    waiting = asyncio.ensure_future(wanted)
+    done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    if waiting not in done:
+        waiting.cancel()
+        for t in done:
+            t.result()
 
 
 def _both(first: Callable[[Accepted], None], second: Callable[[Accepted], None] | None) -> Callable[[Accepted], None]:
