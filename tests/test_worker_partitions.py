@@ -5,7 +5,7 @@ restricts a process's partitions, with its errors."""
 
 from __future__ import annotations
 
-import subprocess
+import asyncio
 import sys
 import time
 import uuid
@@ -121,9 +121,14 @@ async def test_partitions_out_of_range_or_malformed_are_refused(cfg):
     for bad in ("x", "3-1", "-1"):
         with pytest.raises(SettingsError):
             WorkerOptions(partitions=bad)
-    out = subprocess.run([sys.executable, "-m", "consumers", "--config", str(cfg), "worker", "--partitions", "0,40"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2 and "40 beyond this deployment's 12 partitions" in out.stderr, out.stderr[-500:]
-    out = subprocess.run([sys.executable, "-m", "consumers", "--config", str(cfg), "worker", "--partitions", "a"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2 and "'a' is not a partition number" in out.stderr, out.stderr[-500:]
+    code, err = await worker_exits(cfg, "0,40")
+    assert code == 2 and "40 beyond this deployment's 12 partitions" in err, err[-500:]
+    code, err = await worker_exits(cfg, "a")
+    assert code == 2 and "'a' is not a partition number" in err, err[-500:]
+
+
+async def worker_exits(cfg, partitions: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "consumers", "--config", str(cfg), "worker",
+                                                "--partitions", partitions, cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode, err.decode()
