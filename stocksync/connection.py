@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
+from .routing import LocalKeysParser
 from .settings import Settings
 
 AnyRedis = Redis | RedisCluster
@@ -17,7 +18,9 @@ def connect(settings: Settings, max_connections: int = MAX_CONNECTIONS, **kwargs
     kwargs.setdefault("decode_responses", True)
     if settings.cluster:
         # RedisCluster waits on its own per-node pools only up to max_connections; keep them roomy.
-        return RedisCluster.from_url(settings.redis_url, max_connections=max(max_connections, 256), **kwargs)
+        client = RedisCluster.from_url(settings.redis_url, max_connections=max(max_connections, 256), **kwargs)
+        client.commands_parser = LocalKeysParser()  # (stocksync.routing: why)
+        return client
     pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=max_connections, timeout=30, **kwargs)
     return Redis(connection_pool=pool)
 

@@ -55,7 +55,8 @@ class SandboxError(RuntimeError):
 
 class Sandbox:
     def __init__(self, settings: Settings, say: Callable[[str], None], *, private_prefix: bool | None = None,
-                 cluster: bool = False) -> None:
+                 cluster: bool = False, node_timeout_ms: int = 3000) -> None:
+        self.node_timeout_ms = node_timeout_ms  # (a cluster's: how soon a dead primary's replica takes over)
         external = bool(os.environ.get("REDIS_URL")) and not cluster
         if cluster:
             settings = settings.with_(cluster=True, partitions=CLUSTER_PARTITIONS)
@@ -167,7 +168,8 @@ class Sandbox:
         if self.external:
             self.say(f"  Redis       {self.redis_url} (REDIS_URL), key prefix {self.settings.prefix}")
         elif self.settings.cluster:
-            self.redis_server = EmbeddedCluster(CLUSTER_PRIMARIES, replicas=1, directory=str(self.dir / "redis"))
+            self.redis_server = EmbeddedCluster(CLUSTER_PRIMARIES, replicas=1, directory=str(self.dir / "redis"),
+                                                node_timeout_ms=self.node_timeout_ms)
             self.redis_server.start()
             self.settings = self.settings.with_(redis_url=self.redis_server.url)
             name = os.path.basename(self.redis_server.nodes[0].binary)
