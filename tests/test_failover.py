@@ -155,7 +155,13 @@ async def test_a_primary_killed_under_traffic(box):
         assert report.unanswered == 0
         assert {name: p.pid for name, p in box.procs.items()} == pids
         assert all(p.poll() is None for p in box.procs.values())  # nobody restarted, nobody exited
-        await wait_until(lambda: _converged(box, store), 25, "every channel listing every SKU's final quantity")
+        try:
+            await wait_until(lambda: _converged(box, store), 25, "every channel listing every SKU's final quantity")
+        except AssertionError:
+            listed = {n: {s: sim.quantities.get(s) for s in SKUS} for n, sim in box.sims.items()}
+            stock = {s.sku: s.available for s in await store.get_many(SKUS)}
+            raise AssertionError(f"not converged: stock {stock}, listed {listed}, logs "
+                                 f"{[box.log_tail(n, 8) for n in box.procs]}") from None
     finally:
         await store.close()
 
