@@ -81,6 +81,7 @@ class EmbeddedRedis:
         self.binary = binary or find_server()
         self.cluster = cluster
         self.node_timeout_ms = node_timeout_ms
+        self._auto_port = port is None  # (a port we chose may be taken by someone else before we bind it)
         self.port = port or free_port(cluster_bus=cluster)
         self.extra = list(extra)
         self._own_dir = directory is None
@@ -92,6 +93,18 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> EmbeddedRedis:
+        for attempt in range(5):
+            try:
+                return self._start(timeout)
+            except EmbeddedError as e:
+                # free_port() frees the port it found; another process can bind it before the server does
+                if not (self._auto_port and "Address already in use" in str(e)) or attempt == 4:
+                    raise
+                self.port = free_port(cluster_bus=self.cluster)
+        return self
+
+    def _start(self, timeout: float) -> EmbeddedRedis:
+        Path(self.directory, "server.log").unlink(missing_ok=True)  # (this attempt's failure only)
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory,
                 "--save", "", "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
                 "--logfile", "server.log"]

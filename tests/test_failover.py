@@ -96,7 +96,9 @@ async def webhook_client(box: Sandbox, http: aiohttp.ClientSession, load: Load, 
                 async with http.post(f"{box.api_url}/webhooks/shopify", data=body, headers=headers) as r:
                     load.statuses[r.status] = load.statuses.get(r.status, 0) + 1
                     reply = await r.json() if r.status == 200 else None
-            except (TimeoutError, aiohttp.ClientError) as e:
+            # (AttributeError: aiohttp's writer can meet a transport the server just closed: 'NoneType' object
+            # has no attribute 'writelines'; a marketplace resends whatever failed on its side)
+            except (TimeoutError, aiohttp.ClientError, AttributeError) as e:
                 load.errors["api " + type(e).__name__] += 1
                 reply = None
             if reply is not None:
