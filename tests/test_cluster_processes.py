@@ -135,6 +135,26 @@ async def test_rules_bundles_and_reservations_on_a_cluster(box, api):
     assert await wait_listed(box, "CUP{cl}", 3)
 
 
+async def test_an_order_across_primaries_through_the_api(box, api):
+    """POST /v1/orders whose SKUs live on three primaries: held per partition, then all committed (200, the
+    same key again changes nothing) or none (409 with the short line, nothing held)."""
+    a, b, c = SKUS[6], SKUS[7], SKUS[8]  # (7 each after the batch above)
+    assert len({box.keys.partition(s) for s in (a, b, c)}) == 3
+    order = {"lines": [{"sku": a, "qty": 1}, {"sku": b, "qty": 2}, {"sku": c, "qty": 3}]}
+    headers = keyed(api)
+    for _ in range(2):
+        async with api.http.post(f"{api.url}/v1/orders", json=order, headers=headers) as r:
+            assert r.status == 200, await r.text()
+    assert [await api.available(s) for s in (a, b, c)] == [6, 5, 4]
+    too_many = {"lines": [{"sku": a, "qty": 1}, {"sku": c, "qty": 5}]}
+    async with api.http.post(f"{api.url}/v1/orders", json=too_many, headers=keyed(api)) as r:
+        assert r.status == 409 and [x["sku"] for x in (await r.json())["short_lines"]] == [c]
+    assert [(await api.quantities(s))["reserved"] for s in (a, c)] == [0, 0]
+    assert [await api.available(s) for s in (a, b, c)] == [6, 5, 4]
+    for sku, qty in ((a, 6), (b, 5), (c, 4)):
+        assert await wait_listed(box, sku, qty), sku
+
+
 def keyed(api: Api) -> dict[str, str]:
     return {**api.auth, "Idempotency-Key": uuid.uuid4().hex}
 
