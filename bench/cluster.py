@@ -28,6 +28,7 @@ import time
 
 import redis
 import redis.asyncio
+from redis._parsers import AsyncCommandsParser
 
 from stocksync import functions
 from stocksync.embedded import EmbeddedCluster, find_server, server_version
@@ -146,6 +147,42 @@ async def failover_window(node_timeout_ms: int) -> dict:
             await store.close()
 
 
+async def python_client(routing: bool, calls: int = 20_000, tasks: int = 64) -> dict:
+    """StockStore.decrement from one Python process (64 tasks) on 3 primaries: with stocksync.routing's key
+    reading (the product's connection) and with redis-py's own (a COMMAND GETKEYS to one node before each
+    FCALL). Answers calls/s and the GETKEYS calls the servers saw per FCALL."""
+    with EmbeddedCluster(3) as cluster:
+        settings = Settings(redis_url=cluster.url, cluster=True, prefix="bp", partitions=PARTITIONS)
+        store = await StockStore.connect(settings)
+        try:
+            if not routing:
+                store.redis.commands_parser = AsyncCommandsParser()
+                await store.redis.commands_parser.initialize(store.redis.get_default_node())
+            skus = [f"S-{i}" for i in range(120)]
+            for sku in skus:
+                await store.set(sku, 10**9, ref=f"init-{sku}")
+            for n in cluster.nodes:
+                with redis.Redis(port=n.port) as c:
+                    c.config_resetstat()
+            per = calls // tasks
+
+            async def worker(k: int) -> None:
+                for i in range(per):
+                    await store.decrement(skus[(k * per + i) % len(skus)], 1, ref=f"{k}-{i}", source="bench")
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker(k) for k in range(tasks)))
+            seconds = time.perf_counter() - started
+            getkeys = 0
+            for n in cluster.nodes:
+                with redis.Redis(port=n.port, decode_responses=True) as c:
+                    getkeys += c.info("commandstats").get("cmdstat_command|getkeys", {}).get("calls", 0)
+            return {"routing": "stocksync" if routing else "redis-py", "calls_per_s": per * tasks / seconds,
+                    "getkeys_per_fcall": getkeys / (per * tasks)}
+        finally:
+            await store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=400_000, help="calls per run at -P 16 (a quarter at -P 1)")
@@ -159,6 +196,8 @@ def main() -> None:
               "scaling": {}, "failover": []}
     for primaries in (1, 2, 3):
         result["scaling"][primaries] = scaling(primaries, args.requests, args.rounds)
+    result["python_client"] = [asyncio.run(python_client(routing)) for routing in (True, False, True, False)]
+    log("python client", result["python_client"])
     for timeout_ms in (1000, 3000):
         for _ in range(args.failovers):
             result["failover"].append(asyncio.run(failover_window(timeout_ms)))
@@ -184,6 +223,13 @@ def report(result: dict, markdown: bool = False) -> str:
         windows = [f["window_s"] for f in runs if f["window_s"] is not None]
         frows.append([f"{timeout_ms} ms", len(runs)] + [f"{f(windows):.2f}" if windows else "-" for f in (median, min, max)]
                      + [str(median(r["failed_calls"] for r in runs))])
+    prow = []
+    for name in ("stocksync", "redis-py"):
+        runs = [r for r in result.get("python_client", []) if r["routing"] == name]
+        if runs:
+            prow.append([name, median(r["calls_per_s"] for r in runs), f"{median(r['getkeys_per_fcall'] for r in runs):.2f}"])
+    out += ["\nOne Python process, 64 tasks, StockStore.decrement on 3 primaries: who finds an FCALL's keys\n",
+            table(["keys read by", "calls/s", "COMMAND GETKEYS per FCALL"], prow, markdown)]
     out += ["\nFailover: SIGKILL of a primary -> first acknowledged write sent after it (s)\n",
             table(["cluster-node-timeout", "runs", "median", "min", "max", "failed calls (median)"], frows, markdown)]
     return "\n".join(out)
