@@ -20,6 +20,8 @@ streams as consumers of the same group). It composes one object per role, each i
   refresh of the SKU map (a SKU whose channel name changed is pushed again; 0 is listed under an old name
   no SKU uses any more) and of the per-SKU rules (a SKU whose rules changed is pushed again), and the end
   of due reservations (stocksync_expire);
+* on a cluster, the failover watch (consumers/failover.py): SKUs it pushed from writes a failover lost are
+  pushed again at their current quantity;
 * the partition leases (consumers/partitions.py): which partitions this process reads, shared with the
   channel's other worker processes, a dead one's taken over once its leases expire;
 * an initial sync (consumers/initial_sync.py), when this worker created the channel's group on a stream
@@ -37,13 +39,14 @@ from redis.exceptions import RedisError
 
 from stocksync import logs
 from stocksync.channels import ChannelConfig
-from stocksync.connection import AnyRedis
+from stocksync.connection import AnyRedis, is_cluster
 from stocksync.keys import Keys
 
 from . import groups, metrics
 from .adapters import Adapter, make_adapter
 from .cycle import PushCycle, owner_name, recheck_delay_s
 from .dispatcher import Dispatcher
+from .failover import FailoverWatch
 from .housekeeping import Housekeeping
 from .initial_sync import InitialSync
 from .ledger import LedgerBatcher
@@ -74,6 +77,10 @@ class ChannelWorker:
                           recheck_s=recheck_s, rechecks=s.coalescer, hold_unanswered=True,
                           contain_adapter_errors=True, listed=s.risk.listed)
         self.reader = Reader(s)
+        # on a cluster: what this worker pushed from writes a failover lost is pushed again (consumers/failover.py)
+        self.failover = FailoverWatch(s, cycle.owe, lambda: self.dispatcher.launch()) if is_cluster(redis) else None
+        if self.failover:
+            on_accept = _both(on_accept, self.failover.accepted)
         self.pusher = Pusher(s, cycle, self.reader.defer, on_accept)
         self.dispatcher = Dispatcher(s, self.pusher.push)
         self.reader.launch = self.dispatcher.launch  # (the reader starts pushes as it takes entries in)
@@ -102,6 +109,8 @@ class ChannelWorker:
         s.update_gates()
         tasks = [asyncio.create_task(self.dispatcher.run(), name=f"dispatch-{s.channel}"),
                  asyncio.create_task(self.housekeeping.run(), name=f"housekeeping-{s.channel}")]
+        if self.failover:
+            tasks.append(asyncio.create_task(self.failover.run(), name=f"failover-{s.channel}"))
         if self.leases:
             tasks.append(asyncio.create_task(self.leases.run(), name=f"leases-{s.channel}"))
             await _first(self.leases.ready.wait(), tasks)  # (the first round: what this worker reads)

@@ -15,21 +15,30 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import signal
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
 import pytest
+import redis
 from redis.exceptions import RedisClusterException, RedisError
 
+from consumers.worker import ChannelWorker
 from stocksync.devtools.history import History
 from stocksync.devtools.sandbox import Sandbox
+from stocksync.devtools.simulators import SIMULATORS, serve
+from stocksync.devtools.testing import config, use_simulator_credentials
+from stocksync.embedded import EmbeddedCluster
 from stocksync.events import read_range
 from stocksync.orders.webhooks import shopify_signature
 from stocksync.settings import Settings
 from stocksync.store import StockStore
 
+from .helpers import worker_options
 from .test_cluster_processes import _spread
 
 pytestmark = pytest.mark.cluster
@@ -221,3 +230,61 @@ def test_history_checker_counts_what_it_should():
     with pytest.raises(ValueError):
         History("sometimes")
 
+
+
+async def test_a_quiet_sku_whose_pushed_change_the_failover_lost_is_pushed_again(tmp_path):
+    """The replica is stopped (SIGSTOP) and its link cut, a change is acknowledged by the primary and pushed to the channel,
+    the primary is killed and the replica resumed and promoted: the change is lost (asynchronous
+    replication), the SKU is back at its old quantity and nothing sells it. The worker sees the partition
+    change node and pushes the old quantity again (consumers/failover.py); without it the channel would go on
+    listing the lost quantity."""
+    use_simulator_credentials()
+    sim = SIMULATORS["flipkart"]()  # (absolute quantities: a receiver that orders by version, as the webhook
+    # simulator does, would refuse the older version: the lost change's number is reused after a failover)
+    with EmbeddedCluster(3, replicas=1, node_timeout_ms=1000) as cluster, serve(sim) as url:
+        settings = Settings(redis_url=cluster.url, cluster=True, prefix=f"q{uuid.uuid4().hex[:8]}", partitions=12)
+        store = await StockStore.connect(settings)
+        worker = ChannelWorker(store.redis, store.keys, config("flipkart", url), worker_options())
+        task = asyncio.create_task(worker.run())
+        try:
+            await store.set("QUIET", 10, ref="q-1")
+            await wait_until(lambda: _lists(sim, "QUIET", 10), 10, "the channel listing 10")
+            primary = cluster.node_of(store.keys.sku("QUIET"))
+            replica = next(n for n in cluster.nodes if n is not primary and _replica_of(n, primary))
+            os.kill(replica.proc.pid, signal.SIGSTOP)
+            try:
+                # (cut the replication link too: what the primary sent would wait in the stopped replica's
+                # socket buffer and arrive after all)
+                with redis.Redis(port=primary.port) as c:
+                    c.client_kill_filter(_type="replica")
+                await store.set("QUIET", 3, ref="q-2")  # acknowledged by the primary alone
+                await wait_until(lambda: _lists(sim, "QUIET", 3), 10, "the channel listing 3")
+                primary.kill()
+            finally:
+                os.kill(replica.proc.pid, signal.SIGCONT)
+            await asyncio.to_thread(cluster.wait_healthy, 30)
+            await wait_until(lambda: _available(store, "QUIET", 10), 15, "the promoted replica's 10 (the 3 lost)")
+            await wait_until(lambda: _lists(sim, "QUIET", 10), 15, "the channel listing 10 again")
+            assert worker.state.stats["failover_repushes"] >= 1
+        finally:
+            worker.stop()
+            await task
+            await store.close()
+
+
+async def _lists(sim, sku: str, qty: int) -> bool:
+    return sim.quantities.get(sku) == qty
+
+
+async def _available(store: StockStore, sku: str, qty: int) -> bool:
+    try:
+        stock = await store.get(sku)
+    except CALL_ERRORS:
+        return False
+    return stock is not None and stock.available == qty
+
+
+def _replica_of(node, primary) -> bool:
+    with redis.Redis(port=node.port, decode_responses=True) as c:
+        info = c.info("replication")
+    return info["role"] == "slave" and int(info["master_port"]) == primary.port
