@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
+from . import sentinel
 from .routing import LocalKeysParser
+from .sentinel import is_sentinel_url
 from .settings import Settings
 
 AnyRedis = Redis | RedisCluster
@@ -21,6 +23,8 @@ def connect(settings: Settings, max_connections: int = MAX_CONNECTIONS, **kwargs
         client = RedisCluster.from_url(settings.redis_url, max_connections=max(max_connections, 256), **kwargs)
         client.commands_parser = LocalKeysParser()  # (stocksync.routing: why)
         return client
+    if is_sentinel_url(settings.redis_url):  # (stocksync.sentinel: a primary found through Sentinel)
+        return sentinel.connect(settings.redis_url, max_connections, **kwargs)
     pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=max_connections, timeout=30, **kwargs)
     return Redis(connection_pool=pool)
 

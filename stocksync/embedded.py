@@ -293,9 +293,97 @@ def _ready(client: redis.Redis, nodes: int) -> bool:
     return info["role"] == "master" or info.get("master_link_status") == "up"
 
 
+def _link_up(node: EmbeddedRedis) -> bool:
+    with redis.Redis(port=node.port, decode_responses=True) as c:
+        return c.info("replication").get("master_link_status") == "up"
+
+
 def _role(node: EmbeddedRedis) -> str:
     try:
         with redis.Redis(port=node.port, socket_timeout=1) as c:
             return c.info("replication")["role"]
     except redis.RedisError:
         return "down"
+
+
+class EmbeddedSentinel:
+    """One primary, `replicas` replicas and one Sentinel watching them (quorum 1), for tests and demos:
+    `url` is a redis+sentinel:// URL (stocksync.sentinel). down_after_ms: how long a silent primary takes
+    to be judged down and a replica promoted."""
+
+    SERVICE = "stocksync"
+
+    def __init__(self, replicas: int = 1, binary: str | None = None, down_after_ms: int = 1000) -> None:
+        # (no 5 s wait for more replicas before the first sync: Redis 7's repl-diskless-sync-delay)
+        self.primary = EmbeddedRedis(binary=binary, extra=["--repl-diskless-sync-delay", "0"])
+        self.replicas = [EmbeddedRedis(binary=binary) for _ in range(replicas)]
+        self.down_after_ms = down_after_ms
+        self.sentinel_port = free_port()
+        self.directory = tempfile.mkdtemp(prefix="stocksync-sentinel-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.SERVICE}/0"
+
+    @property
+    def nodes(self) -> list[EmbeddedRedis]:
+        return [self.primary, *self.replicas]
+
+    def start(self, timeout: float = 30.0) -> EmbeddedSentinel:
+        try:
+            self.primary.start()
+            for r in self.replicas:
+                r.extra += ["--replicaof", "127.0.0.1", str(self.primary.port)]
+                r.start()
+            _wait(lambda: all(_link_up(r) for r in self.replicas), time.monotonic() + timeout,
+                  "every replica in sync with the primary")
+            self._start_sentinel()
+            _wait(self._watching, time.monotonic() + timeout, "the Sentinel to see the primary and its replicas")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_sentinel(self) -> None:
+        conf = Path(self.directory, "sentinel.conf")  # (Sentinel rewrites its file: a copy of our own)
+        conf.write_text(f"port {self.sentinel_port}\nbind 127.0.0.1\nprotected-mode no\n"
+                        f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 1\n"
+                        f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
+                        f"sentinel failover-timeout {self.SERVICE} {max(3 * self.down_after_ms, 1000)}\n")
+        self.proc = subprocess.Popen([self.primary.binary, str(conf), "--sentinel", "--dir", self.directory,
+                                      "--logfile", "sentinel.log"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def _watching(self) -> bool:
+        if self.proc.poll() is not None:
+            raise EmbeddedError(f"redis sentinel exited with {self.proc.returncode}")
+        try:
+            with redis.Redis(port=self.sentinel_port, decode_responses=True, socket_timeout=1) as s:
+                replicas = s.execute_command("SENTINEL", "REPLICAS", self.SERVICE)
+                return len(replicas) == len(self.replicas)
+        except redis.RedisError:
+            return False
+
+    def current_primary(self) -> EmbeddedRedis:
+        with redis.Redis(port=self.sentinel_port, decode_responses=True) as s:
+            _, port = s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+        return next(n for n in self.nodes if n.port == int(port))
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for n in self.nodes:
+            n.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedSentinel:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

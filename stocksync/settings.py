@@ -59,8 +59,9 @@ class Settings:
             raise SettingsError(f"partitions must be between 1 and 16384, got {self.partitions}")
         if not 60 <= self.idem_ttl_s <= 366 * 86400:
             raise SettingsError(f"idem_ttl_s must be between 60 s and 366 days, got {self.idem_ttl_s}")
-        if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise SettingsError(f"redis_url must start with redis://, rediss:// or unix://, got {redact(self.redis_url)}")
+        if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+            raise SettingsError("redis_url must start with redis://, rediss://, unix:// or redis+sentinel://, got "
+                                f"{redact(self.redis_url)}")
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Settings:
