@@ -1,4 +1,4 @@
-"""A primary killed under traffic, with real processes (issue 13 item 3, cluster part).
+"""A primary killed under traffic, with real processes (issue 13 item 3), on a cluster and behind Sentinel.
 
 The sandbox of `stocksync demo --cluster` (3 primaries + 3 replicas, cluster-node-timeout 1 s; the API and a
 worker per marketplace) takes a steady flow of orders: Shopify webhooks through the API (resent with the
@@ -130,9 +130,12 @@ async def wait_until(condition, seconds: float, what: str) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-def box():
-    with Sandbox(Settings(), lambda _: None, cluster=True, node_timeout_ms=1000) as box:
+@pytest.fixture(params=["cluster", "sentinel"])
+def box(request):
+    """The sandbox on 3 primaries + 3 replicas, or on a primary and a replica behind a Sentinel (both judge
+    a silent primary down after 1 s)."""
+    with Sandbox(Settings(), lambda _: None, cluster=request.param == "cluster",
+                 sentinel=request.param == "sentinel", node_timeout_ms=1000) as box:
         yield box
 
 
@@ -147,8 +150,11 @@ async def test_a_primary_killed_under_traffic(box):
             clients = [asyncio.create_task(fcall_client(store, load, f"c{k}")) for k in range(3)]
             clients += [asyncio.create_task(webhook_client(box, http, load, k * 1_000_000)) for k in range(2)]
             await wait_until(lambda: _acked(load, 150), 15, "150 acknowledged changes before the kill")
-            victim = box.redis_server.nodes[0]  # the primary behind REDIS_URL (stocksync.routing says why)
-            victim_skus = [s for s in SKUS if box.redis_server.node_of(box.keys.sku(s)) is victim]
+            if box.sentinel:  # the one primary: every SKU is on it
+                victim, victim_skus = box.redis_server.current_primary(), SKUS
+            else:  # the primary behind REDIS_URL (stocksync.routing says why)
+                victim = box.redis_server.nodes[0]
+                victim_skus = [s for s in SKUS if box.redis_server.node_of(box.keys.sku(s)) is victim]
             killed_at = time.monotonic()
             victim.kill()
             await wait_until(lambda: _acked_after(load, killed_at, victim_skus, 50), 20,

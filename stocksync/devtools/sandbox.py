@@ -29,10 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
+import redis.sentinel
 
 from stocksync.channels import KINDS
-from stocksync.embedded import EmbeddedCluster, EmbeddedRedis, free_port
+from stocksync.embedded import EmbeddedCluster, EmbeddedRedis, EmbeddedSentinel, free_port
 from stocksync.keys import Keys
+from stocksync.sentinel import is_sentinel_url
+from stocksync.sentinel import parse as parse_sentinel_url
 from stocksync.settings import Settings
 
 from .simulators import SIMULATORS, Simulator, serve
@@ -43,7 +46,10 @@ CLUSTER_PRIMARIES, CLUSTER_PARTITIONS = 3, 12  # 4 partitions a primary, as the 
 
 
 def sync_client(settings: Settings) -> redis.Redis | redis.RedisCluster:
-    """A blocking client for the sandbox's own reads (readiness, clean-up), cluster-aware."""
+    """A blocking client for the sandbox's own reads (readiness, clean-up), cluster- and Sentinel-aware."""
+    if is_sentinel_url(settings.redis_url):
+        hosts, service, db, _ = parse_sentinel_url(settings.redis_url)
+        return redis.sentinel.Sentinel(hosts).master_for(service, db=db, decode_responses=True)
     if settings.cluster:
         return redis.RedisCluster.from_url(settings.redis_url, decode_responses=True)
     return redis.Redis.from_url(settings.redis_url, decode_responses=True)
@@ -55,9 +61,10 @@ class SandboxError(RuntimeError):
 
 class Sandbox:
     def __init__(self, settings: Settings, say: Callable[[str], None], *, private_prefix: bool | None = None,
-                 cluster: bool = False, node_timeout_ms: int = 3000) -> None:
+                 cluster: bool = False, node_timeout_ms: int = 3000, sentinel: bool = False) -> None:
+        self.sentinel = sentinel  # one primary, one replica and a Sentinel (down after node_timeout_ms)
         self.node_timeout_ms = node_timeout_ms  # (a cluster's: how soon a dead primary's replica takes over)
-        external = bool(os.environ.get("REDIS_URL")) and not cluster
+        external = bool(os.environ.get("REDIS_URL")) and not cluster and not sentinel
         if cluster:
             settings = settings.with_(cluster=True, partitions=CLUSTER_PARTITIONS)
         if private_prefix is None:  # never write into a real deployment's keys
@@ -83,7 +90,7 @@ class Sandbox:
         self.sims: dict[str, Simulator] = {}
         self.sim_urls: dict[str, str] = {}
         self.procs: dict[str, subprocess.Popen] = {}
-        self.redis_server: EmbeddedRedis | EmbeddedCluster | None = None
+        self.redis_server: EmbeddedRedis | EmbeddedCluster | EmbeddedSentinel | None = None
         self.api_url = ""
         self._stack = contextlib.ExitStack()
 
@@ -105,7 +112,7 @@ class Sandbox:
     @property
     def pids(self) -> dict[str, int]:
         out = {}
-        if isinstance(self.redis_server, EmbeddedCluster):
+        if isinstance(self.redis_server, EmbeddedCluster | EmbeddedSentinel):
             out = {f"redis-{n.port}": n.proc.pid for n in self.redis_server.nodes if n.proc}
         elif self.redis_server and self.redis_server.proc:
             out = {"redis": self.redis_server.proc.pid}
@@ -167,6 +174,11 @@ class Sandbox:
         (self.dir / "redis").mkdir()
         if self.external:
             self.say(f"  Redis       {self.redis_url} (REDIS_URL), key prefix {self.settings.prefix}")
+        elif self.sentinel:
+            self.redis_server = EmbeddedSentinel(replicas=1, down_after_ms=self.node_timeout_ms)
+            self.redis_server.start()
+            self.settings = self.settings.with_(redis_url=self.redis_server.url)
+            self.say(f"  Redis       a primary and a replica behind a Sentinel: {self.redis_url} (embedded)")
         elif self.settings.cluster:
             self.redis_server = EmbeddedCluster(CLUSTER_PRIMARIES, replicas=1, directory=str(self.dir / "redis"),
                                                 node_timeout_ms=self.node_timeout_ms)
