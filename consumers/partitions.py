@@ -17,7 +17,9 @@ holder stalled) is harmless: both are consumers of the channel's group, each ent
 and the per-SKU push lease keeps their pushes of a SKU apart. A partition nobody reads only delays its
 pushes until a lease is taken. `--partitions 0,2,5-7` (worker.partitions) restricts what a process may
 lease, e.g. to keep a channel's partitions of one primary on one host; partition_lease_ms = 0 turns leases
-off: every worker reads every partition, as before 0.7.
+off: every worker reads every partition, as before. With one partition (a single Redis) there are no
+leases either: every worker reads it and the consumer group shares its entries among them (a lease would
+leave all workers but one idle).
 
 A reader gives a partition back only between two reads and only when it holds no deferred entry of it
 (entries pending under its name and not held, read again from its history cursor), so no entry is left

@@ -90,7 +90,10 @@ class ChannelWorker:
         self.initial_sync = InitialSync(s, PushCycle(redis, keys, config, adapter, s.skus, sync_ledger,
                                                      recheck_s=recheck_s, listed=s.risk.listed))
         self.readers: dict[int, asyncio.Task] = {}  # partition -> its reader task
-        self.leases = PartitionLeases(s, self._start_reader, self._stop_reader) if options.partition_lease_ms else None
+        # one partition (a single Redis): every worker reads it, sharing its entries through the consumer group
+        # as before; leases would leave all but one worker idle
+        leased = options.partition_lease_ms and keys.partitions > 1
+        self.leases = PartitionLeases(s, self._start_reader, self._stop_reader) if leased else None
         self.started = asyncio.Event()
         metrics.watch(self)
 
