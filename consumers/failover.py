@@ -50,7 +50,8 @@ class FailoverWatch:
         while not s.stopping.is_set():
             try:
                 await self.look()
-            except RedisError as e:  # (the cluster is changing: look again in a second)
+            # (the cluster is changing: look again in a second; AttributeError: see consumers/reader.py)
+            except (RedisError, OSError, AttributeError) as e:
                 log.debug("%s: failover watch: %s", s.channel, e)
             await s.sleep(1.0)
 

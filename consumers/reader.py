@@ -56,7 +56,10 @@ class Reader:
             try:
                 entries = await self._read(p, stream)
                 failures = 0
-            except RedisError as e:
+            # AttributeError: redis-py's asyncio connection can be torn down by another task in the middle of
+            # a command during a failover ('NoneType' object has no attribute 'writelines'); it used to
+            # kill the reader, and the worker with it
+            except (RedisError, OSError, AttributeError) as e:
                 failures += 1
                 log.warning("%s: reading %s failed (%s); retrying", s.channel, stream, e)
                 await s.sleep(min(0.1 * 2 ** failures, 5))
