@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean constraints
+.PHONY: demo demo-cluster test bench lint clean constraints
 
 # The runtime dependencies at the versions of constraints.txt (the Docker image's); `make constraints`
 # writes it again from the venv after an upgrade.
@@ -19,6 +19,9 @@ constraints: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m stocksync demo
+
+demo-cluster: $(STAMP)
+	$(PY) -m stocksync demo --cluster
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -13,7 +13,7 @@ import time
 
 from . import report
 
-BENCHMARKS = ("decrement", "inventory", "propagation", "api", "market", "reconcile", "durability")
+BENCHMARKS = ("decrement", "inventory", "propagation", "api", "market", "reconcile", "durability", "cluster")
 LOCK = "/tmp/stocksync-bench.lock"
 
 

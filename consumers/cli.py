@@ -20,11 +20,11 @@ import orjson
 from stocksync import commandline, preflight
 from stocksync.channels import known, load_channels
 from stocksync.limits import MAX_SKU_BYTES
-from stocksync.settings import Settings
+from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 
 from . import dlq, metrics, resync
-from .options import WorkerOptions
+from .options import WorkerOptions, parse_partitions
 from .runner import channels_to_run, run_workers, use_event_loop
 from .status import channel_status, format_table
 
@@ -39,6 +39,8 @@ OPTION_FLAGS = {
     "retention_ms": "the trimmer keeps at least this much history (ms)",
     "trim_interval_ms": "how often this worker trims the streams (ms; 0: never)",
     "heartbeat_ms": "how often the worker writes its status to Redis (ms)",
+    "partition_lease_ms": "this process reads the partitions it leases; a dead worker's are taken over this long "
+                          "after its last renewal (ms; 0: every worker reads every partition)",
 }
 _DEFAULTS = {f.name: f.default for f in fields(WorkerOptions)}
 WORKER_HELP = ("Run channel workers until SIGTERM/SIGINT. Several processes of a channel share its work. First "
@@ -98,10 +100,23 @@ def _register_worker(subparsers: argparse._SubParsersAction) -> None:
                    help="address of the metrics endpoint (0.0.0.0 for every interface)")
     w.add_argument("--lag-file", help="at exit, write [commit ms, accepted ms, rank (0 drop to 0, 1 urgent, "
                    "2 normal)] per accepted entry, per channel, here (JSON; used by bench/propagation.py; default: none)")
+    w.add_argument("--partitions", type=_partitions_arg, metavar="LIST",
+                   help="the partitions this process may lease, e.g. 0,2,5-7 (default: worker.partitions of the "
+                   "config file, else every partition); checked against the deployment's partition count on start")
     for name, text in OPTION_FLAGS.items():
         w.add_argument("--" + name.replace("_", "-"), type=int, dest=name, metavar="N",
                        help=f"{text} (default: worker.{name} of the config file, else {_DEFAULTS[name]})")
     w.set_defaults(run=cmd_worker, sync=True, log_default="info")
+
+
+def _partitions_arg(value: str) -> str:
+    """--partitions: a clear error and exit 2 for a list that is not one (its range is checked on start)."""
+    try:
+        if not parse_partitions(value):
+            raise SettingsError("give at least one partition")
+    except SettingsError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("partitions: ")) from None
+    return value
 
 
 def _sku_arg(value: str) -> str:
@@ -119,7 +134,7 @@ def _channel(settings: Settings, name: str):
 def cmd_worker(args: argparse.Namespace) -> int:
     use_event_loop()  # (before the loop exists) `stocksync worker` too: uvloop when importable
     settings = args.settings
-    overrides = {name: getattr(args, name, None) for name in OPTION_FLAGS}
+    overrides = {name: getattr(args, name, None) for name in [*OPTION_FLAGS, "partitions"]}
     options = WorkerOptions.from_settings(settings, consumer=args.consumer, **overrides)
     channels_to_run(settings, args.channel)  # (refused before anything connects)
 

@@ -70,7 +70,9 @@ class Coalescer:
         self.rank = rank  # (Entry) -> ZERO | URGENT | NORMAL (consumers/ranks.py)
         self.risk = risk  # (Entry) -> expected oversold units (consumers/risk.py); None: ranks alone
         self.work: dict[str, SkuWork] = {}
-        self.ids: set[str] = set()
+        # (partition, entry id): stream IDs are per stream, so two partitions' entries can share an ID (two
+        # changes in the same millisecond on two streams: both "<ms>-0"); the partition tells them apart
+        self.ids: set[tuple[int, str]] = set()
         self._ready: list[tuple[float, int, float, int, str]] = []  # (-risk, rank, since, seq, sku)
         self._later: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
@@ -78,14 +80,15 @@ class Coalescer:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __contains__(self, entry_id: str) -> bool:
-        return entry_id in self.ids
+    def __contains__(self, held: tuple[int, str]) -> bool:
+        """(partition, entry id) in coalescer: whether that entry is held."""
+        return held in self.ids
 
     def add(self, entry: Entry) -> bool:
         """Hold an entry; False if it was held already."""
-        if entry.id in self.ids:
+        if (entry.partition, entry.id) in self.ids:
             return False
-        self.ids.add(entry.id)
+        self.ids.add((entry.partition, entry.id))
         w = self.work.get(entry.sku)
         if w is None:
             w = self.work[entry.sku] = SkuWork(entry.sku, entry.partition, since=time.monotonic())
@@ -213,7 +216,7 @@ class Coalescer:
         for entry_id, e in list(w.entries.items()):
             if (covered is not None and e.version <= covered) or (drop and entry_id in drop):
                 gone.append(w.entries.pop(entry_id))
-                self.ids.discard(entry_id)
+                self.ids.discard((w.partition, entry_id))
         w.busy = w.forced = False
         if covered is not None:
             w.attempts = 0

@@ -153,7 +153,7 @@ class Housekeeping:
             if deleted:
                 s.stats["reclaimed_deleted"] += len(deleted)
                 log.info("%s: %d pending entries were deleted from the stream; dropped", s.channel, len(deleted))
-            fresh = [(i, f) for i, f in claimed if i not in s.coalescer]
+            fresh = [(i, f) for i, f in claimed if (p, i) not in s.coalescer]
             if not fresh:
                 continue
             counts = await groups.deliveries(s.redis, s.keys, p, s.channel, s.consumer, [i for i, _ in fresh])

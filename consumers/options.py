@@ -30,6 +30,10 @@
                                 # version (the abandoned request may land late); 0: 4 x the channel's timeout;
                                 # kept in Redis (stocksync_recheck): another worker pays it if this one dies
     sku_map_refresh_ms = 5000   # re-read the admin API's SKU map (<prefix>:skumap:<channel>) this often
+    partition_lease_ms = 10000  # each worker process reads the partitions it leases (consumers/partitions.py);
+                                # a dead one's are taken over this long after it stopped renewing them; 0: every
+                                # worker reads every partition (no leases)
+    partitions = ""             # the partitions this process may lease, e.g. "0,2,5-7" ("": all of them)
 """
 
 from __future__ import annotations
@@ -50,6 +54,21 @@ def default_consumer() -> str:
     hostname pattern and both run as pid 1 or 7, so the name ends in a random suffix drawn once per
     process (hostname-pid-suffix)."""
     return f"{socket.gethostname()}-{os.getpid()}-{_SUFFIX}"
+
+
+def parse_partitions(text: str) -> frozenset[int]:
+    """'0,2,5-7' -> {0, 2, 5, 6, 7}; '' -> empty (every partition). SettingsError naming what is wrong."""
+    out: set[int] = set()
+    for part in (p.strip() for p in text.split(",")) if text.strip() else []:
+        lo, dash, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise SettingsError(f"partitions: {part!r} is not a partition number or a range like 4-7") from None
+        if first < 0 or last < first:
+            raise SettingsError(f"partitions: {part!r} is not a range of partition numbers >= 0")
+        out.update(range(first, last + 1))
+    return frozenset(out)
 
 
 @dataclass(frozen=True)
@@ -76,6 +95,8 @@ class WorkerOptions:
     start_id: str = "0"
     recheck_ms: int = 0
     sku_map_refresh_ms: int = 5000
+    partition_lease_ms: int = 10000
+    partitions: str = ""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -86,6 +107,11 @@ class WorkerOptions:
             object.__setattr__(self, "consumer", default_consumer())
         if self.lease_ms < 1000:
             raise SettingsError("worker.lease_ms must be at least 1000")
+        if 0 < self.partition_lease_ms < 300:
+            raise SettingsError("worker.partition_lease_ms must be 0 (no leases) or at least 300")
+        if not isinstance(self.partitions, str):
+            raise SettingsError(f"worker.partitions must be a string like \"0,2,5-7\", got {self.partitions!r}")
+        parse_partitions(self.partitions)  # (a clear error now; checked against the deployment's count later)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerOptions:

@@ -41,12 +41,15 @@ class Reader:
         # max_pending, or from a previous life under this name: "0" at start); absent: all are held
         self.resume: dict[int, str] = {p: "0" for p in range(state.keys.partitions)}
         self.seen: dict[int, tuple[int, int]] = {}  # partition -> the newest entry counted by the risk model
+        self.leaving: set[int] = set()  # partitions whose reader ends after its current read (lease given up)
 
     async def run(self, p: int) -> None:
-        """Read partition p until the worker stops."""
+        """Read partition p until the worker stops or leave(p); our own pending entries of p first."""
         s = self.state
         stream, failures, retries = s.keys.events(p), 0, connection.retries(s.redis)
-        while not s.stopping.is_set():
+        self.leaving.discard(p)
+        self.resume.setdefault(p, "0")  # (read before, entries may be pending under our name: held no more)
+        while not s.stopping.is_set() and p not in self.leaving:
             if not s.pull_ok.is_set():
                 await s.wait_pull()
                 continue
@@ -56,7 +59,10 @@ class Reader:
             try:
                 entries = await self._read(p, stream)
                 failures = 0
-            except RedisError as e:
+            # AttributeError: redis-py's asyncio connection can be torn down by another task in the middle of
+            # a command during a failover ('NoneType' object has no attribute 'writelines'); it used to
+            # kill the reader, and the worker with it
+            except (RedisError, OSError, AttributeError) as e:
                 # An XREADGROUP whose reply was lost (here, or retried by the connection) may have
                 # delivered entries we do not hold: go over our pending entries again from the start.
                 failures += 1
@@ -129,9 +135,9 @@ class Reader:
         s, o = self.state, self.state.options
         coalescer = s.coalescer
         held = len(coalescer)
-        if held >= o.max_pending and (held >= s.hard_cap or entry_id in coalescer):
+        if held >= o.max_pending and (held >= s.hard_cap or (p, entry_id) in coalescer):
             # at the hard cap nothing more is held; (an entry held already is not deferred either)
-            if entry_id in coalescer:
+            if (p, entry_id) in coalescer:
                 return HELD
             self.defer(p, entry_id)
             return DEFERRED

@@ -20,6 +20,10 @@ streams as consumers of the same group). It composes one object per role, each i
   refresh of the SKU map (a SKU whose channel name changed is pushed again; 0 is listed under an old name
   no SKU uses any more) and of the per-SKU rules (a SKU whose rules changed is pushed again), and the end
   of due reservations (stocksync_expire);
+* on a cluster, the failover watch (consumers/failover.py): SKUs it pushed from writes a failover lost are
+  pushed again at their current quantity;
+* the partition leases (consumers/partitions.py): which partitions this process reads, shared with the
+  channel's other worker processes, a dead one's taken over once its leases expire;
 * an initial sync (consumers/initial_sync.py), when this worker created the channel's group on a stream
   that no longer holds every change (or finds one unfinished): every SKU the channel does not have at its
   current version, pushed once.
@@ -35,18 +39,20 @@ from redis.exceptions import RedisError
 
 from stocksync import logs
 from stocksync.channels import ChannelConfig
-from stocksync.connection import AnyRedis
+from stocksync.connection import AnyRedis, is_cluster
 from stocksync.keys import Keys
 
 from . import groups, metrics
 from .adapters import Adapter, make_adapter
 from .cycle import PushCycle, owner_name, recheck_delay_s
 from .dispatcher import Dispatcher
+from .failover import FailoverWatch
 from .feeds import FeedLane
 from .housekeeping import Housekeeping
 from .initial_sync import InitialSync
 from .ledger import LedgerBatcher
 from .options import WorkerOptions
+from .partitions import PartitionLeases
 from .pusher import Accepted, Pusher
 from .reader import Reader
 from .state import ChannelState
@@ -72,6 +78,10 @@ class ChannelWorker:
                           recheck_s=recheck_s, rechecks=s.coalescer, hold_unanswered=True,
                           contain_adapter_errors=True, listed=s.risk.listed)
         self.reader = Reader(s)
+        # on a cluster: what this worker pushed from writes a failover lost is pushed again (consumers/failover.py)
+        self.failover = FailoverWatch(s, cycle.owe, lambda: self.dispatcher.launch()) if is_cluster(redis) else None
+        if self.failover:
+            on_accept = _both(on_accept, self.failover.accepted)
         self.pusher = Pusher(s, cycle, self.reader.defer, on_accept)
         # Amazon's feed lane (consumers/feeds.py), when the channel has one: it takes the non-urgent pushes
         self.feeds = FeedLane.for_channel(s, cycle, on_accept)
@@ -84,6 +94,11 @@ class ChannelWorker:
         sync_ledger = LedgerBatcher(redis, keys, s.channel, owner_name("initial-sync"), options.lease_ms)
         self.initial_sync = InitialSync(s, PushCycle(redis, keys, config, adapter, s.skus, sync_ledger,
                                                      recheck_s=recheck_s, listed=s.risk.listed))
+        self.readers: dict[int, asyncio.Task] = {}  # partition -> its reader task
+        # one partition (a single Redis): every worker reads it, sharing its entries through the consumer group
+        # as before; leases would leave all but one worker idle
+        leased = options.partition_lease_ms and keys.partitions > 1
+        self.leases = PartitionLeases(s, self._start_reader, self._stop_reader) if leased else None
         self.started = asyncio.Event()
         metrics.watch(self)
 
@@ -100,15 +115,22 @@ class ChannelWorker:
         await s.rules.refresh()
         s.risk.overrides = s.rules.rules
         s.update_gates()
-        tasks = [asyncio.create_task(self.reader.run(p), name=f"read-{s.channel}-{p}")
-                 for p in range(s.keys.partitions)]
+        tasks = [asyncio.create_task(self.dispatcher.run(), name=f"dispatch-{s.channel}"),
+                 asyncio.create_task(self.housekeeping.run(), name=f"housekeeping-{s.channel}")]
+        if self.failover:
+            tasks.append(asyncio.create_task(self.failover.run(), name=f"failover-{s.channel}"))
+        if self.leases:
+            tasks.append(asyncio.create_task(self.leases.run(), name=f"leases-{s.channel}"))
+            await _first(self.leases.ready.wait(), tasks)  # (the first round: what this worker reads)
+        else:  # every worker reads every partition
+            for p in range(s.keys.partitions):
+                self._start_reader(p)
         sync = asyncio.create_task(self.initial_sync.run(unsynced), name=f"sync-{s.channel}") if unsynced else None
-        tasks += [asyncio.create_task(self.dispatcher.run(), name=f"dispatch-{s.channel}"),
-                  asyncio.create_task(self.housekeeping.run(), name=f"housekeeping-{s.channel}")]
         if self.feeds:
             tasks.append(asyncio.create_task(self.feeds.run(), name=f"feeds-{s.channel}"))
         self.started.set()
-        log.info("worker %s of channel %s started (%d partitions)", s.consumer, s.channel, s.keys.partitions)
+        log.info("worker %s of channel %s started (%d partitions, reading %s)", s.consumer, s.channel,
+                 s.keys.partitions, "by lease" if self.leases else "all")
         try:
             stop = asyncio.create_task(s.stopping.wait())
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -118,9 +140,34 @@ class ChannelWorker:
         finally:
             await self._shut_down(tasks + ([sync] if sync else []))
 
+    def _start_reader(self, p: int) -> None:
+        s = self.state
+        task = self.readers[p] = asyncio.create_task(self.reader.run(p), name=f"read-{s.channel}-{p}")
+
+        def ended(t: asyncio.Task) -> None:  # a reader never ends with an error (reader.py contains them)
+            if not t.cancelled() and t.exception():
+                log.error("%s: the reader of partition %d failed: %r; stopping the worker", s.channel, p, t.exception())
+                s.stopping.set()
+
+        task.add_done_callback(ended)
+
+    async def _stop_reader(self, p: int) -> bool:
+        """End p's reader after its current read; answers whether it left no deferred entry of p behind."""
+        self.reader.leaving.add(p)
+        task = self.readers.pop(p, None)
+        if task is not None:
+            await asyncio.wait([task])
+        return p not in self.reader.resume
+
     async def _shut_down(self, tasks: list[asyncio.Task]) -> None:
         s = self.state
         s.stopping.set()
+        tasks = tasks + list(self.readers.values())
+        if self.leases:  # given back at once: the channel's other workers need not wait for them to expire
+            try:
+                await self.leases.release_all()
+            except RedisError:
+                pass
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -145,6 +192,16 @@ class ChannelWorker:
 
     async def heartbeat(self) -> None:
         await self.housekeeping.heartbeat()
+
+
+async def _first(wanted, tasks: list[asyncio.Task]) -> None:
+    """Await `wanted`, unless one of `tasks` ends first (its error raised)."""
+    waiting = asyncio.ensure_future(wanted)
+    done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    if waiting not in done:
+        waiting.cancel()
+        for t in done:
+            t.result()
 
 
 def _both(first: Callable[[Accepted], None], second: Callable[[Accepted], None] | None) -> Callable[[Accepted], None]:

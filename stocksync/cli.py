@@ -8,7 +8,8 @@
     stocksync reconcile orders CHANNEL [--since ISO-TIME]   one pass of the channel's order poller, now
     stocksync sku count|ship|cancel ..., bundle, rules, reservation   (stocksync.inventory_commands)
     stocksync redis [--port N]             an embedded Redis in the foreground
-    stocksync demo [--keep]                the whole system, two replays (--keep: stay up)
+    stocksync demo [--keep] [--cluster]    the whole system, the replays (--keep: stay up; --cluster: on an
+                                           embedded Redis Cluster of 3 primaries + 3 replicas)
     stocksync rejections list|apply|resolve   orders that could not be covered (stocksync.orders.commands)
     stocksync serve, worker, dlq, resync, status   (stocksync.api.serve, consumers.cli)
 
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole system on this machine, replaying the article's scenario and a flash sale")
     demo.add_argument("--keep", action="store_true", help="leave everything running afterwards, until Ctrl-C")
+    demo.add_argument("--cluster", action="store_true",
+                      help="run it on an embedded Redis Cluster of 3 primaries and 3 replicas (12 partitions)")
     demo.set_defaults(run=_demo, sync=True)
 
     # Subcommands that live with the parts they drive: the API server, the channel workers.
@@ -244,7 +247,7 @@ def _demo(args) -> int:
     # `stocksync demo` is the one command that runs them (tests/test_layout.py holds this).
     from .devtools.demo import main as demo_main
 
-    return demo_main(args.settings, keep=args.keep)
+    return demo_main(args.settings, keep=args.keep, cluster=args.cluster)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,9 @@ from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import sentinel
+from .routing import LocalKeysParser
+from .sentinel import is_sentinel_url
 from .settings import Settings
 
 AnyRedis = Redis | RedisCluster
@@ -75,10 +78,14 @@ def connect(settings: Settings, max_connections: int = MAX_CONNECTIONS, *, retry
     if settings.cluster:
         # RedisCluster waits on its own per-node pools only up to max_connections; keep them roomy. (It
         # retries with redis-py's own policy, which also follows a failover's MOVED.)
-        return RedisCluster.from_url(settings.redis_url, max_connections=max(max_connections, 256), **kwargs)
+        client = RedisCluster.from_url(settings.redis_url, max_connections=max(max_connections, 256), **kwargs)
+        client.commands_parser = LocalKeysParser()  # (stocksync.routing: why)
+        return client
     if retry:
         kwargs.setdefault("retry", retry_policy())
         kwargs.setdefault("health_check_interval", HEALTH_CHECK_S)
+    if is_sentinel_url(settings.redis_url):  # (stocksync.sentinel: a primary found through Sentinel)
+        return sentinel.connect(settings.redis_url, max_connections, **kwargs)
     pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=max_connections, timeout=30, **kwargs)
     return Redis(connection_pool=pool)
 

@@ -76,9 +76,12 @@ class EmbeddedRedis:
         directory: str | None = None,
         binary: str | None = None,
         cluster: bool = False,
+        node_timeout_ms: int = 3000,
     ) -> None:
         self.binary = binary or find_server()
         self.cluster = cluster
+        self.node_timeout_ms = node_timeout_ms
+        self._auto_port = port is None  # (a port we chose may be taken by someone else before we bind it)
         self.port = port or free_port(cluster_bus=cluster)
         self.extra = list(extra)
         self._own_dir = directory is None
@@ -90,12 +93,26 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> EmbeddedRedis:
+        for attempt in range(5):
+            try:
+                return self._start(timeout)
+            except EmbeddedError as e:
+                # free_port() frees the port it found; another process can bind it before the server does
+                if not (self._auto_port and "Address already in use" in str(e)) or attempt == 4:
+                    raise
+                self.port = free_port(cluster_bus=self.cluster)
+        return self
+
+    def _start(self, timeout: float) -> EmbeddedRedis:
+        Path(self.directory, "server.log").unlink(missing_ok=True)  # (this attempt's failure only)
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory,
                 "--save", "", "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
                 "--logfile", "server.log"]
         if self.cluster:
+            # validity factor 0: a replica always stands for election, however long its primary has been
+            # silent (the default refuses when the link was down for 10 x node-timeout: no failover at all)
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                     "--cluster-node-timeout", "3000"]
+                     "--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-replica-validity-factor", "0"]
         self.proc = subprocess.Popen(args + self.extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True)
         self._wait_ready(timeout)
@@ -154,42 +171,88 @@ class EmbeddedRedis:
 
 
 class EmbeddedCluster:
-    """A Redis Cluster of `primaries` nodes (no replicas), slots split evenly."""
+    """A Redis Cluster of `primaries` nodes, slots split evenly, each with `replicas` replicas.
 
-    def __init__(self, primaries: int = 3, binary: str | None = None) -> None:
-        self.nodes = [EmbeddedRedis(binary=binary, cluster=True) for _ in range(primaries)]
+    node_timeout_ms is cluster-node-timeout: how long a silent primary takes to be marked failed and its
+    replica promoted (tests use ~1 s; a deployment keeps Redis's 15 s)."""
+
+    def __init__(self, primaries: int = 3, replicas: int = 0, binary: str | None = None,
+                 node_timeout_ms: int = 3000, directory: str | None = None) -> None:
+        if primaries < 1 or replicas < 0:
+            raise EmbeddedError(f"a cluster needs 1 primary or more and 0 replicas or more, not {primaries}/{replicas}")
+        self.primaries, self.replicas = primaries, replicas
+        count = primaries * (1 + replicas)
+        dirs = [None] * count if directory is None else [_subdir(directory, i) for i in range(count)]
+        self.nodes = [EmbeddedRedis(binary=binary, cluster=True, node_timeout_ms=node_timeout_ms, directory=d)
+                      for d in dirs]
 
     @property
     def url(self) -> str:
         return self.nodes[0].url
 
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
     def start(self, timeout: float = 30.0) -> EmbeddedCluster:
         try:
             for node in self.nodes:
                 node.start()
-            self._form(timeout)
+            self._form(time.monotonic() + timeout)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _form(self, timeout: float) -> None:
+    def _form(self, deadline: float) -> None:
         clients = [redis.Redis(port=n.port, decode_responses=True) for n in self.nodes]
         try:
-            per = 16384 // len(clients)
-            for i, c in enumerate(clients):
-                last = 16383 if i == len(clients) - 1 else (i + 1) * per - 1
+            primaries, replicas = clients[: self.primaries], clients[self.primaries :]
+            per = 16384 // len(primaries)
+            for i, c in enumerate(primaries):
+                last = 16383 if i == len(primaries) - 1 else (i + 1) * per - 1
                 c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, last)
             for n in self.nodes[1:]:
                 clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port)
-            deadline = time.monotonic() + timeout
-            while not all(_cluster_ready(c, len(clients)) for c in clients):
-                if time.monotonic() > deadline:
-                    raise EmbeddedError("the cluster did not reach cluster_state:ok in time")
-                time.sleep(0.05)
+            _wait(lambda: all(_cluster_info(c)["cluster_known_nodes"] == str(len(clients)) for c in clients),
+                  deadline, "every node to know the others")
+            ids = [c.execute_command("CLUSTER", "MYID") for c in primaries]
+            for i, c in enumerate(replicas):
+                # (REPLICATE needs the primary in this node's table: known_nodes above says it is)
+                c.execute_command("CLUSTER", "REPLICATE", ids[i % len(primaries)])
+            _wait(lambda: all(_ready(c, len(clients)) for c in clients), deadline,
+                  "cluster_state:ok with every replica in sync")
         finally:
             for c in clients:
                 c.close()
+
+    def primary_nodes(self) -> list[EmbeddedRedis]:
+        """The running nodes that are primaries now (after a failover, a former replica is one)."""
+        return [n for n in self.nodes if n.proc and n.proc.poll() is None and _role(n) == "master"]
+
+    def node_of(self, key: str) -> EmbeddedRedis:
+        """The running primary that serves `key`'s slot now."""
+        with redis.RedisCluster(host="127.0.0.1", port=self.alive()[0].port, decode_responses=True) as c:
+            port = c.get_node_from_key(key).port
+        return next(n for n in self.nodes if n.port == port)
+
+    def alive(self) -> list[EmbeddedRedis]:
+        return [n for n in self.nodes if n.proc and n.proc.poll() is None]
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every running node says cluster_state:ok and every slot has a running primary."""
+        def healthy() -> bool:
+            clients = [redis.Redis(port=n.port, decode_responses=True, socket_timeout=1) for n in self.alive()]
+            try:
+                return all(_cluster_info(c).get("cluster_state") == "ok" for c in clients) and \
+                    len(self.primary_nodes()) == self.primaries
+            except redis.RedisError:
+                return False
+            finally:
+                for c in clients:
+                    c.close()
+
+        _wait(healthy, time.monotonic() + timeout, "the cluster to be healthy")
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -202,9 +265,125 @@ class EmbeddedCluster:
         self.stop()
 
 
-def _cluster_ready(client: redis.Redis, primaries: int) -> bool:
+def _subdir(directory: str, i: int) -> str:
+    path = Path(directory, f"node-{i}")
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _wait(condition, deadline: float, what: str) -> None:
+    while not condition():
+        if time.monotonic() > deadline:
+            raise EmbeddedError(f"the cluster did not come up: timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _cluster_info(client: redis.Redis) -> dict[str, str]:
     info = client.execute_command("CLUSTER", "INFO")
     if isinstance(info, bytes):
         info = info.decode()
-    fields = dict(line.split(":", 1) for line in info.strip().splitlines() if ":" in line)
-    return fields.get("cluster_state") == "ok" and int(fields.get("cluster_known_nodes", 0)) == primaries
+    return dict(line.split(":", 1) for line in info.strip().splitlines() if ":" in line)
+
+
+def _ready(client: redis.Redis, nodes: int) -> bool:
+    fields = _cluster_info(client)
+    if fields.get("cluster_state") != "ok" or int(fields.get("cluster_known_nodes", 0)) != nodes:
+        return False
+    info = client.info("replication")
+    return info["role"] == "master" or info.get("master_link_status") == "up"
+
+
+def _link_up(node: EmbeddedRedis) -> bool:
+    with redis.Redis(port=node.port, decode_responses=True) as c:
+        return c.info("replication").get("master_link_status") == "up"
+
+
+def _role(node: EmbeddedRedis) -> str:
+    try:
+        with redis.Redis(port=node.port, socket_timeout=1) as c:
+            return c.info("replication")["role"]
+    except redis.RedisError:
+        return "down"
+
+
+class EmbeddedSentinel:
+    """One primary, `replicas` replicas and one Sentinel watching them (quorum 1), for tests and demos:
+    `url` is a redis+sentinel:// URL (stocksync.sentinel). down_after_ms: how long a silent primary takes
+    to be judged down and a replica promoted."""
+
+    SERVICE = "stocksync"
+
+    def __init__(self, replicas: int = 1, binary: str | None = None, down_after_ms: int = 1000) -> None:
+        # (no 5 s wait for more replicas before the first sync: Redis 7's repl-diskless-sync-delay)
+        self.primary = EmbeddedRedis(binary=binary, extra=["--repl-diskless-sync-delay", "0"])
+        self.replicas = [EmbeddedRedis(binary=binary) for _ in range(replicas)]
+        self.down_after_ms = down_after_ms
+        self.sentinel_port = free_port()
+        self.directory = tempfile.mkdtemp(prefix="stocksync-sentinel-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.SERVICE}/0"
+
+    @property
+    def nodes(self) -> list[EmbeddedRedis]:
+        return [self.primary, *self.replicas]
+
+    def start(self, timeout: float = 30.0) -> EmbeddedSentinel:
+        try:
+            self.primary.start()
+            for r in self.replicas:
+                r.extra += ["--replicaof", "127.0.0.1", str(self.primary.port)]
+                r.start()
+            _wait(lambda: all(_link_up(r) for r in self.replicas), time.monotonic() + timeout,
+                  "every replica in sync with the primary")
+            self._start_sentinel()
+            _wait(self._watching, time.monotonic() + timeout, "the Sentinel to see the primary and its replicas")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_sentinel(self) -> None:
+        conf = Path(self.directory, "sentinel.conf")  # (Sentinel rewrites its file: a copy of our own)
+        conf.write_text(f"port {self.sentinel_port}\nbind 127.0.0.1\nprotected-mode no\n"
+                        f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 1\n"
+                        f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
+                        f"sentinel failover-timeout {self.SERVICE} {max(3 * self.down_after_ms, 1000)}\n")
+        self.proc = subprocess.Popen([self.primary.binary, str(conf), "--sentinel", "--dir", self.directory,
+                                      "--logfile", "sentinel.log"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def _watching(self) -> bool:
+        if self.proc.poll() is not None:
+            raise EmbeddedError(f"redis sentinel exited with {self.proc.returncode}")
+        try:
+            with redis.Redis(port=self.sentinel_port, decode_responses=True, socket_timeout=1) as s:
+                replicas = s.execute_command("SENTINEL", "REPLICAS", self.SERVICE)
+                return len(replicas) == len(self.replicas)
+        except redis.RedisError:
+            return False
+
+    def current_primary(self) -> EmbeddedRedis:
+        with redis.Redis(port=self.sentinel_port, decode_responses=True) as s:
+            _, port = s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+        return next(n for n in self.nodes if n.port == int(port))
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for n in self.nodes:
+            n.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedSentinel:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -5,7 +5,8 @@ also sets them per SKU, and changes them while selling: through the admin API (P
 /v1/channels/<channel>/rules/<sku>) or the command line (`stocksync rules set`). They live in Redis:
 
     <prefix>:rules:<channel>           hash: SKU -> JSON of its overrides, e.g. {"buffer": 3, "max_listed": 10}
-    <prefix>:rules:<channel>:version   counter: bumped with every change (in the same transaction)
+    <prefix>:rules:<channel>:version   counter: bumped with every change (in the same transaction; on a
+                                       cluster, where the two keys are in different slots, right after it)
 
 Fields left out keep the channel's value. A channel's workers read the hash again whenever the counter
 moved (they look every worker.sku_map_refresh_ms), apply the overrides where a listed quantity is computed
@@ -23,7 +24,7 @@ from typing import Any
 import orjson
 
 from .channels import ChannelConfig, Rules
-from .connection import AnyRedis
+from .connection import AnyRedis, is_cluster
 from .keys import Keys
 from .limits import MAX_QTY, MAX_RULE_OVERRIDES
 from .settings import SettingsError
@@ -71,18 +72,28 @@ class RuleStore:
         key = self.keys.rules(config.name)
         if not await self.redis.hexists(key, sku) and await self.redis.hlen(key) >= MAX_RULE_OVERRIDES:
             raise SettingsError(f"channel {config.name} has {MAX_RULE_OVERRIDES} overrides, the most it can have")
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, sku, orjson.dumps(dict(override)))
-            pipe.incr(self.keys.rules_version(config.name))
-            await pipe.execute()
+        await self._change(config.name, "HSET", sku, orjson.dumps(dict(override)))
         return rules
 
     async def delete(self, channel: str, sku: str) -> bool:
+        return bool(await self._change(channel, "HDEL", sku))
+
+    async def _change(self, channel: str, *command) -> Any:
+        """Change the hash and bump the counter: one transaction on a single Redis. On a cluster the two keys
+        are in different slots (no MULTI across slots; the key names predate the cluster support and stay),
+        so the hash first, then the counter, one after the other: a worker that sees the counter move
+        re-reads a hash that has the change. Should the caller die in between, the change waits for the
+        next one (or a worker's restart); the caller got no answer, and its retry bumps the counter."""
+        key, version = self.keys.rules(channel), self.keys.rules_version(channel)
+        if is_cluster(self.redis):
+            first = await self.redis.execute_command(command[0], key, *command[1:])
+            await self.redis.incr(version)
+            return first
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.keys.rules(channel), sku)
-            pipe.incr(self.keys.rules_version(channel))
-            removed, _ = await pipe.execute()
-        return bool(removed)
+            pipe.execute_command(command[0], key, *command[1:])
+            pipe.incr(version)
+            first, _ = await pipe.execute()
+        return first
 
 
 class ChannelRules:

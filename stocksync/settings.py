@@ -81,8 +81,9 @@ class Settings:
         self._check_durability()
         if not 0 <= self.wait_s <= 86400:
             raise SettingsError(f"wait_s must be between 0 and 86400 s, got {self.wait_s}")
-        if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise SettingsError(f"redis_url must start with redis://, rediss:// or unix://, got {redact(self.redis_url)}")
+        if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+            raise SettingsError("redis_url must start with redis://, rediss://, unix:// or redis+sentinel://, got "
+                                f"{redact(self.redis_url)}")
 
     def _check_durability(self) -> None:
         if self.durability not in DURABILITY:

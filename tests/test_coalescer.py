@@ -62,7 +62,7 @@ def test_a_sku_is_handed_out_once_until_settled(coalescer):
     coalescer.add(entry("A", 2, 9, -1))  # a newer change while its push is in flight
     assert coalescer.take(5) == [] and not coalescer.has_ready()
     gone = coalescer.settle(w, covered=1)  # the channel accepted version 1
-    assert [e.version for e in gone] == [1] and "1001-0" not in coalescer
+    assert [e.version for e in gone] == [1] and (0, "1001-0") not in coalescer
     (again,) = coalescer.take(5)  # handed out again for version 2
     assert again is w and again.version == 2
     assert [e.version for e in coalescer.settle(again, covered=2)] == [2]
@@ -122,3 +122,12 @@ def test_a_recheck_of_a_sku_with_entries_waits_for_its_time(coalescer):
     assert not w.forced and w.recheck_at
     coalescer.settle(w, covered=1)
     assert "A" in coalescer.work and coalescer.take(5) == []  # held for its recheck
+
+
+def test_entries_of_two_partitions_with_the_same_id_are_both_held(coalescer):
+    """Stream IDs are per stream: two changes in the same millisecond on two partitions' streams share an ID
+    ("<ms>-0"). Both are held and both SKUs pushed (the second used to be taken as held already)."""
+    a, b = Entry("1700000000000-0", 4, "A", 2, 7, -8), Entry("1700000000000-0", 11, "B", 2, 7, -8)
+    assert coalescer.add(a) and coalescer.add(b)
+    assert len(coalescer) == 2 and (4, a.id) in coalescer and (11, b.id) in coalescer
+    assert sorted(w.sku for w in coalescer.take(5)) == ["A", "B"]

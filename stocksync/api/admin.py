@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from stocksync.library import Outcome
 from stocksync.limits import MAX_BATCH_ITEMS, MAX_ORDER_LINES, MAX_QTY, MAX_VERSION
+from stocksync.split_orders import SplitOrders
 from stocksync.validate import check_keys, invalid, want_int, want_list, want_object, want_sku
 
 from .context import Context, context
@@ -129,9 +130,9 @@ async def post_order(request: Request) -> Response:
             raise invalid(f"lines[{i}].sku", f"{sku!r} appears twice; merge the lines")
         seen.add(sku)
         lines.append((sku, want_int(line.get("qty"), f"lines[{i}].qty", 1)))
-    if len({ctx.store.keys.partition(sku) for sku, _ in lines}) > 1:
-        raise invalid("lines", "an all-or-nothing order must keep its SKUs in one partition")
     await bind_key(request, ctx, key, doc)
+    if len({ctx.store.keys.partition(sku) for sku, _ in lines}) > 1:  # held per partition, then committed
+        return await _split_order(ctx, lines, reference(key), token.name)
     o = await ctx.store.order(lines, ref=reference(key), source=token.name)
     ctx.metrics.outcome("order", o.status, o.replayed)
     headers = {"Idempotent-Replayed": "true"} if o.replayed else None
@@ -145,6 +146,22 @@ async def post_order(request: Request) -> Response:
         return json_response({"error": "unknown_sku", "message": f"unknown SKU(s): {', '.join(unknown)}",
                               "unknown_skus": unknown}, 404, headers)
     return json_response({"status": o.status, "lines": states, "replayed": o.replayed}, 200, headers)
+
+
+async def _split_order(ctx, lines: list[tuple[str, int]], ref: str, source: str) -> Response:
+    """An order whose SKUs span partitions (stocksync.split_orders): 200, or 409 (insufficient, or expired
+    when a retry found a hold expired after the commit decision: nothing taken), or 404."""
+    o = await SplitOrders(ctx.store).place(dict(lines), ref=ref, source=source)
+    ctx.metrics.outcome("order", o.status, False)
+    states = [{"sku": sku, "qty": qty} for sku, qty in lines]
+    if o.status == "unknown_sku":
+        return json_response({"error": "unknown_sku", "message": "unknown SKU(s) among: " + ", ".join(o.short),
+                              "unknown_skus": list(o.short)}, 404)
+    if not o.ok:
+        short = [{"sku": sku, "qty": qty} for sku, qty in lines if sku in o.short]
+        return json_response({"error": o.status, "message": "the order was not taken: some lines could not be held",
+                              "short_lines": short, "lines": states, "replayed": False}, 409)
+    return json_response({"status": "ok", "lines": states, "replayed": False, "partitions": len(o.holds)}, 200)
 
 
 def routes() -> list[Route]:

@@ -379,7 +379,8 @@ async def say_peak_risk(task: asyncio.Task, by_channel: dict[str, list[int]]) ->
 async def peak_risk(box: Sandbox) -> dict[str, float]:
     """Each channel's highest oversell risk in its workers' heartbeats, until cancelled (then answered)."""
     peaks = dict.fromkeys(CHANNELS, 0.0)
-    client = redis.asyncio.Redis.from_url(box.redis_url, decode_responses=True)
+    client = (redis.asyncio.RedisCluster if box.settings.cluster else redis.asyncio.Redis).from_url(
+        box.redis_url, decode_responses=True)
     try:
         while True:
             for channel in CHANNELS:
@@ -408,9 +409,10 @@ def report(out: Outcome, stock: int, buyers: list[Buyer]) -> None:
 # ----- the command --------------------------------------------------------------------------------------
 
 
-KIT_STOCK = {"MUG-RED": 3, "PLATE-RED": 1}
-KIT_BUNDLES = {"MUG-RED-2PACK": {"MUG-RED": 2}, "GIFT-RED": {"MUG-RED": 1, "PLATE-RED": 1}}
-KIT_ORDERS = (("shopify", "GIFT-RED"), ("amazon", "MUG-RED-2PACK"), ("flipkart", "GIFT-RED"))
+# A bundle and its components share a partition: the {red} pin keeps them together on a cluster too
+KIT_STOCK = {"MUG{red}": 3, "PLATE{red}": 1}
+KIT_BUNDLES = {"MUG-2PACK{red}": {"MUG{red}": 2}, "GIFT{red}": {"MUG{red}": 1, "PLATE{red}": 1}}
+KIT_ORDERS = (("shopify", "GIFT{red}"), ("amazon", "MUG-2PACK{red}"), ("flipkart", "GIFT{red}"))
 
 
 async def kit_listed(api: Api, box: Sandbox) -> tuple[dict[str, int], bool]:
@@ -440,7 +442,7 @@ async def bundles(api: Api, box: Sandbox) -> bool:
         say(f"  {channel:8} order {order_id}: 1 x {sku} -> {verdict}")
         say("           now " + ", ".join(f"{s} {q}" for s, q in now.items())
             + f"; every channel listed it {now_ms() - sent_ms} ms after the webhook")
-    mug = await api.quantities("MUG-RED")
+    mug = await api.quantities("MUG{red}")
     units_ok = (mug["available"], mug["committed"], mug["on_hand"]) == (0, 3, 3)
     say(f"\n  The mug's last units went through its bundles: available {mug['available']}, committed {mug['committed']}"
         f" (to ship), on_hand {mug['on_hand']}; {sold} of {len(KIT_ORDERS)} bundle orders taken, oversold 0.")
@@ -461,7 +463,7 @@ async def replay(box: Sandbox) -> bool:
 def try_this(box: Sandbox) -> None:
     p = box.keys.partition(ARTICLE_SKU)
     events, sku_key = box.keys.events(p), box.keys.sku(ARTICLE_SKU)
-    cli = f"redis-cli -u {box.redis_url}"
+    cli = f"redis-cli -c -u {box.redis_url}" if box.settings.cluster else f"redis-cli -u {box.redis_url}"
     auth = f"-H {shlex.quote('Authorization: Bearer ' + box.token)}"
     script = Path(sys.executable).with_name("stocksync")  # the venv's, whether or not it is on PATH
     command = os.path.relpath(script) if script.exists() and not os.path.relpath(script).startswith("..") else (
@@ -496,13 +498,14 @@ The system stays up. Things to try (Ctrl-C stops everything):
 """)
 
 
-def main(settings: Settings, keep: bool = False) -> int:
-    say("stocksync demo: Redis, three marketplace simulators, the API and a worker per channel, on this machine\n")
+def main(settings: Settings, keep: bool = False, cluster: bool = False) -> int:
+    where = "a Redis Cluster (3 primaries, 3 replicas)" if cluster else "Redis"
+    say(f"stocksync demo: {where}, three marketplace simulators, the API and a worker per channel, on this machine\n")
     # Ctrl-C (and SIGTERM, like it) stops it cleanly, also when started from a shell that ignores SIGINT in
     # its background jobs (Python keeps an ignored SIGINT ignored)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    box = Sandbox(settings, say)
+    box = Sandbox(settings, say, cluster=cluster)
     started = time.monotonic()
     ok = False
     try:

@@ -4,7 +4,8 @@
         box.api_url, box.token, box.sims["amazon"], box.pids, ...
     # everything stopped: child processes ended, simulator threads joined, the embedded Redis removed
 
-Redis is the embedded one (stocksync.embedded) unless REDIS_URL is set; the simulators run in this
+Redis is the embedded one (stocksync.embedded) unless REDIS_URL is set; with cluster=True an embedded Redis
+Cluster of CLUSTER_PRIMARIES primaries with a replica each (CLUSTER_PARTITIONS partitions); the simulators run in this
 process (threads, so their recorded calls can be read directly); the API (`stocksync serve`) and one
 `stocksync worker -c <channel>` per channel are child processes in their own sessions, configured through
 a TOML file and environment variables in a temporary folder, their logs in that folder. Children are
@@ -28,16 +29,30 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
+import redis.sentinel
 
 from stocksync.channels import KINDS
-from stocksync.embedded import EmbeddedRedis, free_port
+from stocksync.embedded import EmbeddedCluster, EmbeddedRedis, EmbeddedSentinel, free_port
 from stocksync.keys import Keys
+from stocksync.sentinel import is_sentinel_url
+from stocksync.sentinel import parse as parse_sentinel_url
 from stocksync.settings import Settings
 
 from .simulators import SIMULATORS, Simulator, serve
 
 CHANNELS = tuple(k.name for k in KINDS.values() if k.orders_in)  # the marketplaces: they sell
 STOP_GRACE_S = 10.0
+CLUSTER_PRIMARIES, CLUSTER_PARTITIONS = 3, 12  # 4 partitions a primary, as the README advises
+
+
+def sync_client(settings: Settings) -> redis.Redis | redis.RedisCluster:
+    """A blocking client for the sandbox's own reads (readiness, clean-up), cluster- and Sentinel-aware."""
+    if is_sentinel_url(settings.redis_url):
+        hosts, service, db, _ = parse_sentinel_url(settings.redis_url)
+        return redis.sentinel.Sentinel(hosts).master_for(service, db=db, decode_responses=True)
+    if settings.cluster:
+        return redis.RedisCluster.from_url(settings.redis_url, decode_responses=True)
+    return redis.Redis.from_url(settings.redis_url, decode_responses=True)
 
 
 class SandboxError(RuntimeError):
@@ -45,8 +60,13 @@ class SandboxError(RuntimeError):
 
 
 class Sandbox:
-    def __init__(self, settings: Settings, say: Callable[[str], None], *, private_prefix: bool | None = None) -> None:
-        external = bool(os.environ.get("REDIS_URL"))
+    def __init__(self, settings: Settings, say: Callable[[str], None], *, private_prefix: bool | None = None,
+                 cluster: bool = False, node_timeout_ms: int = 3000, sentinel: bool = False) -> None:
+        self.sentinel = sentinel  # one primary, one replica and a Sentinel (down after node_timeout_ms)
+        self.node_timeout_ms = node_timeout_ms  # (a cluster's: how soon a dead primary's replica takes over)
+        external = bool(os.environ.get("REDIS_URL")) and not cluster and not sentinel
+        if cluster:
+            settings = settings.with_(cluster=True, partitions=CLUSTER_PARTITIONS)
         if private_prefix is None:  # never write into a real deployment's keys
             private_prefix = external
         if private_prefix:
@@ -70,7 +90,7 @@ class Sandbox:
         self.sims: dict[str, Simulator] = {}
         self.sim_urls: dict[str, str] = {}
         self.procs: dict[str, subprocess.Popen] = {}
-        self.redis_server: EmbeddedRedis | None = None
+        self.redis_server: EmbeddedRedis | EmbeddedCluster | EmbeddedSentinel | None = None
         self.api_url = ""
         self._stack = contextlib.ExitStack()
 
@@ -91,7 +111,11 @@ class Sandbox:
 
     @property
     def pids(self) -> dict[str, int]:
-        out = {"redis": self.redis_server.proc.pid} if self.redis_server and self.redis_server.proc else {}
+        out = {}
+        if isinstance(self.redis_server, EmbeddedCluster | EmbeddedSentinel):
+            out = {f"redis-{n.port}": n.proc.pid for n in self.redis_server.nodes if n.proc}
+        elif self.redis_server and self.redis_server.proc:
+            out = {"redis": self.redis_server.proc.pid}
         out.update({name: p.pid for name, p in self.procs.items()})
         return out
 
@@ -121,17 +145,7 @@ class Sandbox:
 
     def _start(self) -> None:
         started = time.monotonic()
-        if self.external:
-            self.say(f"  Redis       {self.redis_url} (REDIS_URL), key prefix {self.settings.prefix}")
-        else:
-            self.redis_server = EmbeddedRedis(directory=str(self.dir / "redis"))
-            (self.dir / "redis").mkdir()
-            self.redis_server.start()
-            self.settings = self.settings.with_(redis_url=self.redis_server.url)
-            name = os.path.basename(self.redis_server.binary)
-            self.say(f"  Redis       {name} on {self.redis_url} (embedded, pid {self.redis_server.proc.pid})")
-        with redis.Redis.from_url(self.redis_url) as r:
-            r.ping()
+        self._start_redis()
 
         for name in CHANNELS:
             cls = SIMULATORS[name]
@@ -156,6 +170,33 @@ class Sandbox:
         self.say(f"  child pids: {' '.join(str(p) for p in self.pids.values())}")
         self.say(f"  ready in {time.monotonic() - started:.1f} s (logs in {self.dir})")
 
+    def _start_redis(self) -> None:
+        (self.dir / "redis").mkdir()
+        if self.external:
+            self.say(f"  Redis       {self.redis_url} (REDIS_URL), key prefix {self.settings.prefix}")
+        elif self.sentinel:
+            self.redis_server = EmbeddedSentinel(replicas=1, down_after_ms=self.node_timeout_ms)
+            self.redis_server.start()
+            self.settings = self.settings.with_(redis_url=self.redis_server.url)
+            self.say(f"  Redis       a primary and a replica behind a Sentinel: {self.redis_url} (embedded)")
+        elif self.settings.cluster:
+            self.redis_server = EmbeddedCluster(CLUSTER_PRIMARIES, replicas=1, directory=str(self.dir / "redis"),
+                                                node_timeout_ms=self.node_timeout_ms)
+            self.redis_server.start()
+            self.settings = self.settings.with_(redis_url=self.redis_server.url)
+            name = os.path.basename(self.redis_server.nodes[0].binary)
+            ports = ", ".join(str(n.port) for n in self.redis_server.nodes)
+            self.say(f"  Redis       {name} Cluster: {CLUSTER_PRIMARIES} primaries + {CLUSTER_PRIMARIES} replicas on "
+                     f"127.0.0.1 ports {ports} (embedded), {self.settings.partitions} partitions")
+        else:
+            self.redis_server = EmbeddedRedis(directory=str(self.dir / "redis"))
+            self.redis_server.start()
+            self.settings = self.settings.with_(redis_url=self.redis_server.url)
+            name = os.path.basename(self.redis_server.binary)
+            self.say(f"  Redis       {name} on {self.redis_url} (embedded, pid {self.redis_server.proc.pid})")
+        with sync_client(self.settings) as r:
+            r.ping()
+
     def child_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
         env.update(self.env, REDIS_URL=self.redis_url, STOCKSYNC_PREFIX=self.settings.prefix,
@@ -173,7 +214,7 @@ class Sandbox:
 
     def _wait_ready(self, deadline: float) -> None:
         api_ready = False
-        with redis.Redis.from_url(self.redis_url) as r:
+        with sync_client(self.settings) as r:
             while True:
                 for name, proc in self.procs.items():
                     if proc.poll() is not None:
@@ -217,10 +258,10 @@ class Sandbox:
 
     def _delete_keys(self) -> None:
         prefix = self.settings.prefix
-        with redis.Redis.from_url(self.redis_url) as r:
+        with sync_client(self.settings) as r:
             keys = [k for pattern in (f"\\{{{prefix}:*", f"{prefix}:*") for k in r.scan_iter(match=pattern, count=1000)]
-            for i in range(0, len(keys), 500):
-                r.delete(*keys[i : i + 500])
+            for key in keys:  # (one by one: a cluster refuses a DEL of keys in several slots)
+                r.delete(key)
 
     # ----- the configuration file ------------------------------------------------------------------
 
