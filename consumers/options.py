@@ -29,7 +29,8 @@
                                 # current quantity again this long after it, even if the channel has that
                                 # version (the abandoned request may land late); 0: 4 x the channel's timeout;
                                 # kept in Redis (stocksync_recheck): another worker pays it if this one dies
-    sku_map_refresh_ms = 5000   # re-read the admin API's SKU map (<prefix>:skumap:<channel>) this often
+    sku_map_refresh_ms = 5000   # re-read the admin API's SKU map (<prefix>:skumap:<channel>) and the per-SKU
+                                # rules this often; 0: never (read at start only)
     partition_lease_ms = 10000  # each worker process reads the partitions it leases (consumers/partitions.py);
                                 # a dead one's are taken over this long after it stopped renewing them; 0: every
                                 # worker reads every partition (no leases)

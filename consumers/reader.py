@@ -16,6 +16,7 @@ that died handling it) is dead-lettered. Housekeeping hands reclaimed entries to
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 from redis.exceptions import RedisError
@@ -59,10 +60,12 @@ class Reader:
             try:
                 entries = await self._read(p, stream)
                 failures = 0
-            # AttributeError: redis-py's asyncio connection can be torn down by another task in the middle of
-            # a command during a failover ('NoneType' object has no attribute 'writelines'); it used to
-            # kill the reader, and the worker with it
+            # AttributeError raised inside redis-py: its asyncio connection can be torn down by another task in
+            # the middle of a command during a failover ('NoneType' object has no attribute 'writelines'); it
+            # used to kill the reader, and the worker with it. One raised by our own code is a bug: not caught.
             except (RedisError, OSError, AttributeError) as e:
+                if isinstance(e, AttributeError) and not _raised_in_redis_py(e):
+                    raise
                 # An XREADGROUP whose reply was lost (here, or retried by the connection) may have
                 # delivered entries we do not hold: go over our pending entries again from the start.
                 failures += 1
@@ -196,3 +199,11 @@ class Reader:
 
 def _nothing() -> None:
     pass
+
+
+def _raised_in_redis_py(error: BaseException) -> bool:
+    """Whether the innermost frame of the error's traceback is redis-py's own code."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}redis{os.sep}" in tb.tb_frame.f_code.co_filename

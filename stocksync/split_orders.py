@@ -26,13 +26,13 @@ A hold answered with no time left (it expired before the decision) counts as not
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import library
 from .errors import InvalidArgument
 from .library import ReservationStatus, Status
+from .reservations import token_of
 from .store import StockStore
 
 DEFAULT_HOLD_MS = 30_000
@@ -45,6 +45,7 @@ class SplitOutcome:
     decision: str  # commit | release
     holds: dict[int, str]  # partition -> reservation id
     short: tuple[str, ...] = ()  # SKUs of the partitions that could not hold their lines
+    replayed: bool = False  # the decision was written before this call (a retry, or another caller)
 
     @property
     def ok(self) -> bool:
@@ -62,10 +63,10 @@ class SplitOrders:
     async def place(self, lines: Mapping[str, int], *, ref: str, source: str,
                     ttl_ms: int = DEFAULT_HOLD_MS) -> SplitOutcome:
         groups = self._groups(lines)
-        token = hashlib.sha256(ref.encode()).hexdigest()[:24]
-        holds = {p: f"{p}-{token}" for p in groups}
+        holds = {p: f"{p}-{token_of(ref)}" for p in groups}
         redis = self.store.redis
         decision, short, unknown = await redis.get(self.decision_key(ref)), [], False
+        replayed = decision is not None
         if decision is None:
             replies = await asyncio.gather(*(self._hold(p, holds[p], groups[p], ttl_ms, source) for p in groups))
             for p, held in zip(groups, replies, strict=True):
@@ -75,13 +76,13 @@ class SplitOrders:
             want = "release" if short else "commit"
             first = await redis.set(self.decision_key(ref), want, nx=True, get=True,
                                     ex=self.store.settings.idem_ttl_s)
-            decision = first or want  # (another caller of the same order decided first: follow it)
+            decision, replayed = first or want, first is not None  # (another caller decided first: follow it)
             self.on_step("decided")
         if decision == "commit":
-            return await self._commit(ref, groups, holds, source)
+            return replace(await self._commit(ref, groups, holds, source), replayed=replayed)
         await self._release(holds, source)
         status = "unknown_sku" if unknown else "insufficient"
-        return SplitOutcome(ref, status, "release", holds, tuple(short))
+        return SplitOutcome(ref, status, "release", holds, tuple(short), replayed)
 
     def _groups(self, lines: Mapping[str, int]) -> dict[int, list[tuple[str, int]]]:
         if not lines:

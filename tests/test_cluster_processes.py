@@ -142,9 +142,10 @@ async def test_an_order_across_primaries_through_the_api(box, api):
     assert len({box.keys.partition(s) for s in (a, b, c)}) == 3
     order = {"lines": [{"sku": a, "qty": 1}, {"sku": b, "qty": 2}, {"sku": c, "qty": 3}]}
     headers = keyed(api)
-    for _ in range(2):
+    for replay in (False, True):  # the second is a replay, and says so
         async with api.http.post(f"{api.url}/v1/orders", json=order, headers=headers) as r:
             assert r.status == 200, await r.text()
+            assert (await r.json())["replayed"] is replay and (r.headers.get("Idempotent-Replayed") == "true") is replay
     assert [await api.available(s) for s in (a, b, c)] == [6, 5, 4]
     too_many = {"lines": [{"sku": a, "qty": 1}, {"sku": c, "qty": 5}]}
     async with api.http.post(f"{api.url}/v1/orders", json=too_many, headers=keyed(api)) as r:

@@ -130,7 +130,7 @@ async def test_a_retry_before_the_expiry_completes_the_order(cstore):
     code, out = await run_caller(cstore, f"committed:{first}", ref, lines, 60_000)
     assert code == -9, out
     outcome = await SplitOrders(cstore).place(lines, ref=ref, source="shop", ttl_ms=60_000)
-    assert outcome.status == "ok", outcome
+    assert outcome.status == "ok" and outcome.replayed, outcome  # (the killed caller had decided)
     assert await state(cstore, lines) == {sku: (STOCK - q, q, 0) for sku, q in lines.items()}
 
 
@@ -142,7 +142,8 @@ async def test_a_short_line_releases_every_hold(cstore):
     code, out = await run_caller(cstore, "never", "shop:short", lines, 60_000)
     assert code == 0 and out.strip() == "insufficient", out
     assert await state(cstore, lines) == {skus[0]: (STOCK, 0, 0), skus[1]: (STOCK, 0, 0), skus[2]: (1, 0, 0)}
-    assert (await SplitOrders(cstore).place(lines, ref="shop:short", source="shop")).status == "insufficient"
+    again = await SplitOrders(cstore).place(lines, ref="shop:short", source="shop")
+    assert again.status == "insufficient" and again.replayed, again
 
 
 async def test_one_partition_orders_still_use_the_single_call(cstore):

@@ -152,16 +152,18 @@ async def _split_order(ctx, lines: list[tuple[str, int]], ref: str, source: str)
     """An order whose SKUs span partitions (stocksync.split_orders): 200, or 409 (insufficient, or expired
     when a retry found a hold expired after the commit decision: nothing taken), or 404."""
     o = await SplitOrders(ctx.store).place(dict(lines), ref=ref, source=source)
-    ctx.metrics.outcome("order", o.status, False)
+    ctx.metrics.outcome("order", o.status, o.replayed)
+    headers = {"Idempotent-Replayed": "true"} if o.replayed else None
     states = [{"sku": sku, "qty": qty} for sku, qty in lines]
     if o.status == "unknown_sku":
         return json_response({"error": "unknown_sku", "message": "unknown SKU(s) among: " + ", ".join(o.short),
-                              "unknown_skus": list(o.short)}, 404)
+                              "unknown_skus": list(o.short)}, 404, headers)
     if not o.ok:
         short = [{"sku": sku, "qty": qty} for sku, qty in lines if sku in o.short]
         return json_response({"error": o.status, "message": "the order was not taken: some lines could not be held",
-                              "short_lines": short, "lines": states, "replayed": False}, 409)
-    return json_response({"status": "ok", "lines": states, "replayed": False, "partitions": len(o.holds)}, 200)
+                              "short_lines": short, "lines": states, "replayed": o.replayed}, 409, headers)
+    return json_response({"status": "ok", "lines": states, "replayed": o.replayed, "partitions": len(o.holds)}, 200,
+                         headers)
 
 
 def routes() -> list[Route]:

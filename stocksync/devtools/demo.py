@@ -1,4 +1,4 @@
-"""`make demo` / `stocksync demo [--keep]`: the whole system on this machine, and two replays.
+"""`make demo` / `stocksync demo [--keep] [--cluster]`: the whole system on this machine, and four replays.
 
 It starts Redis (embedded, or REDIS_URL), three marketplace simulators, the API and one worker per channel
 (stocksync.devtools.sandbox), then replays:
@@ -8,11 +8,10 @@ It starts Redis (embedded, or REDIS_URL), three marketplace simulators, the API 
 2. a flash sale: BUYERS buyers on the three channels within FLASH_WINDOW_S real seconds for FLASH_STOCK
    units. A buyer orders only if the channel still shows enough (what the simulator was last told, minus
    what that channel sold since), as a marketplace would;
-3. bundles: a mug listed alone, as a 2-pack and in a gift set with a plate sells its last units through
-   the bundles; every channel lists each bundle's derived quantity, down to 0 when its components run out.
-
 3. a lost webhook (stocksync.devtools.demo_lost_webhook): Shopify's webhook for an order is dropped and
-   the Shopify worker's order poller finds the order.
+   the Shopify worker's order poller finds the order;
+4. bundles: a mug listed alone, as a 2-pack and in a gift set with a plate sells its last units through
+   the bundles; every channel lists each bundle's derived quantity, down to 0 when its components run out.
 
 For each: a timeline, what stocksync did (sold, orders flagged for cancellation, oversold units, how long
 until every simulator listed the final quantity, from the simulators' own call records), and the same
