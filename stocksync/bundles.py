@@ -58,12 +58,12 @@ class Bundles:
         if bundle in components:
             raise invalid("components", f"{bundle!r} cannot be a component of itself")
         call = library.bundle_set(self.keys, bundle, components, source, ref or uuid.uuid4().hex)
-        return await call.run(self.store.redis)
+        return await self.store.run(call)
 
     async def delete(self, bundle: str, *, source: str = "api", ref: str | None = None) -> BundleOutcome:
         """The bundle becomes a plain SKU at 0 (every channel lists 0 under its name)."""
         call = library.bundle_delete(self.keys, want_sku(bundle, "bundle"), source, ref or uuid.uuid4().hex)
-        return await call.run(self.store.redis)
+        return await self.store.run(call)
 
     async def get(self, bundle: str) -> Quantities | None:
         """The bundle's quantities and components (None when it is no bundle)."""

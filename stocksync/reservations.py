@@ -60,13 +60,13 @@ class Reservations:
                                   "holds all its lines or none, so they must share one (pin them: docs/keys.md)")
         p = partitions.pop()
         rid = f"{p}-{token or uuid.uuid4().hex}"
-        return await library.reserve(self.keys, p, rid, items, ttl_ms, source).run(self.store.redis)
+        return await self.store.run(library.reserve(self.keys, p, rid, items, ttl_ms, source))
 
     async def _settle(self, call, reservation_id: str, source: str) -> ReservationOutcome:
         p = self.partition_of(reservation_id)
         if p is None:
             return ReservationOutcome(reservation_id, library.ReservationStatus.UNKNOWN, (), False)
-        return await call(self.keys, p, reservation_id, source).run(self.store.redis)
+        return await self.store.run(call(self.keys, p, reservation_id, source))
 
     async def commit(self, reservation_id: str, *, source: str) -> ReservationOutcome:
         """The held units become a sale (committed), once; expired, released or unknown otherwise."""
@@ -80,7 +80,7 @@ class Reservations:
         p = self.partition_of(reservation_id)
         if p is None:
             return None
-        return await library.reservation(self.keys, p, reservation_id).run(self.store.redis)
+        return await self.store.run(library.reservation(self.keys, p, reservation_id))
 
 
 async def expire_due(redis: AnyRedis, keys: Keys, count: int = MAX_EXPIRE_COUNT) -> int:

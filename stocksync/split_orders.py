@@ -93,14 +93,14 @@ class SplitOrders:
         return dict(sorted(groups.items()))
 
     async def _hold(self, p: int, rid: str, items: list[tuple[str, int]], ttl_ms: int, source: str):
-        held = await library.reserve(self.keys, p, rid, items, ttl_ms, source).run(self.store.redis)
+        held = await self.store.run(library.reserve(self.keys, p, rid, items, ttl_ms, source))
         self.on_step(f"held:{p}")
         return held
 
     async def _commit(self, ref: str, groups: dict, holds: dict[int, str], source: str) -> SplitOutcome:
         missed = []
         for p, rid in holds.items():  # (one after another: a crash between two is the case to recover)
-            done = await library.commit(self.keys, p, rid, source).run(self.store.redis)
+            done = await self.store.run(library.commit(self.keys, p, rid, source))
             if done.status != ReservationStatus.OK:
                 missed.append(p)
             self.on_step(f"committed:{p}")
@@ -121,5 +121,5 @@ class SplitOrders:
 
     async def _release(self, holds: dict[int, str], source: str) -> None:
         for p, rid in holds.items():
-            await library.release(self.keys, p, rid, source).run(self.store.redis)
+            await self.store.run(library.release(self.keys, p, rid, source))
             self.on_step(f"released:{p}")

@@ -33,6 +33,12 @@ class StockStore:
         # bound this store's calls in flight so a burst of callers queues instead.
         self._gate = asyncio.Semaphore(connection.MAX_CONNECTIONS)
 
+    async def run(self, call: Call):
+        """One call of the function library, answered once it is as durable as the settings ask (a write in
+        `replicated` or `fsync` durability). Reservations, bundles and orders across partitions go through
+        here too, so that every change the API acknowledges waits alike."""
+        return await self._run(call)
+
     async def _run(self, call: Call):
         async with self._gate:
             if not self.durability.wanted([call.command]):

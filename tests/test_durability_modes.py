@@ -15,6 +15,7 @@ import redis
 from stocksync import preflight
 from stocksync.durability import NotDurable, waitaof_in
 from stocksync.embedded import EmbeddedRedis
+from stocksync.reservations import Reservations
 from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 
@@ -87,6 +88,26 @@ async def test_replicated_acknowledges_only_once_the_replica_has_it(pair, prefix
         assert (retried.available, retried.replayed) == (7, True)
         assert on_replica.hget(store.keys.sku("R"), "available") == "7"
         assert (await store.get("R")).version == 2  # applied once
+    finally:
+        on_replica.close()
+        await store.close()
+
+
+async def test_a_reservation_waits_for_the_replica_like_any_change(pair, prefix, paused):
+    """Reservations (and bundles, and orders across partitions) go through the store's durable path too: a
+    hold the replica does not have is not acknowledged; the retry under the same token replays it, once."""
+    primary, replica = pair
+    store = await StockStore.connect(replicated(primary.url, prefix))
+    on_replica = redis.Redis(port=replica.port, decode_responses=True)
+    try:
+        assert (await store.set("H", 10, ref="h-set")).ok
+        with paused:
+            with pytest.raises(NotDurable, match="0 of the 1 replica"):
+                await Reservations(store).reserve({"H": 4}, ttl_ms=600_000, source="checkout", token="t1")
+        held = await Reservations(store).reserve({"H": 4}, ttl_ms=600_000, source="checkout", token="t1")
+        assert held.ok and (await store.get("H")).available == 6  # held once
+        # the replica has the hold: its own read of the SKU (available, on_hand, committed, reserved, ...)
+        assert on_replica.execute_command("FCALL_RO", "stocksync_stock", 1, store.keys.sku("H"))[:4] == [6, 10, 0, 4]
     finally:
         on_replica.close()
         await store.close()
