@@ -45,9 +45,16 @@ async def test_bundles_through_the_api(settings, store, sync_redis):
         r = await client.put("/v1/skus/GIFT", json={"available": 3}, headers=auth())
         assert r.status_code == 422 and "is a bundle" in r.json()["message"]
         assert (await store.get("GIFT")).available == 4
-        r = await client.delete("/v1/bundles/GIFT", headers=auth())
+        deleting = auth()
+        r = await client.delete("/v1/bundles/GIFT", headers=deleting)
         assert r.status_code == 200 and r.json()["available"] == 0
-        assert (await client.delete("/v1/bundles/GIFT", headers=auth())).status_code == 404
+        r = await client.delete("/v1/bundles/GIFT", headers=deleting)  # a retry of the same request: done
+        assert r.status_code == 200 and r.json()["replayed"] and r.headers["Idempotent-Replayed"] == "true"
+        assert (await client.delete("/v1/bundles/GIFT", headers=auth())).status_code == 404  # a new request
+        # a key reused for another request is refused, naming it, and changes nothing
+        r = await client.put("/v1/bundles/GIFT", json={"components": {"MUG": 1}}, headers=deleting)
+        assert r.status_code == 422 and r.json()["error"] == "idempotency_key_reused"
+        assert await client.get("/v1/bundles/GIFT", headers=auth(key=False)) and (await store.get("GIFT")).available == 0
 
 
 async def test_a_bundle_across_partitions_gets_422_with_the_way_out(redis_url, prefix, store):

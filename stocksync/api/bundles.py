@@ -9,7 +9,8 @@
 A bundle and its components must share a partition (always so on one partition); a refused definition
 (422, with the reason: components in another partition, a component that is a bundle, a SKU with stock
 of its own, a bundle with units committed to open orders) changes nothing. Writes take an
-Idempotency-Key; setting the same definition again changes nothing anyway.
+Idempotency-Key, bound to the request (the same key with another body: 422); setting the same definition
+again changes nothing anyway, and a retried DELETE of a bundle it deleted answers 200, replayed.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stocksync.bundles import Bundles, want_components
+from stocksync.errors import InvalidArgument
 from stocksync.library import Quantities
 from stocksync.validate import check_keys, want_object, want_sku
 
 from .context import context
 from .httputil import HTTPError, json_response, read_json
-from .idempotency import idempotency_key
+from .idempotency import bind_key, idempotency_key, reference, unbind_key
 
 
 def bundle_doc(q: Quantities) -> dict:
@@ -57,7 +59,13 @@ async def put_bundle(request: Request) -> Response:
     doc = want_object(await read_json(request, ctx.max_body), "body")
     check_keys(doc, {"components"})
     components = want_components(doc.get("components"))
-    o = await Bundles(ctx.store).set(sku, components, source=token.name, ref=f"api:{key}"[:256])
+    again = await bind_key(request, ctx, key, doc)
+    try:
+        o = await Bundles(ctx.store).set(sku, components, source=token.name, ref=reference(key, sku))
+    except InvalidArgument:  # (refused: the key was not used)
+        if not again:
+            await unbind_key(ctx, key)
+        raise
     return json_response({"sku": sku, "status": o.status, "available": o.available, "version": o.version,
                           "components": components})
 
@@ -67,7 +75,10 @@ async def delete_bundle(request: Request) -> Response:
     token = ctx.auth.require(request, "stock:write")
     key = idempotency_key(request)
     sku = want_sku(request.path_params["sku"], "sku")
-    o = await Bundles(ctx.store).delete(sku, source=token.name, ref=f"api:{key}"[:256])
+    again = await bind_key(request, ctx, key, {})
+    o = await Bundles(ctx.store).delete(sku, source=token.name, ref=reference(key, sku))
+    if o.status != "ok" and again:  # (a retry of a delete that was done: done)
+        return json_response({"sku": sku, "status": "ok", "replayed": True}, 200, {"Idempotent-Replayed": "true"})
     if o.status != "ok":
         raise HTTPError(404, "not_a_bundle", f"{sku!r} is not a bundle")
     return json_response({"sku": sku, "status": o.status, "available": o.available, "version": o.version})

@@ -31,11 +31,12 @@ def idempotency_key(request: Request) -> str:
     return key
 
 
-async def bind_key(request: Request, ctx: Context, key: str, doc: dict) -> None:
+async def bind_key(request: Request, ctx: Context, key: str, doc: dict) -> bool:
     """Bind the Idempotency-Key to this request (call it once the body is checked, before the change): the
     first request with the key stores the digest of its method, path and body, kept as long as the library
     remembers a reference; a request with the same key and another digest gets 422. The body counts as the
-    JSON document it holds (keys sorted), so a retry that serializes it otherwise is still the same request."""
+    JSON document it holds (keys sorted), so a retry that serializes it otherwise is still the same request.
+    True when the key was bound to this request before (a retry)."""
     what = b"%s %s\n%s" % (request.method.encode(), request.scope["path"].encode(),
                            orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
     digest = hashlib.sha256(what).hexdigest()
@@ -47,6 +48,13 @@ async def bind_key(request: Request, ctx: Context, key: str, doc: dict) -> None:
                         f"Idempotency-Key reused with a different request body (or method, or path): {key!r} "
                         "names the request it was first sent with; nothing was changed. Send a new key for a "
                         "new request")
+    return first is not None  # (the same request sent again)
+
+
+async def unbind_key(ctx: Context, key: str) -> None:
+    """Undo the first binding of a key whose request was then refused: refused input leaves nothing behind
+    (G6), and the key may be sent again with a corrected body."""
+    await ctx.store.redis.delete(ctx.store.keys.api_idem(key))
 
 
 def reference(key: str, sku: str | None = None) -> str:
