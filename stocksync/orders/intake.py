@@ -210,6 +210,11 @@ class Intake:
                 late.append((result, line, sku))
             elif before and before.state in (LineState.WAITING, LineState.UNKNOWN):
                 waited.append((result, line, sku))
+            elif replies[index] == writes[index][2]:
+                # Our own value: the SET was sent again after a lost reply (batcher) and what it replaced is
+                # not known. Restocks that waited for this take are applied by their ids, so looking for them
+                # is harmless and finds them (a cancellation marker lost this way is not: Intake._cancel).
+                waited.append((result, line, sku))
         if late:
             await self._put_back(channel, late)
         if waited:
