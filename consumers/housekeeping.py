@@ -40,10 +40,11 @@ from . import groups
 from .adapters import PushError, Update
 from .retry import CLOSED
 from .state import ChannelState
-from .status import stale_beats
+from .status import read_beat, stale_beats
 from .trimmer import trim_all
 
 log = logging.getLogger(__name__)
+UNRENEWED_BEATS = 3  # a heartbeat unchanged this many of its beats is not being renewed
 EXPIRE_EVERY_S = 1.0  # due reservations end at most this late when no call touches them
 
 TakeIn = Callable[[int, list, dict[str, int]], Awaitable[None]]  # (partition, entries, deliveries)
@@ -63,6 +64,7 @@ class Housekeeping:
         self._remapped: dict[str, str] = {}  # SKU -> old channel SKU, of a map change not yet acted on
         self._orphans: set[str] = set()  # channel SKUs no SKU uses any more, to be listed at 0
         self._retiring = False
+        self._beats: dict[str, tuple[str, float]] = {}  # consumer -> its heartbeat as last read, since when
 
     async def run(self) -> None:
         s = self.state
@@ -99,11 +101,24 @@ class Housekeeping:
         await s.redis.hset(key, s.consumer, orjson.dumps(s.status()))
         s.beat_at = time.monotonic()
         s.outage.ok()
-        gone = stale_beats(await s.redis.hgetall(key), int(time.time() * 1000), keep=s.consumer)
+        beats = await s.redis.hgetall(key)
+        gone = [name for name in stale_beats(beats, int(time.time() * 1000), keep=s.consumer)
+                if name in self._unrenewed(beats)]
         if gone:  # (a killed worker never removes its own)
             await s.redis.hdel(key, *gone)
             log.info("%s: removed the heartbeats of %d workers gone for good: %s", s.channel, len(gone),
                      ", ".join(sorted(gone)))
+
+    def _unrenewed(self, beats: dict[str, str]) -> set[str]:
+        """The heartbeats that have not changed for UNRENEWED_BEATS of their beats, by this process's own
+        clock. A heartbeat is removed only when its timestamp is old and it is not being renewed: the
+        timestamps come from the workers' hosts' clocks, and a skew between hosts must not make live workers
+        remove each other's heartbeats (a live one rewrites its own every beat)."""
+        now = time.monotonic()
+        self._beats = {name: self._beats[name] if name in self._beats and self._beats[name][0] == raw else (raw, now)
+                       for name, raw in beats.items()}
+        return {name for name, (raw, since) in self._beats.items()
+                if (now - since) * 1000 > UNRENEWED_BEATS * int(read_beat(raw).get("heartbeat_ms", 1000))}
 
     async def _trim(self) -> None:
         s = self.state

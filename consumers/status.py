@@ -46,7 +46,7 @@ async def channel_status(redis: AnyRedis, keys: Keys, channels: Iterable[str]) -
             **numbers,
             "oldest_pending_age_ms": None if oldest is None else max(now_ms - oldest, 0),
             # (from every heartbeat, those of workers gone included: the channel's last accepted call)
-            "last_push_ms": max((int(_beat(raw).get("last_push_ms", 0)) for raw in beats.values()), default=0) or None,
+            "last_push_ms": max((int(read_beat(raw).get("last_push_ms", 0)) for raw in beats.values()), default=0) or None,
             "circuit": circuit,
             # expected units the channel sells that are not there, before its held pushes land (risk.py)
             "oversell_risk_units": round(sum(float(w.get("oversell_risk_units", 0)) for w in alive), 3),
@@ -97,7 +97,8 @@ async def group_lag(redis: AnyRedis, stream: str, group: dict) -> int | None:
     return max(int(estimate), len(after)) if estimate is not None else len(after)
 
 
-def _beat(raw: str) -> dict:
+def read_beat(raw: str) -> dict:
+    """A heartbeat's JSON, or {} when it is unreadable."""
     try:
         beat = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -112,7 +113,7 @@ def _stale(beat: dict, now_ms: int) -> bool:
 
 def stale_beats(beats: dict[str, str], now_ms: int, keep: str = "") -> list[str]:
     """The consumers whose heartbeat says they are gone for good (or is unreadable), `keep` apart."""
-    return [name for name, raw in beats.items() if name != keep and (not _beat(raw) or _stale(_beat(raw), now_ms))]
+    return [name for name, raw in beats.items() if name != keep and (not read_beat(raw) or _stale(read_beat(raw), now_ms))]
 
 
 def _workers(beats: dict[str, str], now_ms: int) -> list[dict]:
@@ -120,7 +121,7 @@ def _workers(beats: dict[str, str], now_ms: int) -> list[dict]:
     those gone for good are not listed (a live worker of the channel removes them)."""
     workers = []
     for name, raw in beats.items():
-        beat = _beat(raw)
+        beat = read_beat(raw)
         if not beat or _stale(beat, now_ms):
             continue
         beat["consumer"] = name

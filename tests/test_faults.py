@@ -307,8 +307,19 @@ async def test_heartbeats_of_workers_gone_for_good_are_hidden_then_removed(store
     assert [(w["consumer"], w["alive"]) for w in status["workers"]] == [("late", False)]
     assert status["circuit"] == "no worker" and status["last_push_ms"] == now - 130_000
     worker = ChannelWorker(store.redis, store.keys, config("amazon", amazon[1]), worker_options())
-    await worker.heartbeat()  # a live worker of the channel removes what is gone for good, never its own
-    assert sorted(await store.redis.hkeys(key)) == sorted(["late", worker.state.consumer])
+    await worker.heartbeat()  # first seen: not yet known to be unrenewed
+    assert "gone" in await store.redis.hkeys(key)
+    # A live worker of the channel removes what is gone for good, never its own, once it has seen the
+    # heartbeat go unrenewed (3 of its beats) by its own clock. "skewed" is a live worker on a host whose
+    # clock is 2 minutes behind: its timestamp looks gone for good, but it renews its heartbeat: kept.
+    skewed = {**beat, "heartbeat_ms": 100}
+    deadline = time.monotonic() + 10
+    while "gone" in await store.redis.hkeys(key) and time.monotonic() < deadline:
+        skewed["ts_ms"] = int(time.time() * 1000) - 120_000
+        await store.redis.hset(key, "skewed", orjson.dumps(skewed))
+        await worker.heartbeat()
+        await asyncio.sleep(0.05)  # (the pace of the skewed worker's beats, not a synchronisation)
+    assert sorted(await store.redis.hkeys(key)) == sorted(["late", "skewed", worker.state.consumer])
 
 
 async def test_last_push_moves_only_when_the_channel_accepts_a_call(store, amazon):
