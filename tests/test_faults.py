@@ -335,7 +335,8 @@ async def test_last_push_moves_only_when_the_channel_accepts_a_call(store, amazo
         assert worker.state.last_push_ms == 0  # (was: moved with every call, failed or not)
         sim.outage(False)
         await wait_for(lambda: sim.quantities.get("LP") == 5, 10, "the push once the channel answers")
-        assert worker.state.last_push_ms > 0
+        # (the simulator lists it before the worker has read the reply: wait for the worker too)
+        await wait_for(lambda: worker.state.last_push_ms > 0, 10, "last push to move with the accepted call")
     finally:
         worker.stop()
         await task
