@@ -26,7 +26,7 @@ async def list_rejections(request: Request) -> Response:
         raise invalid("limit", "must be a whole number from 1 to 1000")
     channel = request.query_params.get("channel") or None
     if channel is not None:
-        _known(ctx, channel)
+        ctx.channel(channel)
     return json_response({"rejections": await ctx.intake.rejections.list(int(limit), channel)})
 
 
@@ -55,16 +55,9 @@ async def apply_rejection(request: Request) -> Response:
 
 
 def _channel(request: Request, ctx: Context):
-    return _known(ctx, request.path_params["channel"])
+    return ctx.channel(request.path_params["channel"])
 
 
-def _known(ctx: Context, name: str):
-    """The channel named, or 404 naming the configured ones (a typo never reads as "nothing there")."""
-    channel = ctx.channels.get(name)
-    if channel is None:
-        raise HTTPError(404, "unknown_channel", f"no channel named {name!r} is configured (configured: "
-                        f"{', '.join(sorted(ctx.channels)) or 'none'})")
-    return channel
 
 
 async def get_sku_map(request: Request) -> Response:

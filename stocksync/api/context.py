@@ -30,6 +30,7 @@ from stocksync.settings import Settings, SettingsError
 from stocksync.store import StockStore
 
 from .auth import Auth
+from .httputil import HTTPError
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,14 @@ class Context:
     disabled: dict[str, str] = field(default_factory=dict)
     max_body: int = 4 << 20
     sse_keepalive_s: float = 15.0
+
+    def channel(self, name: str) -> ChannelConfig:
+        """The channel named, or 404 naming the configured ones (a typo never reads as "nothing there")."""
+        channel = self.channels.get(name)
+        if channel is None:
+            raise HTTPError(404, "unknown_channel", f"no channel named {name!r} is configured (configured: "
+                            f"{', '.join(sorted(self.channels)) or 'none'})")
+        return channel
 
 
 async def build_context(settings: Settings, metrics: Metrics) -> Context:

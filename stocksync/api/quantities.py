@@ -26,7 +26,7 @@ from stocksync.orders.webhooks import Delivery, Line, Ship
 from stocksync.validate import check_keys, invalid, want_int, want_list, want_object, want_sku, want_str
 
 from .context import Context, context
-from .httputil import HTTPError, json_response, read_json
+from .httputil import json_response, read_json
 from .idempotency import bind_key, idempotency_key, reference
 
 
@@ -91,9 +91,7 @@ async def ship_order(request: Request) -> Response:
     ctx.auth.require(request, "orders:write")
     key = idempotency_key(request)
     name = request.path_params["channel"]
-    config = ctx.channels.get(name)
-    if config is None:
-        raise HTTPError(404, "unknown_channel", f"no channel {name!r} is configured")
+    config = ctx.channel(name)
     order_id = want_str(request.path_params["order_id"], "order_id", 100)
     doc = want_object(await read_json(request, ctx.max_body), "body")
     check_keys(doc, {"lines"})

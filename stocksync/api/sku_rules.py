@@ -26,11 +26,7 @@ from .idempotency import idempotency_key
 
 
 def _channel(request: Request, ctx):
-    name = request.path_params["channel"]
-    config = ctx.channels.get(name)
-    if config is None:
-        raise HTTPError(404, "unknown_channel", f"no channel {name!r} is configured")
-    return config
+    return ctx.channel(request.path_params["channel"])
 
 
 async def list_rules(request: Request) -> Response:
