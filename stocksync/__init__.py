@@ -5,4 +5,4 @@ __version__ is the one version of the project: the package's (pyproject.toml rea
 lua/stocksync.lua has a contract version of its own (stocksync_version; functions.library_version()).
 """
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
