@@ -17,6 +17,8 @@ import math
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connection import TornDown, torn_down
+
 
 async def round_trip(pool, commands: list[tuple]) -> list:
     """The replies of `commands`, sent on one connection of `pool` in one write."""
@@ -35,8 +37,10 @@ async def round_trip(pool, commands: list[tuple]) -> list:
         except TimeoutError:
             raise RedisTimeoutError(f"Timeout reading {len(commands)} replies from Redis") from None
         return replies
-    except BaseException:
+    except BaseException as e:
         await conn.disconnect(nowait=True)  # replies may be left unread: never reuse it as it is
+        if torn_down(e):  # (another task disconnected it mid-command: stocksync.connection)
+            raise TornDown(f"the connection was torn down mid-command ({e})") from e
         raise
     finally:
         await pool.release(conn)
