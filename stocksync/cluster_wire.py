@@ -33,6 +33,7 @@ from .routing import command_keys
 from .wire import round_trip
 
 REDIRECTS = (AskError, TryAgainError, ClusterDownError)  # (MovedError is an AskError)
+READ_MARGIN_S = 5.0  # beyond durability_timeout_ms, before a silent node's round trip is given up
 MARK_SEARCH = 10_000  # names tried for a node's mark (a node owning any slot is found in about #nodes tries)
 
 
@@ -81,7 +82,9 @@ async def round_trips(redis, durability: Any, commands: list[tuple]) -> tuple[li
         sent = [commands[i] for i in indexes]
         suffix = durability.suffix(_mark(redis, node, sent, durability)) if durability.wanted(sent) else []
         plans.append((node, indexes, sent, suffix))
-    results = await asyncio.gather(*(_send(node, sent + suffix) for node, _, sent, suffix in plans),
+    # (a node that stops answering, SIGSTOPped or cut off, is given up after the wait's own time and a margin)
+    deadline = durability.timeout_ms / 1000 + READ_MARGIN_S
+    results = await asyncio.gather(*(_send(node, sent + suffix, deadline) for node, _, sent, suffix in plans),
                                    return_exceptions=True)
     replies: list = [None] * len(commands)
     waits = []
@@ -105,8 +108,8 @@ async def _failed(redis, node, error: BaseException, started: float) -> None:
                       "is unknown: retry with the same reference") from error
 
 
-async def _send(node, commands: list[tuple]) -> list:
-    replies = await round_trip(NodePool(node), commands)
+async def _send(node, commands: list[tuple], deadline: float) -> list:
+    replies = await round_trip(NodePool(node), commands, deadline)
     moved = next((r for r in replies if isinstance(r, REDIRECTS)), None)
     if moved is not None:
         raise Unconfirmed(f"node {node.name} answered {moved}: the slot moved (a failover?)")

@@ -20,15 +20,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .connection import TornDown, torn_down
 
 
-async def round_trip(pool, commands: list[tuple]) -> list:
-    """The replies of `commands`, sent on one connection of `pool` in one write."""
+async def round_trip(pool, commands: list[tuple], read_s: float | None = None) -> list:
+    """The replies of `commands`, sent on one connection of `pool` in one write. `read_s`: the deadline
+    for the replies when the connection has no socket_timeout of its own (a cluster node's, by default)."""
     conn = await pool.get_connection()
     try:
         await conn.send_packed_command(b"".join([pack(command) for command in commands]))
         replies: list = []
         # One deadline for the whole batch (the connection's socket_timeout), not a timer per reply.
         try:
-            async with asyncio.timeout(conn.socket_timeout):
+            async with asyncio.timeout(conn.socket_timeout or read_s):
                 for _ in commands:
                     try:
                         replies.append(await conn.read_response(timeout=math.inf))
