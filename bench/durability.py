@@ -1,4 +1,4 @@
-"""Durability benchmark (issue 13, item 2): `python -m bench.durability [--quick] [--rounds N] [--seconds S]`.
+"""Durability benchmark (issue 13, item 2): `python -m bench.durability [--quick] [--rounds N] [--seconds S] [--cluster]`.
 
 What `replicated` and `fsync` cost against `local` (stocksync.durability), at the same concurrency, against
 a primary and a replica this script starts (the primary with appendonly yes, appendfsync everysec; the
@@ -15,6 +15,12 @@ Beside the three modes, `WAIT 0`: replicated's pipeline (FCALL, SET of the mark,
 answers at once: the client's extra work apart from the wait for the replica.
 Calls/s and latency (p50, p99) per call; every variant runs once per round, rounds interleaved (rotated
 order); the table gives medians. Writes bench/results/durability.json.
+
+--cluster: the same modes and paths on an embedded Redis Cluster of 3 primaries, each with a replica
+(stocksync.cluster_wire: each node's changes, a mark on that node and its wait on one of its
+connections), the tasks taking units of 48 SKUs spread over the 12 partitions (so over the three
+primaries; a batch of the intake waits once on each node it wrote to); fsync only on a server with
+WAITAOF (appendonly yes set on every node). Writes bench/results/durability_cluster.json.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import uuid
 import redis
 
 from stocksync import library
-from stocksync.embedded import EmbeddedRedis, find_server
+from stocksync.durability import waitaof_in
+from stocksync.embedded import EmbeddedCluster, EmbeddedRedis, find_server
 from stocksync.orders.batcher import Batcher
 from stocksync.settings import Settings
 from stocksync.store import StockStore
@@ -76,25 +83,27 @@ def start_pair(binary: str) -> tuple[EmbeddedRedis, EmbeddedRedis]:
     return primary, replica
 
 
-async def run_variant(store: StockStore, path: str, concurrency: int, seconds: float) -> dict:
+async def run_variant(store: StockStore, path: str, concurrency: int, seconds: float,
+                      skus: tuple[str, ...] = ("HOT",)) -> dict:
     batcher = Batcher(store.redis, durability=store.durability)
     latencies: list[float] = []
     stop_at = time.monotonic() + seconds
 
-    async def one_task() -> None:
+    async def one_task(k: int) -> None:
         while time.monotonic() < stop_at:
-            ref = uuid.uuid4().hex
+            ref, sku = uuid.uuid4().hex, skus[k % len(skus)]
+            k += concurrency  # (the tasks take the SKUs in turn: every node of a cluster is busy)
             t = time.perf_counter()
             if path == "store":
-                await store.decrement("HOT", 1, ref=ref, source="bench")
+                await store.decrement(sku, 1, ref=ref, source="bench")
             else:
-                call = library.decrement(store.keys, "HOT", 1, "bench", ref)
+                call = library.decrement(store.keys, sku, 1, "bench", ref)
                 (reply,) = await batcher.call([call.command])
                 call.result(reply)
             latencies.append(time.perf_counter() - t)
 
     started = time.perf_counter()
-    await asyncio.gather(*(one_task() for _ in range(concurrency)))
+    await asyncio.gather(*(one_task(k) for k in range(concurrency)))
     elapsed = time.perf_counter() - started
     latencies.sort()
     return {"calls": len(latencies), "calls_per_s": len(latencies) / elapsed,
@@ -137,6 +146,41 @@ async def bench_server(name: str, binary: str, concurrencies: list[int], rounds:
     return {"server": version, "waitaof": waitaof, "rows": rows}
 
 
+CLUSTER_SKUS = tuple(f"S-{i}" for i in range(48))
+
+
+async def bench_cluster(name: str, binary: str, concurrencies: list[int], rounds: int, seconds: float) -> dict:
+    """The modes on 3 primaries + 3 replicas (fsync only with WAITAOF: appendonly yes on every node)."""
+    with EmbeddedCluster(3, replicas=1, binary=binary) as cluster:
+        admin = redis.Redis(port=cluster.nodes[0].port, decode_responses=True)
+        version, waitaof = redis_server_version(admin.info("server")), waitaof_in(admin.info("server")["redis_version"])
+        admin.close()
+        modes = [m for m in MODES if m != "fsync" or waitaof]
+        if waitaof:
+            for node in cluster.nodes:
+                with redis.Redis(port=node.port) as c:
+                    c.config_set("appendonly", "yes")
+        base = Settings(redis_url=cluster.url, cluster=True, prefix="bdc", partitions=12, durability_timeout_ms=5000)
+        stores = {m: await StockStore.connect(base.with_(durability=m)) for m in modes if m != "WAIT 0"}
+        stores["WAIT 0"] = await StockStore.connect(base)
+        stores["WAIT 0"].durability = dataclasses.replace(stores["replicated"].durability, min_replicas=0)
+        await stores["local"].set_many([(s, STOCK, None) for s in CLUSTER_SKUS], ref_of=lambda s: f"init-{s}",
+                                       source="bench")
+        variants = [(m, p, c) for c in concurrencies for p in PATHS for m in modes]
+        runs: dict[tuple, list[dict]] = {v: [] for v in variants}
+        for r in range(rounds):
+            for mode, path, c in rotated(variants, r):
+                runs[(mode, path, c)].append(await run_variant(stores[mode], path, c, seconds, CLUSTER_SKUS))
+            log(name, "cluster round", r + 1, "of", rounds)
+        for s in stores.values():
+            await s.close()
+    rows = [{"server": version, "mode": mode, "path": path, "concurrency": c, "topology": "3 primaries + 3 replicas",
+             "fsync_by": "WAITAOF 1 0" if mode == "fsync" else None,
+             **{k: median(g[k] for g in got) for k in ("calls_per_s", "p50_ms", "p99_ms")}, "rounds": got}
+            for (mode, path, c), got in runs.items()]
+    return {"server": version, "waitaof": waitaof, "rows": rows}
+
+
 def print_table(results: list[dict]) -> str:
     lines = []
     for res in results:
@@ -155,14 +199,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, action="append", help="tasks (repeatable; default 16 and 64)")
+    parser.add_argument("--cluster", action="store_true", help="on 3 primaries + 3 replicas (Redis Cluster)")
     args = parser.parse_args()
     rounds, seconds = (1, 1.0) if args.quick else (args.rounds, args.seconds)
     concurrencies = args.concurrency or ([16] if args.quick else [16, 64])
-    results = [asyncio.run(bench_server(name, binary, concurrencies, rounds, seconds))
-               for name, binary in servers().items()]
+    bench = bench_cluster if args.cluster else bench_server
+    results = [asyncio.run(bench(name, binary, concurrencies, rounds, seconds)) for name, binary in servers().items()]
     text = print_table(results)
     print(text)
-    path = write_json("durability", {"date": today(), "machine": machine(),
+    path = write_json("durability_cluster" if args.cluster else "durability", {"date": today(), "machine": machine(),
                                      "versions": python_versions("redis", "hiredis", "stocksync"),
                                      "seconds": seconds, "rounds": rounds, "results": results})
     log("wrote", path)

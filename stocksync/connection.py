@@ -18,7 +18,9 @@ retries of a client, so that the reader goes over its own pending entries again 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
@@ -99,3 +101,32 @@ def retries(redis: AnyRedis) -> int:
 
 def is_cluster(redis: AnyRedis) -> bool:
     return isinstance(redis, RedisCluster)
+
+
+class TornDown(RedisConnectionError):
+    """redis-py's asyncio connection was torn down by another task in the middle of a command."""
+
+
+def torn_down(error: BaseException) -> bool:
+    """Whether `error` is redis-py's asyncio connection met without its socket: during a failover another
+    task (the cluster client's reconnect of a node's connections, a health check) disconnects it between
+    its is-connected check and its write, and redis-py raises AttributeError "'NoneType' object has no
+    attribute 'writelines'". Only that: an AttributeError on None raised inside redis-py's own code."""
+    if not isinstance(error, AttributeError) or not str(error).startswith("'NoneType' object has no attribute"):
+        return False
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}redis{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
+@contextlib.contextmanager
+def torn_down_as_connection_error():
+    """Raise a torn-down connection (torn_down) as the connection error it is (the API answers 503 and the
+    caller retries with its reference), not as an AttributeError (a 500); any other error as it is."""
+    try:
+        yield
+    except AttributeError as e:
+        if torn_down(e):
+            raise TornDown(f"the connection was torn down mid-command ({e}); retry") from e
+        raise

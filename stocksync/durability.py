@@ -15,6 +15,8 @@ so they go in the same round trip, on the same connection, as the changes: a pip
 SET of `Keys.durable_mark`, then the wait. The SET is there for retries: a call replayed under its
 reference (G2) writes nothing, and the wait alone would not cover the first call's write that it replays
 (made on another connection, maybe not replicated yet); the SET moves the connection's offset past it.
+On Redis Cluster the same goes to each node the changes were made on, with a mark on that node (its
+partition's `{<prefix>:<p>}:durable`): stocksync.cluster_wire.
 
 What waits: the changes of stock through StockStore and the webhook intake (its line records and
 delivery ids too, in the same batches). What does not: the workers' bookkeeping (versions pushed, leases,
@@ -34,6 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import cluster_wire
 from .connection import is_cluster
 from .settings import Settings
 from .wire import round_trip
@@ -61,11 +64,12 @@ class Durability:
         """Whether changes need a wait after them."""
         return self.mode == "replicated" or (self.mode == "fsync" and self.waitaof)
 
-    def suffix(self) -> list[tuple]:
-        """The commands that follow the changes, on their connection ([] in local mode)."""
+    def suffix(self, mark_key: str | None = None) -> list[tuple]:
+        """The commands that follow the changes, on their connection ([] in local mode). On a cluster the
+        mark is a key of the node that made the changes (stocksync.cluster_wire picks it)."""
         if not self.waits:
             return []
-        mark = ("SET", self.mark, "1", "PX", MARK_TTL_MS)
+        mark = ("SET", mark_key or self.mark, "1", "PX", MARK_TTL_MS)
         if self.mode == "replicated":
             return [mark, ("WAIT", self.min_replicas, self.timeout_ms)]
         return [mark, ("WAITAOF", 1, 0, self.timeout_ms)]
@@ -109,16 +113,20 @@ def waitaof_in(version: str) -> bool:
 async def pipelined(redis, durability: Durability, commands: list[tuple]) -> list:
     """The replies of `commands` (errors in place, not raised), sent in one round trip on one connection
     with the durability wait after them; NotDurable when the wait falls short. Packed by hand (stocksync.wire)
-    on a single Redis; through redis-py's pipeline (and its retries) on a cluster or after a connection
-    error: the commands are changes under references and the wait, all safe to send again."""
+    on a single Redis; through redis-py's pipeline (and its retries) after a connection error: the commands
+    are changes under references and the wait, all safe to send again. On a cluster, one round trip per
+    node with its own wait (stocksync.cluster_wire; cluster_wire.Unconfirmed when a node cannot confirm)."""
+    if is_cluster(redis):
+        replies, waits = await cluster_wire.round_trips(redis, durability, commands)
+        for wait in waits:
+            durability.check(wait)
+        return replies
     suffix = durability.suffix() if durability.wanted(commands) else []
     sent = [*commands, *suffix]
-    replies = None
-    if not is_cluster(redis):
-        try:
-            replies = await round_trip(redis.connection_pool, sent)
-        except (RedisConnectionError, RedisTimeoutError):
-            replies = None
+    try:
+        replies = await round_trip(redis.connection_pool, sent)
+    except (RedisConnectionError, RedisTimeoutError):
+        replies = None
     if replies is None:
         async with redis.pipeline(transaction=False) as pipe:
             for command in sent:

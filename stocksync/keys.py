@@ -140,7 +140,9 @@ class Keys:
     @property
     def durable_mark(self) -> str:
         """string, 60 s TTL: written before each WAIT/WAITAOF of the replicated and fsync durability modes,
-        so that the wait covers every write made before it (stocksync.durability)."""
+        so that the wait covers every write made before it (stocksync.durability). On Redis Cluster each
+        node gets its own: the partition's `{<prefix>:<p>}:durable` (in the change's slot), or
+        `{<prefix>:durable:<n>}` for a node written only untagged keys (stocksync.cluster_wire)."""
         return f"{self.prefix}:durable"
 
     def feeds(self, channel: str) -> str:

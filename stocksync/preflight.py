@@ -143,26 +143,37 @@ async def _answers(redis: connection.AnyRedis) -> None:
 
 
 async def check_durability(redis: connection.AnyRedis, settings: Settings) -> None:
-    """The durability mode can be honoured by this server (stocksync.durability): fsync needs appendonly
-    yes, and WAITAOF or appendfsync always (else DurabilityRefused); replicated with fewer replicas
-    connected than required is only warned about (each change answers 503 until they are)."""
-    if settings.durability == "local" or settings.cluster:
+    """The durability mode can be honoured by this server, or by every primary of a cluster (each waits for
+    its own changes: stocksync.cluster_wire): fsync needs appendonly yes, and WAITAOF or appendfsync always
+    (else DurabilityRefused); replicated with fewer replicas connected than required is only warned about
+    (each change answers 503 until they are)."""
+    if settings.durability == "local":
         return
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()
+        for node in redis.get_primaries():
+            await _check_node(redis, settings, {"target_nodes": node}, f" on {node.name}")
+        return
+    await _check_node(redis, settings, {}, "")
+
+
+async def _check_node(redis: connection.AnyRedis, settings: Settings, target: dict, where: str) -> None:
     try:
         if settings.durability == "fsync":
-            config = await redis.config_get("append*")
+            config = await redis.config_get("append*", **target)
+            version = str((await redis.info("server", **target)).get("redis_version", "0"))
             refusal = fsync_refusal(config.get("appendonly", ""), config.get("appendfsync", ""),
-                                    await durability.has_waitaof(redis))
+                                    durability.waitaof_in(version))
             if refusal:
-                raise DurabilityRefused(refusal)
+                raise DurabilityRefused(refusal + where)
             return
-        info = await redis.info("replication")
+        info = await redis.info("replication", **target)
     except ResponseError as e:  # CONFIG or INFO renamed or not permitted
-        log.warning("could not check that Redis can honour durability %s (%s)", settings.durability, e)
+        log.warning("could not check that Redis%s can honour durability %s (%s)", where, settings.durability, e)
         return
     if int(info.get("connected_slaves", 0)) < settings.min_replicas:
-        log.warning("durability replicated needs %d replica(s); %d connected now: changes answer a retryable "
-                    "error (HTTP 503) until enough replicas are", settings.min_replicas,
+        log.warning("durability replicated needs %d replica(s)%s; %d connected now: changes answer a retryable "
+                    "error (HTTP 503) until enough replicas are", settings.min_replicas, where,
                     int(info.get("connected_slaves", 0)))
 
 

@@ -92,9 +92,6 @@ class Settings:
             raise SettingsError(f"min_replicas must be between 1 and 100, got {self.min_replicas}")
         if not 1 <= self.durability_timeout_ms <= 60000:
             raise SettingsError(f"durability_timeout_ms must be between 1 and 60000, got {self.durability_timeout_ms}")
-        if self.durability != "local" and self.cluster:
-            # RedisCluster gives no way to send WAIT on the connection that carried the change
-            raise SettingsError(f"durability {self.durability} is not supported with cluster = true yet; use local")
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Settings:

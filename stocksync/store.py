@@ -41,9 +41,10 @@ class StockStore:
 
     async def _run(self, call: Call):
         async with self._gate:
-            if not self.durability.wanted([call.command]):
-                return await call.run(self.redis)
-            (reply,) = await durability.pipelined(self.redis, self.durability, [call.command])
+            with connection.torn_down_as_connection_error():  # (a 503, not a 500: stocksync.connection)
+                if not self.durability.wanted([call.command]):
+                    return await call.run(self.redis)
+                (reply,) = await durability.pipelined(self.redis, self.durability, [call.command])
         result = call.result(reply)
         if isinstance(result, Exception):
             raise result
@@ -139,9 +140,10 @@ class StockStore:
     async def _pipelined(self, calls: list[Call]) -> list:
         """Every call in one round trip, each atomic on its own; a refused call's place holds its error."""
         async with self._gate:
-            if not self.durability.wanted([c.command for c in calls]):
-                return await library.pipelined(self.redis, calls)
-            replies = await durability.pipelined(self.redis, self.durability, [c.command for c in calls])
+            with connection.torn_down_as_connection_error():
+                if not self.durability.wanted([c.command for c in calls]):
+                    return await library.pipelined(self.redis, calls)
+                replies = await durability.pipelined(self.redis, self.durability, [c.command for c in calls])
         return [call.result(reply) for call, reply in zip(calls, replies, strict=True)]
 
     async def decrement_many(self, items: Iterable[tuple[str, int, str]], *, source: str) -> list[Outcome]:

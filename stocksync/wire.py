@@ -17,16 +17,19 @@ import math
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connection import TornDown, torn_down
 
-async def round_trip(pool, commands: list[tuple]) -> list:
-    """The replies of `commands`, sent on one connection of `pool` in one write."""
+
+async def round_trip(pool, commands: list[tuple], read_s: float | None = None) -> list:
+    """The replies of `commands`, sent on one connection of `pool` in one write. `read_s`: the deadline
+    for the replies when the connection has no socket_timeout of its own (a cluster node's, by default)."""
     conn = await pool.get_connection()
     try:
         await conn.send_packed_command(b"".join([pack(command) for command in commands]))
         replies: list = []
         # One deadline for the whole batch (the connection's socket_timeout), not a timer per reply.
         try:
-            async with asyncio.timeout(conn.socket_timeout):
+            async with asyncio.timeout(conn.socket_timeout or read_s):
                 for _ in commands:
                     try:
                         replies.append(await conn.read_response(timeout=math.inf))
@@ -35,8 +38,10 @@ async def round_trip(pool, commands: list[tuple]) -> list:
         except TimeoutError:
             raise RedisTimeoutError(f"Timeout reading {len(commands)} replies from Redis") from None
         return replies
-    except BaseException:
+    except BaseException as e:
         await conn.disconnect(nowait=True)  # replies may be left unread: never reuse it as it is
+        if torn_down(e):  # (another task disconnected it mid-command: stocksync.connection)
+            raise TornDown(f"the connection was torn down mid-command ({e})") from e
         raise
     finally:
         await pool.release(conn)

@@ -110,6 +110,12 @@ async def webhook_client(box: Sandbox, http: aiohttp.ClientSession, load: Load, 
             except (TimeoutError, aiohttp.ClientError, AttributeError) as e:
                 load.errors["api " + type(e).__name__] += 1
                 reply = None
+            if reply is not None and reply["status"] == "duplicate":
+                # a delivery recorded before its answer failed (a 503 from the last round trip's wait): its
+                # line was taken in an earlier, acknowledged round trip, and the 200 tells Shopify so
+                load.history.told(ref, sku, "ok", via="api")
+                load.lines["duplicate"] += 1
+                break
             if reply is not None:
                 line = reply["lines"][0]
                 load.history.told(ref, sku, line["status"], available=line.get("available"),
@@ -181,6 +187,72 @@ async def test_a_primary_killed_under_traffic(box):
                                  f"{box.log_tail('worker-amazon', 12)}") from None
     finally:
         await store.close()
+
+
+KILLS = 2  # primaries killed one after the other (each back as a replica before the next)
+
+
+@pytest.mark.parametrize("durability", ["replicated", "local"])
+async def test_repeated_failovers_lose_no_acknowledged_change_with_replicated(durability):
+    """The same traffic on the cluster sandbox with the durability of every process set, and the primary of
+    the first SKU's slots SIGKILLed KILLS times: each time its replica is promoted, the killed node comes
+    back (empty, no persistence) as the replica of the promoted one, as an operator restarts it, and
+    changes of the moved slots are acknowledged again before the next kill. With `replicated` not one
+    acknowledged change is lost; with `local` the number lost is counted and printed (asynchronous
+    replication can lose the last ones at each kill: not asserted)."""
+    settings = Settings(durability=durability, durability_timeout_ms=1000)
+    with Sandbox(settings, lambda _: None, cluster=True, node_timeout_ms=1000) as box:
+        store = await StockStore.connect(box.settings)
+        load = Load(history=History(durability))
+        try:
+            for sku in SKUS:
+                await store.set(sku, STOCK, ref=f"init-{sku}", source="warehouse")
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+                clients = [asyncio.create_task(fcall_client(store, load, f"c{k}")) for k in range(3)]
+                clients += [asyncio.create_task(webhook_client(box, http, load, k * 1_000_000)) for k in range(2)]
+                await wait_until(lambda: _acked(load, 100), 15, "100 acknowledged changes before the first kill")
+                windows = [await _fail_over(box, load) for _ in range(KILLS)]
+                load.stop.set()
+                await asyncio.gather(*clients)
+            report = load.history.check(*await final_state(store, box))
+            print(f"\n{KILLS} failovers, windows {', '.join(f'{w:.2f} s' for w in windows)}; API answers "
+                  f"{load.statuses}; failed calls, retried: {dict(load.errors)}; {report.summary()}")
+            for t in report.lost:
+                print(f"  lost: {t}")
+            assert 500 not in load.statuses, load.statuses
+            assert report.ok, (report.summary(), report.lost[:5], report.diverged[:5], report.twice[:5])
+            if durability == "replicated":
+                assert report.lost == [] and report.acknowledged > 0
+            assert report.unanswered == 0
+            assert all(p.poll() is None for p in box.procs.values())  # nobody restarted, nobody exited
+        finally:
+            await store.close()
+
+
+async def _fail_over(box: Sandbox, load: Load) -> float:
+    """Kill the primary of SKUS[0]'s slot, wait for its replica's promotion, start the killed node again (it
+    rejoins as a replica of the promoted one) and for 30 acknowledged changes of the moved SKUs; the window
+    from the kill to the first of them."""
+    cluster = box.redis_server
+    victim = await asyncio.to_thread(cluster.node_of, box.keys.sku(SKUS[0]))
+    moved = [s for s in SKUS if await asyncio.to_thread(cluster.node_of, box.keys.sku(s)) is victim]
+    killed_at = time.monotonic()
+    victim.kill()
+    await asyncio.to_thread(cluster.wait_healthy, 20)
+    await asyncio.to_thread(victim.start)
+    await wait_until(lambda: asyncio.to_thread(_linked, victim), 20, "the killed node back as a replica, in sync")
+    await wait_until(lambda: _acked_after(load, killed_at, moved, 30), 20,
+                     "30 acknowledged changes of the moved SKUs after the kill")
+    return min(t for t, s in load.acked_at if t > killed_at and s in moved) - killed_at
+
+
+def _linked(node) -> bool:
+    try:
+        with redis.Redis(port=node.port, decode_responses=True, socket_timeout=1) as c:
+            info = c.info("replication")
+    except redis.RedisError:
+        return False
+    return info["role"] == "slave" and info.get("master_link_status") == "up"
 
 
 async def _acked(load: Load, n: int) -> bool:

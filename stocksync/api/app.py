@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stocksync import functions, library
+from stocksync.connection import TornDown, torn_down
 from stocksync.durability import NotDurable
 from stocksync.errors import InvalidArgument
 from stocksync.metrics import Metrics
@@ -153,9 +154,19 @@ async def _redis_error(request: Request, exc: RedisError) -> Response:
     return json_response({"error": "unavailable", "message": "Redis is unavailable"}, 503, {"Retry-After": "1"})
 
 
+async def _attribute_error(request: Request, exc: AttributeError) -> Response:
+    """redis-py's connection torn down mid-command (a failover), on a path that does not convert it (the
+    store and the intake do, stocksync.connection.torn_down): Redis unavailable for this request, a 503.
+    Any other AttributeError is a bug: re-raised, a 500 with its traceback."""
+    if torn_down(exc):
+        return await _redis_error(request, TornDown(str(exc)))
+    raise exc
+
+
 async def _server_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, RedisError):  # (raised past the handlers, e.g. by a middleware)
         return await _redis_error(request, exc)
+
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return json_response({"error": "internal", "message": "internal error"}, 500)
 
@@ -203,7 +214,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     Middleware(http_metrics.MetricsMiddleware, metrics=metrics, routes=templates)],
         exception_handlers={HTTPError: _http_error, HTTPException: _starlette_error,
                             Invalid: _invalid_input, InvalidArgument: _invalid_argument, NotDurable: _not_durable,
-                            RedisError: _redis_error, Exception: _server_error},
+                            RedisError: _redis_error, AttributeError: _attribute_error,
+                            Exception: _server_error},
     )
     app.state.outage = Outage(log, "Redis")
     app.state.short = Outage(log, f"durability {settings.durability} (replicas or fsync)")

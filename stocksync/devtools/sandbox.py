@@ -203,6 +203,9 @@ class Sandbox:
                    STOCKSYNC_PARTITIONS=str(self.settings.partitions), STOCKSYNC_CONFIG=str(self.config_path))
         if self.settings.cluster:
             env["STOCKSYNC_CLUSTER"] = "1"
+        if self.settings.durability != "local":  # (the children acknowledge as the sandbox's settings say)
+            env.update(STOCKSYNC_DURABILITY=self.settings.durability, STOCKSYNC_MIN_REPLICAS=str(self.settings.min_replicas),
+                       STOCKSYNC_DURABILITY_TIMEOUT_MS=str(self.settings.durability_timeout_ms))
         return env
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:

@@ -8,7 +8,10 @@ batching changes when commands are sent, never what they do.
 Durability (stocksync.durability): a batch that changes anything ends with the configured wait (a SET of
 the mark, then WAIT or WAITAOF) on its connection, so one wait covers every request of the batch (group
 commit). When it falls short, the requests that sent writes get NotDurable (the API answers 503: the
-marketplace retries under the same references); those that only read get their replies.
+marketplace retries under the same references); those that only read get their replies. On a cluster
+the batch goes out as one round trip per node, each node's writes followed by a mark and a wait on
+that node (stocksync.cluster_wire): one wait per node per batch; a node that cannot confirm fails the
+whole batch with a retryable error.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stocksync.connection import is_cluster
+from stocksync import cluster_wire
+from stocksync.connection import TornDown, is_cluster, torn_down
 from stocksync.durability import Durability, NotDurable
 from stocksync.wire import pack, round_trip
 
@@ -63,10 +67,16 @@ class Batcher:
 
     async def _send(self, batch: list[tuple[list[tuple], asyncio.Future]]) -> None:
         commands = [command for each, _ in batch for command in each]
-        suffix = self.durability.suffix() if self.durability.wanted(commands) else []
+        durable = self.durability.wanted(commands)
+        suffix = self.durability.suffix() if durable and self._pool is not None else []
         commands += suffix
+        short = None
         try:
-            if self._pool is None:
+            if self._pool is None and durable:
+                # a cluster: one round trip and one wait per node (stocksync.cluster_wire)
+                replies, waits = await cluster_wire.round_trips(self.redis, self.durability, commands)
+                short = next(filter(None, map(self._short, waits)), None)
+            elif self._pool is None:
                 replies = await self._pipeline(commands)
             else:
                 try:
@@ -79,13 +89,16 @@ class Batcher:
                     # replaced then is not seen (the take is not put back; see Intake._cancel).
                     replies = await self._pipeline(commands)
         except BaseException as e:  # noqa: BLE001 - every waiter gets the failure
+            if torn_down(e):  # (redis-py's connection torn down mid-command: a 503, not a 500)
+                e = TornDown(f"the connection was torn down mid-command ({e}); retry")
             for _, future in batch:
                 if not future.done():
                     future.set_exception(e)
             if isinstance(e, asyncio.CancelledError):
                 raise
             return
-        short = self._short(replies[len(replies) - len(suffix):]) if suffix else None
+        if suffix:
+            short = self._short(replies[len(replies) - len(suffix):])
         i = 0
         for each, future in batch:
             if not future.done():
