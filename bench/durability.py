@@ -188,7 +188,10 @@ def print_table(results: list[dict]) -> str:
         body = [[r["mode"], r["path"], r["concurrency"], fmt(r["calls_per_s"]),
                  f"{r['calls_per_s'] / local[(r['path'], r['concurrency'])]:.2f}x", fmt(r["p50_ms"], 2),
                  fmt(r["p99_ms"], 2)] for r in res["rows"]]
-        lines.append(f"{res['server']} (fsync by {'WAITAOF' if res['waitaof'] else 'appendfsync always'})")
+        fsync = f"fsync by {'WAITAOF' if res['waitaof'] else 'appendfsync always'}"
+        if not any(r["mode"] == "fsync" for r in res["rows"]):
+            fsync = "fsync not measured: no WAITAOF"  # (--cluster: appendfsync always is not set on every node)
+        lines.append(f"{res['server']} ({fsync})")
         lines.append(table(["mode", "path", "tasks", "calls/s", "vs local", "p50 ms", "p99 ms"], body, markdown=True))
     return "\n\n".join(lines)
 

@@ -34,6 +34,7 @@ from .wire import round_trip
 
 REDIRECTS = (AskError, TryAgainError, ClusterDownError)  # (MovedError is an AskError)
 READ_MARGIN_S = 5.0  # beyond durability_timeout_ms, before a silent node's round trip is given up
+REFRESH_S = 5.0  # at most this long reading the slot map again
 MARK_SEARCH = 10_000  # names tried for a node's mark (a node owning any slot is found in about #nodes tries)
 
 
@@ -103,7 +104,7 @@ async def _failed(redis, node, error: BaseException, started: float) -> None:
     if not isinstance(error, RedisConnectionError | RedisTimeoutError | Unconfirmed):
         raise error
     await node.disconnect_free_connections()  # (its other idle sockets died with it, most likely)
-    await refresh(redis, started)
+    await refresh(redis, started, node.name)
     raise Unconfirmed(f"node {node.name} did not confirm the change ({type(error).__name__}: {error}); its outcome "
                       "is unknown: retry with the same reference") from error
 
@@ -147,15 +148,17 @@ class _Refreshed:
 _refreshed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-async def refresh(redis, since: float) -> None:
+async def refresh(redis, since: float, failed: str | None = None) -> None:
     """Read the cluster's slot map again, once for every caller that failed since `since` (a failover
-    fails many calls at once: one CLUSTER SLOTS, not one each)."""
+    fails many calls at once: one CLUSTER SLOTS, not one each), asking the node that failed last and
+    giving up after REFRESH_S (a frozen node would hold every caller here)."""
     state = _refreshed.setdefault(redis, _Refreshed())
     async with state.lock:
         if state.at > since:
             return
         try:
-            await redis.nodes_manager.initialize()
-        except (RedisError, RedisClusterException, OSError):
+            async with asyncio.timeout(REFRESH_S):
+                await redis.nodes_manager.initialize(last_failed_node_name=failed)
+        except (RedisError, RedisClusterException, OSError, TimeoutError):
             pass  # (no node answered: the next failure tries again)
         state.at = time.monotonic()

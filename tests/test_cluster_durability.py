@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 
 import pytest
 import redis
 
-from stocksync import preflight
+from stocksync import cluster_wire, preflight
 from stocksync.cluster_wire import Unconfirmed, tagged_mark
 from stocksync.durability import NotDurable
 from stocksync.embedded import EmbeddedCluster
@@ -197,5 +198,31 @@ async def test_fsync_on_a_cluster_waits_for_each_nodes_append_only_file():
             with pytest.raises(redis.ResponseError, match="appendonly"):
                 await store.decrement(skus[1], 1, ref="f-2", source="amazon")
             assert (await store.decrement(skus[2], 1, ref="f-3", source="amazon")).ok  # (the others still wait)
+        finally:
+            await store.close()
+
+
+async def test_a_frozen_primary_is_a_retryable_error_not_a_hang(monkeypatch):
+    """A primary that stops answering (SIGSTOP; a node timeout long enough that no failover starts): the
+    call is given up after the wait's time and a margin (cluster connections have no socket timeout) with
+    a retryable error; once it answers again the retry under the same reference applies once."""
+    monkeypatch.setattr(cluster_wire, "READ_MARGIN_S", 0.5)
+    with EmbeddedCluster(3, replicas=1, node_timeout_ms=60_000) as cluster:
+        settings = Settings(redis_url=cluster.url, cluster=True, prefix=f"z{uuid.uuid4().hex[:8]}", partitions=12,
+                            durability="replicated", durability_timeout_ms=300)
+        store = await StockStore.connect(settings)
+        try:
+            await store.set("Z", 5, ref="z-set")
+            primary = cluster.node_of(store.keys.sku("Z"))
+            os.kill(primary.proc.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(Unconfirmed, match="did not confirm"):
+                    await store.decrement("Z", 1, ref="z-1", source="pos")
+                assert time.monotonic() - started < 0.3 + 0.5 + cluster_wire.REFRESH_S + 2
+            finally:
+                os.kill(primary.proc.pid, signal.SIGCONT)
+            o = await store.decrement("Z", 1, ref="z-1", source="pos")
+            assert o.ok and o.available == 4 and (await store.get("Z")).version == 2
         finally:
             await store.close()
