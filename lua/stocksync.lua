@@ -896,16 +896,32 @@ end
   reply carries the current available and version. Every applied set bumps the version, even to the
   same quantity, so that channels are pushed again.
 ]]
-local function set(keys, args)
+-- What stocksync_set and stocksync_count read first: their arguments (ARGV[1] the quantity named
+-- `field`, ARGV[4] the optional expected version), the plan, and the SKU's state (blank if it does not
+-- exist yet; a bundle is refused: it has no stock of its own to set or count).
+local function plain_sku(keys, args, field)
   local tag, sku, source, ref = mutation(keys, args)
-  local target = integer(args[1], 'available', 0, MAX_QTY)
+  local value = integer(args[1], field, 0, MAX_QTY)
   local expected = expected_version(args, 4)
   local plan = new_plan(tag, keys[2], source, ref)
   local s = state(plan, sku)
   if s and s.components then
     is_bundle_error(sku)
   end
-  s = s or blank(tag, sku)
+  return tag, sku, ref, value, expected, plan, s or blank(tag, sku)
+end
+
+-- available becomes target: the change's event (op: nil for a set) and the bundles it moves.
+local function reset_available(plan, s, target, op)
+  settle(plan, s)
+  local delta = target - s.available
+  s.available = target
+  emit(plan, s, delta, op)
+  refresh_bundles(plan)
+end
+
+local function set(keys, args)
+  local tag, _, ref, target, expected, plan, s = plain_sku(keys, args, 'available')
   local conflict = expected and expected ~= s.version
   local record = conflict and ('c|' .. avail(s) .. '|' .. s.version)
     or ('o|' .. target .. '|' .. (s.version + (s.expired > 0 and 2 or 1)))
@@ -916,11 +932,7 @@ local function set(keys, args)
   if conflict then
     return {'conflict', avail(s), s.version, 0}
   end
-  settle(plan, s)
-  local delta = target - s.available
-  s.available = target
-  emit(plan, s, delta)
-  refresh_bundles(plan)
+  reset_available(plan, s, target)
   expire_step(tag, keys[2])
   return {'ok', target, s.version, 0}
 end
@@ -936,15 +948,7 @@ end
   have made); cancel or ship what cannot be covered, then count again. Event: op count.
 ]]
 local function count(keys, args)
-  local tag, sku, source, ref = mutation(keys, args)
-  local on_hand = integer(args[1], 'on_hand', 0, MAX_QTY)
-  local expected = expected_version(args, 4)
-  local plan = new_plan(tag, keys[2], source, ref)
-  local s = state(plan, sku)
-  if s and s.components then
-    is_bundle_error(sku)
-  end
-  s = s or blank(tag, sku)
+  local tag, sku, ref, on_hand, expected, plan, s = plain_sku(keys, args, 'on_hand')
   local first = recall(tag, keys[3])
   if first then
     return replay_single(first, ref)
@@ -954,11 +958,7 @@ local function count(keys, args)
   if status == 'insufficient' then
     flag(plan, sku, avail(s), s.version, target - avail(s), 'below_committed', 'count')
   elseif status == 'ok' then
-    settle(plan, s)
-    local delta = target - s.available
-    s.available = target
-    emit(plan, s, delta, 'count')
-    refresh_bundles(plan)
+    reset_available(plan, s, target, 'count')
   end
   remember(tag, keys[3], STATUS_CODE[status] .. '|' .. avail(s) .. '|' .. s.version)
   expire_step(tag, keys[2])
