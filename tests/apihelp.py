@@ -19,6 +19,18 @@ FK_APP, FK_SECRET = "fk-app-id", "fk-app-secret"
 FK_URL = "https://stock.example.com/webhooks/flipkart"
 ADMIN, READER = "tok-admin-0123456789", "tok-reader-0123456789"
 
+# The config file of a `stocksync serve` started by a test: Shopify's webhook and an admin token (ENV).
+SERVE_CONFIG = """
+[channels.shopify]
+kind = "shopify"
+url = "http://127.0.0.1:9/shopify"
+credentials = { webhook_secret = "T_SHOPIFY_SECRET" }
+
+[api.tokens.admin]
+env = "T_TOKEN_ADMIN"
+scopes = ["*"]
+"""
+
 ENV = {"T_SHOPIFY_SECRET": SHOPIFY_SECRET, "T_AMAZON_TOKEN": AMAZON_TOKEN, "T_FK_APP": FK_APP,
        "T_FK_SECRET": FK_SECRET, "T_TOKEN_ADMIN": ADMIN, "T_TOKEN_READER": READER}
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -61,3 +63,14 @@ def forget_reference(client, keys: Keys, partition: int, ref: str) -> int:
     """Delete a reference's record from its bucket, as its expiry would (1 if it was there)."""
     digest = hashlib.sha1(keys.idem(partition, ref).encode()).hexdigest()
     return client.hdel(f"{keys.tag(partition)}:refs:{digest[:3]}", digest[24:40])
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a process a test started: SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

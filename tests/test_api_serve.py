@@ -12,7 +12,7 @@ import time
 import httpx
 import orjson
 
-from .apihelp import ADMIN, ENV, SHOPIFY_SECRET, auth, shopify_headers, shopify_order
+from .apihelp import ADMIN, ENV, SERVE_CONFIG, SHOPIFY_SECRET, auth, shopify_headers, shopify_order
 
 
 def _free_port() -> int:
@@ -21,21 +21,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-CONFIG = """
-[channels.shopify]
-kind = "shopify"
-url = "http://127.0.0.1:9/shopify"
-credentials = { webhook_secret = "T_SHOPIFY_SECRET" }
-
-[api.tokens.admin]
-env = "T_TOKEN_ADMIN"
-scopes = ["*"]
-"""
 
 
 def test_serve_takes_webhooks_logs_json_and_stops_gracefully(tmp_path, redis_url, prefix, sync_redis):
     config = tmp_path / "stocksync.toml"
-    config.write_text(CONFIG)
+    config.write_text(SERVE_CONFIG)
     port = _free_port()
     env = {**os.environ, **ENV, "REDIS_URL": redis_url, "STOCKSYNC_PREFIX": prefix}
     proc = subprocess.Popen([sys.executable, "-m", "stocksync", "--config", str(config), "serve", "--port", str(port),
@@ -80,7 +70,7 @@ def _healthz_count(text: str) -> float:
 def test_two_server_processes_sum_their_metrics_on_every_scrape(tmp_path, redis_url, prefix):
     """With --workers 2 and PROMETHEUS_MULTIPROC_DIR, whichever process answers /metrics counts both."""
     config = tmp_path / "stocksync.toml"
-    config.write_text(CONFIG)
+    config.write_text(SERVE_CONFIG)
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     port = _free_port()
@@ -127,7 +117,7 @@ def _open_fds(pid: int) -> int:
 
 def test_half_sent_requests_are_closed_within_the_read_timeout_while_the_server_answers(tmp_path, redis_url, prefix):
     config = tmp_path / "stocksync.toml"
-    config.write_text(CONFIG + "\n[api]\nread_timeout_s = 3\n")
+    config.write_text(SERVE_CONFIG + "\n[api]\nread_timeout_s = 3\n")
     port = _free_port()
     env = {**os.environ, **ENV, "REDIS_URL": redis_url, "STOCKSYNC_PREFIX": prefix}
     proc = subprocess.Popen([sys.executable, "-m", "stocksync", "--config", str(config), "serve", "--port", str(port)],

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -40,6 +39,7 @@ from stocksync.settings import Settings
 from stocksync.store import StockStore
 
 from .apihelp import ADMIN, ENV, auth, shopify_headers, shopify_order
+from .helpers import stop_process
 
 try:  # a dev dependency: without it the browser tests are skipped, the HTTP checks still run
     from selenium import webdriver
@@ -170,16 +170,6 @@ def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
                             stderr=log.open("wb"))
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _wait(condition, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -227,7 +217,7 @@ def system(redis_url, tmp_path_factory):
             yield System(base, settings, sims, shots)
     finally:
         for proc in procs:
-            _stop(proc)
+            stop_process(proc)
         for pattern in (f"\\{{{prefix}:*", f"{prefix}:*"):
             keys = list(r.scan_iter(match=pattern, count=1000))
             if keys:

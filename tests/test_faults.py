@@ -9,7 +9,6 @@ import asyncio
 import datetime
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,22 +28,12 @@ from stocksync.devtools.testing import config, toml_channel, use_simulator_crede
 from stocksync.embedded import EmbeddedRedis, free_port
 from stocksync.keys import Keys
 
-from .apihelp import ENV, auth, post_shopify, shopify_order
-from .helpers import fcall, sku_call_keys, worker_options
+from .apihelp import ENV, SERVE_CONFIG, auth, post_shopify, shopify_order
+from .helpers import fcall, sku_call_keys, stop_process, worker_options
 from .helpers import wait_for as wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 AOF = ["--appendonly", "yes", "--appendfsync", "always"]
-API_CONFIG = """
-[channels.shopify]
-kind = "shopify"
-url = "http://127.0.0.1:9/shopify"
-credentials = { webhook_secret = "T_SHOPIFY_SECRET" }
-
-[api.tokens.admin]
-env = "T_TOKEN_ADMIN"
-scopes = ["*"]
-"""
 
 
 class Server:
@@ -80,16 +69,6 @@ def spawn(args: list[str], log: Path, env: dict) -> subprocess.Popen:
                             stderr=log.open("wb"), env={**os.environ, **env}, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def records(log: Path) -> list[dict]:
     """The process's log records; every line is one JSON record (never a bare traceback line)."""
     return [orjson.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -121,7 +100,7 @@ async def orders(client: httpx.AsyncClient, first: int, n: int) -> list[int]:
 async def test_the_api_answers_no_error_once_a_restarted_redis_answers(tmp_path, server):
     server.redis.start()
     cfg = tmp_path / "stocksync.toml"
-    cfg.write_text(API_CONFIG)
+    cfg.write_text(SERVE_CONFIG)
     port, log = free_port(), tmp_path / "api.log"
     api = spawn(["--config", str(cfg), "serve", "--port", str(port)], log,
                 {**ENV, "REDIS_URL": server.url, "STOCKSYNC_PREFIX": "faults"})
@@ -153,7 +132,7 @@ async def test_the_api_answers_no_error_once_a_restarted_redis_answers(tmp_path,
             assert acked <= available <= acked + during.count(503)  # (a 503 may have been applied: G2 on retry)
             assert int(check.hget(Keys("faults", 1).sku("B"), "available")) == 1000 - 160  # each order taken once
     finally:
-        stop(api)
+        stop_process(api, 15)
     outage = [r for r in records(log) if r.get("outage")]
     assert [r["outage"] for r in outage][:1] == ["started"] and outage[-1]["outage"] == "ended", outage
     # 40 failed requests and failed readiness probes, but a bounded log: start, summaries, end
@@ -163,7 +142,7 @@ async def test_the_api_answers_no_error_once_a_restarted_redis_answers(tmp_path,
 
 def test_serve_started_while_redis_is_down_waits_then_serves(tmp_path):
     port, log, cfg = free_port(), tmp_path / "api.log", tmp_path / "stocksync.toml"
-    cfg.write_text(API_CONFIG)
+    cfg.write_text(SERVE_CONFIG)
     api_port = free_port()
     api = spawn(["--config", str(cfg), "serve", "--port", str(api_port)], log,
                 {**ENV, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "STOCKSYNC_PREFIX": "faults"})
@@ -181,7 +160,7 @@ def test_serve_started_while_redis_is_down_waits_then_serves(tmp_path):
 
             wait_until(up, 20, what="the API to serve once Redis started")
     finally:
-        stop(api)
+        stop_process(api, 15)
         server.stop()
     waits = [r for r in records(log) if "is not ready" in r["msg"]]
     assert all(r["level"] == "warning" and "ConnectionError" in r["msg"] for r in waits)
@@ -227,7 +206,7 @@ def test_a_worker_started_while_redis_is_down_comes_up_once_it_starts(tmp_path, 
         server.start()
         wait_until(lambda: beating(url, "wk", 0), 20, what="the worker's heartbeat")
     finally:
-        stop(worker)
+        stop_process(worker, 15)
         server.stop()
     assert not any("exc" in r for r in records(log)), "a traceback was logged"
 
@@ -256,7 +235,7 @@ def test_a_worker_heals_after_a_redis_restart_with_a_bounded_log(tmp_path, serve
         wait_until(lambda: all(sim.quantities.get(s) == q for s, q in current.items()), 20, what="amazon to converge")
         client.close()
     finally:
-        stop(worker)
+        stop_process(worker, 15)
     logged = records(log)
     during = [r for r in logged if int(killed_ms) <= _ms(r["ts"]) and r.get("outage") != "ended"
               and "stopped" not in r["msg"]]
