@@ -355,7 +355,7 @@ async def test_references_the_real_0_4_library_recorded_survive_the_upgrade(stor
     assert [ref_status(r, keys, ref) for ref in ("d1", "d2", "o1", "s1")] == ["ok", "insufficient", "ok", "ok"]
 
 
-# Elsewhere: a cluster, and fakeredis for users' own unit tests ------------------------------------------
+# Elsewhere: a cluster (fakeredis, for users' own unit tests: tests/test_fakeredis.py) ------------------------------------------
 
 
 @pytest.mark.cluster
@@ -451,14 +451,3 @@ async def test_buckets_move_with_their_slot_and_a_call_never_reads_a_moved_one(c
             client.close()
         await store.close()
 
-
-def test_the_library_answers_on_fakeredis():
-    """Compatibility only (users' unit tests): the record and stocksync_ref work there too."""
-    fakeredis = pytest.importorskip("fakeredis")
-    r = fakeredis.FakeRedis(decode_responses=True)
-    r.function_load(functions.library_source(TTL), replace=True)
-    keys = Keys("fake", 1)
-    assert call(r, keys, "stocksync_set", "A", "s1", 3, "w", "s1") == ["ok", 3, 1, 0]
-    assert call(r, keys, "stocksync_decrement", "A", "d1", 1, "x", "d1") == ["ok", 2, 2, 0]
-    assert call(r, keys, "stocksync_decrement", "A", "d1", 1, "x", "d1") == ["ok", 2, 2, 1]
-    assert ref_status(r, keys, "d1") == "ok" and ref_status(r, keys, "d2") is None
