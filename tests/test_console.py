@@ -39,7 +39,7 @@ from stocksync.settings import Settings
 from stocksync.store import StockStore
 
 from .apihelp import ADMIN, ENV, auth, shopify_headers, shopify_order
-from .helpers import stop_process
+from .helpers import stop_process, wait_for
 
 try:  # a dev dependency: without it the browser tests are skipped, the HTTP checks still run
     from selenium import webdriver
@@ -170,13 +170,6 @@ def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
                             stderr=log.open("wb"))
 
 
-def _wait(condition, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def _ready(base: str, proc: subprocess.Popen) -> bool:
     assert proc.poll() is None, "the server exited"
     try:
@@ -212,8 +205,8 @@ def system(redis_url, tmp_path_factory):
             procs.append(_start(["consumers", "--config", str(cfg), "worker", "--channel", "shopify", "--consumer",
                                  "shop-w1"], env, folder / "worker.log"))
             base = f"http://127.0.0.1:{port}"
-            _wait(lambda: _ready(base, procs[0]), 30, "the server")
-            _wait(lambda: _shopify_current(r, prefix), 30, "the shopify worker's first pushes")
+            wait_for(lambda: _ready(base, procs[0]), 30, what="the server")
+            wait_for(lambda: _shopify_current(r, prefix), 30, what="the shopify worker's first pushes")
             yield System(base, settings, sims, shots)
     finally:
         for proc in procs:

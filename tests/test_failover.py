@@ -36,6 +36,7 @@ from stocksync.devtools.history import History
 from stocksync.devtools.sandbox import Sandbox
 from stocksync.devtools.simulators import SIMULATORS, serve
 from stocksync.devtools.testing import config, use_simulator_credentials
+from stocksync.devtools.testing import wait_for as wait_until
 from stocksync.embedded import EmbeddedCluster
 from stocksync.events import read_range
 from stocksync.orders.webhooks import shopify_signature
@@ -131,13 +132,6 @@ async def webhook_client(box: Sandbox, http: aiohttp.ClientSession, load: Load, 
                 break
             await asyncio.sleep(0.05)
         n += 1
-
-
-async def wait_until(condition, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(params=["cluster", "sentinel"])

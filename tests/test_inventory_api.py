@@ -3,11 +3,10 @@ per-SKU rules; bad input gets a 4xx (exit 2) with a reason and changes nothing."
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 import pytest
 
+from stocksync.devtools.testing import wait_for
 from stocksync.settings import Settings
 
 from .apihelp import READER, api_settings, auth, running
@@ -118,10 +117,7 @@ async def test_an_expired_reservation_cannot_be_committed(settings, store):
         async def expired():
             return (await client.get(f"/v1/reservations/{rid}", headers=auth(key=False))).json()["state"] == "expired"
 
-        deadline = asyncio.get_running_loop().time() + 5
-        while not await expired():
-            assert asyncio.get_running_loop().time() < deadline, "the reservation did not expire"
-            await asyncio.sleep(0.05)
+        await wait_for(expired, 5, "the reservation to expire")
         assert (await client.get("/v1/skus/MUG", headers=auth(key=False))).json()["available"] == 5
         r = await client.post(f"/v1/reservations/{rid}:commit", headers=auth())
         assert r.status_code == 409 and r.json()["error"] == "expired"

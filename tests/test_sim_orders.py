@@ -10,7 +10,7 @@ import email.utils
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,8 @@ from stocksync.devtools.simulators.fastserve import serve_aiohttp
 from stocksync.devtools.simulators.flipkart_orders import flipkart_signature
 from stocksync.devtools.simulators.market import MarketSim
 from stocksync.orders.webhooks import AmazonWebhook, FlipkartWebhook, ShopifyWebhook, Unverified
+
+from .helpers import wait_for as wait_until
 
 SECRETS = {"shopify": "shpss_sim_orders", "amazon": "amazon-destination-token", "flipkart": "fk-app-secret"}
 FK_APP = "fk-app-id"
@@ -107,16 +109,6 @@ class Receiver:
         self.got.clear()
         self.statuses.clear()
         self.delay_s = 0.0
-
-
-def wait_until(condition: Callable[[], Any], seconds: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it is truthy; fail after the deadline."""
-    deadline = time.monotonic() + seconds
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-        time.sleep(0.01)
-    return value
 
 
 # ----- fixtures -------------------------------------------------------------------------------------
