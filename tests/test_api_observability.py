@@ -22,8 +22,7 @@ from stocksync import library, logs
 from stocksync.embedded import EmbeddedRedis
 from stocksync.settings import Settings
 
-from .apihelp import ENV, api_settings, auth, running
-from .test_api_serve import CONFIG
+from .apihelp import ENV, SERVE_CONFIG, api_settings, auth, running
 from .test_worker_operations import free_port
 
 pytestmark = pytest.mark.usefixtures("api_env")
@@ -73,7 +72,7 @@ async def test_metrics_answer_without_redis_and_say_so():
 
 def start_serve(tmp_path, redis_url, prefix, *args, env=None) -> tuple[subprocess.Popen, str]:
     config = tmp_path / "stocksync.toml"
-    config.write_text(CONFIG)
+    config.write_text(SERVE_CONFIG)
     port = free_port()
     environment = {**os.environ, **ENV, "REDIS_URL": redis_url, "STOCKSYNC_PREFIX": prefix, **(env or {})}
     if "PROMETHEUS_MULTIPROC_DIR" not in (env or {}):
